@@ -1,0 +1,212 @@
+// Package agent is the long-running nullnet process: it turns the configuration into roles
+// (server, client, proxy), serves the HTTP API and, for servers, gRPC; it reloads on SIGHUP and
+// stops cleanly.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/client"
+	"github.com/nullnet/nullnet/agent/consul"
+	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/proxy"
+	"github.com/nullnet/nullnet/agent/server"
+	"github.com/nullnet/nullnet/agent/serverconn"
+	"github.com/nullnet/nullnet/agent/version"
+	"github.com/nullnet/nullnet/config"
+	"google.golang.org/grpc"
+)
+
+// Role is one role of the agent. Run blocks until ctx ends and then releases everything it
+// owns; Reload applies a new configuration without a restart.
+type Role interface {
+	Run(ctx context.Context) error
+	Reload(cfg *config.Config) error
+}
+
+// Agent owns every long-running part of the process.
+type Agent struct {
+	logger  hclog.Logger
+	level   hclog.Level
+	mu      sync.Mutex
+	cfg     *config.Config
+	started time.Time
+
+	consul    *api.Client
+	metrics   *Metrics
+	events    *events.Store
+	reporter  *events.Reporter
+	conn      *serverconn.Conn
+	server    *server.Server
+	client    *client.Client
+	proxy     *proxy.Proxy
+	roles     map[string]Role
+	grpc      *grpc.Server
+	grpcLn    net.Listener
+	http      *http.Server
+	httpLn    net.Listener
+	runCancel context.CancelFunc
+}
+
+// New builds an agent; nothing runs until Run. Listeners are bound here so that a port clash is
+// reported at once, with the port.
+func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
+	a := &Agent{cfg: cfg, logger: logger, started: time.Now(), roles: map[string]Role{}}
+	m, err := NewMetrics(cfg.Telemetry, cfg.NodeName)
+	if err != nil {
+		return nil, err
+	}
+	a.metrics = m
+
+	needConsul := cfg.Server.Enabled || cfg.Client.Enabled || cfg.Proxy.Enabled
+	if needConsul {
+		if a.consul, err = consul.NewClient(cfg.Consul); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Server.Enabled {
+		a.events = events.New(cfg.Server.EventBufferSize, logger)
+		a.server, err = server.New(server.Config{Agent: cfg, Consul: a.consul, Events: a.events, Logger: logger.Named("server")})
+		if err != nil {
+			return nil, fmt.Errorf("server role: %w", err)
+		}
+		a.roles["server"] = a.server
+		a.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(4 << 20))
+		a.server.RegisterGRPC(a.grpc)
+		addr := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.Ports.GRPC))
+		if a.grpcLn, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("gRPC listener on %s: %w", addr, err)
+		}
+	}
+	if cfg.Client.Enabled || cfg.Proxy.Enabled {
+		servers := cfg.Client.Servers
+		if len(servers) == 0 {
+			servers = cfg.Proxy.Servers
+		}
+		a.conn, err = serverconn.Dial(serverconn.Config{Servers: servers, Consul: a.consul, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		a.reporter = events.NewReporter(cfg.NodeName, a.conn, a.events, logger)
+		a.client, err = client.New(client.Config{Agent: cfg, Consul: a.consul, Conn: a.conn.ClientConn,
+			Events: a.reporter, Logger: logger.Named("client")})
+		if err != nil {
+			return nil, fmt.Errorf("client role: %w", err)
+		}
+		a.roles["client"] = a.client
+	}
+	if cfg.Proxy.Enabled {
+		a.proxy, err = proxy.New(proxy.Config{Agent: cfg, Conn: a.conn.ClientConn, Events: a.reporter,
+			Logger: logger.Named("proxy")})
+		if err != nil {
+			return nil, fmt.Errorf("proxy role: %w", err)
+		}
+		a.roles["proxy"] = a.proxy
+	}
+
+	addr := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.Ports.HTTP))
+	if a.httpLn, err = net.Listen("tcp", addr); err != nil {
+		return nil, fmt.Errorf("HTTP API listener on %s: %w", addr, err)
+	}
+	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	return a, nil
+}
+
+// HTTPAddr is the bound address of the HTTP API.
+func (a *Agent) HTTPAddr() string { return a.httpLn.Addr().String() }
+
+// Run serves until ctx ends, then stops every role and listener; it returns once all
+// goroutines it started have ended.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(a.roles)+4)
+	goRun := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goRun("http", func() error {
+		if err := a.http.Serve(a.httpLn); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	if a.grpc != nil {
+		goRun("grpc", func() error { return a.grpc.Serve(a.grpcLn) })
+	}
+	if a.conn != nil {
+		goRun("serverconn", func() error { a.conn.Run(ctx); return nil })
+	}
+	if a.reporter != nil {
+		goRun("events", func() error { a.reporter.Run(ctx); return nil })
+	}
+	for name, r := range a.roles {
+		goRun(name, func() error { return r.Run(ctx) })
+	}
+	a.logger.Info("agent running", "node", a.cfg.NodeName, "roles", a.cfg.Roles(), "http", a.HTTPAddr(),
+		"version", version.Version)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		a.logger.Error("agent stopping after a fatal error", "error", runErr)
+	}
+	cancel()
+	a.logger.Info("agent stopping")
+	shutCtx, shutCancel := context.WithTimeout(context.Background(), time.Second)
+	_ = a.http.Shutdown(shutCtx)
+	shutCancel()
+	if a.grpc != nil {
+		stopped := make(chan struct{})
+		go func() { a.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(500 * time.Millisecond):
+			a.grpc.Stop() // streams (port-table watches) never end by themselves
+		}
+	}
+	wg.Wait()
+	if a.conn != nil {
+		_ = a.conn.Close()
+	}
+	a.logger.Info("agent stopped")
+	return runErr
+}
+
+// Reload applies a new configuration: log level, and each role's reloadable parts.
+func (a *Agent) Reload(cfg *config.Config) error {
+	a.mu.Lock()
+	a.cfg = cfg
+	a.mu.Unlock()
+	a.logger.SetLevel(hclog.LevelFromString(cfg.LogLevel))
+	var errs []error
+	for name, r := range a.roles {
+		if err := r.Reload(cfg); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Config returns the configuration in effect.
+func (a *Agent) Config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}

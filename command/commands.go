@@ -1,0 +1,39 @@
+// Package command is nullnet's CLI, one file per command, built on github.com/hashicorp/cli.
+// Exit codes: 0 success, 1 error, 2 usage error.
+package command
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/hashicorp/cli"
+	"github.com/nullnet/nullnet/agent/version"
+)
+
+// Run executes the CLI and returns the exit code.
+func Run(args []string) int {
+	ui := &cli.BasicUi{Reader: os.Stdin, Writer: os.Stdout, ErrorWriter: os.Stderr}
+	c := cli.NewCLI("nullnet", version.Version)
+	c.Args = args
+	c.Commands = Commands(ui)
+	c.HelpWriter = os.Stdout
+	c.ErrorWriter = os.Stderr
+	code, err := c.Run()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Error executing CLI: %v\n", err)
+		return 1
+	}
+	if code == 127 { // unknown command: a usage error
+		return 2
+	}
+	return code
+}
+
+// Commands is the command table; website/docs/cli.md documents each entry.
+func Commands(ui cli.Ui) map[string]cli.CommandFactory {
+	return map[string]cli.CommandFactory{
+		"agent":    func() (cli.Command, error) { return &AgentCommand{UI: ui}, nil },
+		"validate": func() (cli.Command, error) { return &ValidateCommand{UI: ui}, nil },
+		"version":  func() (cli.Command, error) { return &VersionCommand{UI: ui}, nil },
+	}
+}

@@ -1,0 +1,173 @@
+// Package config holds nullnet's configuration schemas: the agent configuration (this file and
+// load.go) and stack files (stack.go). Both are HCL (native or JSON syntax); every problem is an
+// hcl.Diagnostic carrying file:line:col.
+package config
+
+import (
+	"time"
+)
+
+// Config is the agent configuration in effect, after every file was merged and defaults applied.
+// Field tags name the HCL keys; see website/docs/agent-config.md for every field.
+type Config struct {
+	NodeName      string    `json:"node_name"`
+	Datacenter    string    `json:"datacenter"`
+	DataDir       string    `json:"data_dir"`
+	BindAddr      string    `json:"bind_addr"`
+	AdvertiseAddr string    `json:"advertise_addr"`
+	LogLevel      string    `json:"log_level"`
+	LogJSON       bool      `json:"log_json"`
+	Ports         Ports     `json:"ports"`
+	Consul        Consul    `json:"consul"`
+	Server        Server    `json:"server"`
+	Proxy         Proxy     `json:"proxy"`
+	Client        Client    `json:"client"`
+	Telemetry     Telemetry `json:"telemetry"`
+	TLS           TLS       `json:"tls"`
+
+	// DevMode is set by `nullnet agent -dev`, never from a file.
+	DevMode bool `json:"dev_mode"`
+}
+
+// Ports are the agent's own listeners.
+type Ports struct {
+	HTTP int `json:"http"`
+	GRPC int `json:"grpc"`
+}
+
+// Consul says how to reach the Consul agent. Empty fields fall back to the CONSUL_HTTP_*
+// environment variables, as in Consul's own tools.
+type Consul struct {
+	Address    string `json:"address"`
+	Token      string `json:"-"`
+	TokenFile  string `json:"token_file"`
+	Datacenter string `json:"datacenter"`
+	SSL        bool   `json:"ssl"`
+	CAFile     string `json:"ca_file"`
+	CertFile   string `json:"cert_file"`
+	KeyFile    string `json:"key_file"`
+}
+
+// Network modes for the server.
+const (
+	NetworkVXLAN  = "vxlan"
+	NetworkDirect = "direct"
+)
+
+// Server is the control-plane role.
+type Server struct {
+	Enabled   bool   `json:"enabled"`
+	StacksDir string `json:"stacks_dir"`
+	// Network is "vxlan" (build tunnels on demand) or "direct" (dial replicas' own addresses).
+	Network string `json:"network"`
+	// SetupTimeout bounds the wait for both nodes' overlay setup acks.
+	SetupTimeout time.Duration `json:"setup_timeout"`
+	// NodeGracePeriod is how long a node's control channel may be gone before its sessions are
+	// torn down (and, for a proxy node, its uses released).
+	NodeGracePeriod time.Duration `json:"node_grace_period"`
+	// ReloadDebounce is the quiet time after the last change in stacks_dir before a reload.
+	ReloadDebounce time.Duration `json:"reload_debounce"`
+	// EventBufferSize is the size of the in-memory event ring.
+	EventBufferSize int `json:"event_buffer_size"`
+	// NetIDMin/NetIDMax bound the net id pool.
+	NetIDMin uint32 `json:"net_id_min"`
+	NetIDMax uint32 `json:"net_id_max"`
+}
+
+// Proxy is the ingress role.
+type Proxy struct {
+	Enabled bool `json:"enabled"`
+	// Servers are gRPC addresses of nullnet servers; empty means discover through Consul.
+	Servers  []string `json:"servers"`
+	HTTPAddr string   `json:"http_addr"`
+	// BindAddr is the address TCP/UDP listeners bind (default all addresses).
+	BindAddr string `json:"bind_addr"`
+	// DialTimeout bounds the connect to an upstream.
+	DialTimeout time.Duration `json:"dial_timeout"`
+	// UDPIdleTimeout applies to UDP sessions of mappings whose timeout is 0.
+	UDPIdleTimeout time.Duration `json:"udp_idle_timeout"`
+	// UDPMaxSessions caps sessions per UDP listener.
+	UDPMaxSessions int `json:"udp_max_sessions"`
+	// UDPQueueLength caps datagrams held for a session that is still resolving.
+	UDPQueueLength int `json:"udp_queue_length"`
+}
+
+// Client is the node role: tunnel ends and host services.
+type Client struct {
+	Enabled  bool          `json:"enabled"`
+	Servers  []string      `json:"servers"`
+	Services []HostService `json:"services"`
+	// NetworkInterface carries the underlay (default: the one holding advertise_addr).
+	NetworkInterface string `json:"network_interface"`
+}
+
+// HostService is a service running on this host that the agent registers in Consul.
+type HostService struct {
+	Name     string `json:"name"`
+	Stack    string `json:"stack"`
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol"`
+	// Address the service listens on, if not all addresses; used for the health check.
+	Address string `json:"address"`
+	// CheckInterval is how often Consul probes the port.
+	CheckInterval time.Duration `json:"check_interval"`
+}
+
+// Telemetry configures metrics.
+type Telemetry struct {
+	// PrometheusRetentionTime > 0 enables the Prometheus format on /v1/agent/metrics.
+	PrometheusRetentionTime time.Duration `json:"prometheus_retention_time"`
+	DisableHostname         bool          `json:"disable_hostname"`
+	StatsdAddress           string        `json:"statsd_address"`
+}
+
+// TLS configures mutual TLS for gRPC and the HTTP API, with Consul's meanings.
+type TLS struct {
+	CAFile               string `json:"ca_file"`
+	CertFile             string `json:"cert_file"`
+	KeyFile              string `json:"key_file"`
+	VerifyIncoming       bool   `json:"verify_incoming"`
+	VerifyOutgoing       bool   `json:"verify_outgoing"`
+	VerifyServerHostname bool   `json:"verify_server_hostname"`
+}
+
+// Enabled reports whether any TLS material is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.CAFile != "" }
+
+// Roles lists the enabled roles, in a fixed order. The proxy role brings the client role along,
+// because the proxy's end of each tunnel is built on its own host.
+func (c *Config) Roles() []string {
+	var r []string
+	if c.Server.Enabled {
+		r = append(r, "server")
+	}
+	if c.Client.Enabled || c.Proxy.Enabled {
+		r = append(r, "client")
+	}
+	if c.Proxy.Enabled {
+		r = append(r, "proxy")
+	}
+	return r
+}
+
+// Defaults, applied in exactly one place (Default and applyDefaults in load.go).
+const (
+	DefaultHTTPPort        = 4700
+	DefaultGRPCPort        = 4701
+	DefaultDatacenter      = "dc1"
+	DefaultLogLevel        = "info"
+	DefaultBindAddr        = "0.0.0.0"
+	DefaultProxyHTTPAddr   = ":80"
+	DefaultSetupTimeout    = 10 * time.Second
+	DefaultNodeGrace       = 15 * time.Second
+	DefaultReloadDebounce  = 100 * time.Millisecond
+	DefaultEventBufferSize = 4096
+	DefaultNetIDMin        = 101
+	DefaultNetIDMax        = 2097151
+	DefaultDialTimeout     = 5 * time.Second
+	DefaultUDPIdleTimeout  = 60 * time.Second
+	DefaultUDPMaxSessions  = 200000
+	DefaultUDPQueueLength  = 64
+	DefaultCheckInterval   = 5 * time.Second
+	DefaultPromRetention   = 60 * time.Second
+)

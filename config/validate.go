@@ -1,0 +1,136 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// MaxNetID is the last net id whose /29 fits in 10.0.0.0/8.
+const MaxNetID = 2097151
+
+// Validate checks values that decoding cannot: enumerations, ranges, addresses. ranges maps
+// dotted keys (see collectRanges) to where the value was set; a value that came from a default
+// has no range.
+func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	at := func(key string) *hcl.Range { return ranges[key] }
+	switch strings.ToLower(c.LogLevel) {
+	case "trace", "debug", "info", "warn", "error", "off":
+	default:
+		diags = append(diags, errAt(at("log_level"), "Invalid log_level",
+			"%q is not a log level; use one of trace, debug, info, warn, error.", c.LogLevel))
+	}
+	if net.ParseIP(c.BindAddr) == nil {
+		diags = append(diags, errAt(at("bind_addr"), "Invalid bind_addr", "%q is not an IP address.", c.BindAddr))
+	}
+	if c.AdvertiseAddr != "" && net.ParseIP(c.AdvertiseAddr) == nil {
+		diags = append(diags, errAt(at("advertise_addr"), "Invalid advertise_addr",
+			"%q is not an IP address; it is the underlay address tunnels use.", c.AdvertiseAddr))
+	}
+	for key, p := range map[string]int{"ports.http": c.Ports.HTTP, "ports.grpc": c.Ports.GRPC} {
+		if p < 1 || p > 65535 {
+			diags = append(diags, errAt(at(key), "Invalid port", "%s = %d is out of range 1-65535.", key, p))
+		}
+	}
+	if c.Ports.HTTP == c.Ports.GRPC {
+		diags = append(diags, errAt(at("ports.grpc"), "Port clash", "ports.http and ports.grpc are both %d.", c.Ports.HTTP))
+	}
+	if c.Server.Network != NetworkVXLAN && c.Server.Network != NetworkDirect {
+		diags = append(diags, errAt(at("server.network"), "Invalid server.network",
+			"%q is not a network mode; use \"vxlan\" (tunnels on demand) or \"direct\" (dial replicas' addresses).", c.Server.Network))
+	}
+	if c.Server.Enabled && c.Server.StacksDir == "" && !c.DevMode {
+		diags = append(diags, errAt(at("server.enabled"), "Missing server.stacks_dir",
+			"A server needs stacks_dir, the directory holding its *.hcl stack files."))
+	}
+	if c.Server.NetIDMin < DefaultNetIDMin || c.Server.NetIDMax > MaxNetID || c.Server.NetIDMin > c.Server.NetIDMax {
+		diags = append(diags, errAt(at("server.net_id_min"), "Invalid net id range",
+			"net ids must satisfy %d <= net_id_min <= net_id_max <= %d (got %d..%d).",
+			DefaultNetIDMin, MaxNetID, c.Server.NetIDMin, c.Server.NetIDMax))
+	}
+	if c.Server.EventBufferSize < 1 {
+		diags = append(diags, errAt(at("server.event_buffer_size"), "Invalid event_buffer_size", "It must be at least 1."))
+	}
+	if c.Proxy.Enabled {
+		if _, _, err := net.SplitHostPort(c.Proxy.HTTPAddr); err != nil {
+			diags = append(diags, errAt(at("proxy.http_addr"), "Invalid proxy.http_addr",
+				"%q is not host:port (%v); for example \":80\".", c.Proxy.HTTPAddr, err))
+		}
+		if net.ParseIP(c.Proxy.BindAddr) == nil {
+			diags = append(diags, errAt(at("proxy.bind_addr"), "Invalid proxy.bind_addr", "%q is not an IP address.", c.Proxy.BindAddr))
+		}
+	}
+	if c.Proxy.UDPMaxSessions < 1 {
+		diags = append(diags, errAt(at("proxy.udp_max_sessions"), "Invalid udp_max_sessions", "It must be at least 1."))
+	}
+	if c.Proxy.UDPQueueLength < 1 {
+		diags = append(diags, errAt(at("proxy.udp_queue_length"), "Invalid udp_queue_length", "It must be at least 1."))
+	}
+	for _, addr := range append(append([]string{}, c.Proxy.Servers...), c.Client.Servers...) {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			diags = append(diags, errAt(nil, "Invalid server address", "%q is not host:port: %v.", addr, err))
+		}
+	}
+	for _, s := range c.Client.Services {
+		key := "client.service." + s.Name + "."
+		def := at("client.service." + s.Name)
+		if s.Port < 1 || s.Port > 65535 {
+			rng := at(key + "port")
+			if rng == nil {
+				rng = def
+			}
+			diags = append(diags, errAt(rng, "Invalid host service port",
+				"service %q: port = %d is out of range 1-65535.", s.Name, s.Port))
+		}
+		if s.Protocol != "tcp" && s.Protocol != "udp" {
+			diags = append(diags, errAt(at(key+"protocol"), "Invalid host service protocol",
+				"service %q: protocol %q is not \"tcp\" or \"udp\".", s.Name, s.Protocol))
+		}
+		if s.Stack == "" {
+			diags = append(diags, errAt(def, "Missing host service stack",
+				"service %q: stack is required: it names the stack that exposes this service.", s.Name))
+		}
+		if s.Address != "" {
+			ip := net.ParseIP(s.Address)
+			switch {
+			case ip == nil:
+				diags = append(diags, errAt(at(key+"address"), "Invalid host service address", "%q is not an IP address.", s.Address))
+			case ip.IsLoopback():
+				diags = append(diags, warnAt(at(key+"address"), "Host service listens on loopback only",
+					"service %q listens on %s, which the overlay cannot reach: tunnels deliver to the host's bridge address. Listen on 0.0.0.0 instead.", s.Name, s.Address))
+			}
+		}
+	}
+	return diags
+}
+
+// duplicateServices rejects two `service` blocks with one name in the same file.
+func duplicateServices(c *rawClient) hcl.Diagnostics {
+	if c == nil {
+		return nil
+	}
+	var diags hcl.Diagnostics
+	seen := map[string]hcl.Range{}
+	for _, s := range c.Services {
+		if first, ok := seen[s.Name]; ok {
+			rng := s.DeclRange
+			diags = append(diags, errAt(&rng, "Duplicate host service",
+				"service %q is already declared at %s.", s.Name, first.String()))
+			continue
+		}
+		seen[s.Name] = s.DeclRange
+	}
+	return diags
+}
+
+// FormatDiagnostics renders diagnostics as one string (for logs and events).
+func FormatDiagnostics(files map[string]*hcl.File, diags hcl.Diagnostics) string {
+	var b strings.Builder
+	if err := WriteDiagnostics(&b, files, diags); err != nil {
+		return fmt.Sprint(diags)
+	}
+	return b.String()
+}
