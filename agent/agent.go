@@ -155,6 +155,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.reporter != nil {
 		goRun("events", func() error { a.reporter.Run(ctx); return nil })
 	}
+	if a.consul != nil {
+		reg := selfRegistration(a.cfg)
+		goRun("consul-registration", func() error { keepRegistered(ctx, a.consul, reg, a.logger); return nil })
+	}
 	for name, r := range a.roles {
 		goRun(name, func() error { return r.Run(ctx) })
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/hashicorp/go-metrics/prometheus"
 	"github.com/nullnet/nullnet/config"
 	prom "github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -24,6 +25,8 @@ func NewMetrics(cfg config.Telemetry, node string) (*Metrics, error) {
 	inm := metrics.NewInmemSink(10*time.Second, time.Minute)
 	sinks := metrics.FanoutSink{inm}
 	m := &Metrics{inm: inm, registry: prom.NewRegistry()}
+	// Process and Go runtime figures are always there, even before nullnet reports anything.
+	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if cfg.PrometheusRetentionTime > 0 {
 		ps, err := prometheus.NewPrometheusSinkFrom(prometheus.PrometheusOpts{
 			Expiration: cfg.PrometheusRetentionTime, Registerer: m.registry})

@@ -69,17 +69,15 @@ func sourceLine(src []byte, rng hcl.Range) string {
 	if rng.End.Line == rng.Start.Line && rng.End.Column > rng.Start.Column {
 		width = rng.End.Column - rng.Start.Column
 	}
-	pad := strings.Repeat(" ", max(rng.Start.Column-1, 0))
-	pad = strings.Map(func(r rune) rune { return ' ' }, pad)
-	// Keep tabs so the carets line up under tab-indented source.
-	prefix := []rune(line)
-	if n := rng.Start.Column - 1; n <= len(prefix) {
+	// Mirror the line's own tabs so the carets line up under tab-indented source.
+	pad := ""
+	if runes := []rune(line); rng.Start.Column-1 <= len(runes) {
 		pad = strings.Map(func(r rune) rune {
 			if r == '\t' {
 				return '\t'
 			}
 			return ' '
-		}, string(prefix[:n]))
+		}, string(runes[:max(rng.Start.Column-1, 0)]))
 	}
 	return fmt.Sprintf("  %4d | %s\n       | %s%s\n", rng.Start.Line, line, pad, strings.Repeat("^", width))
 }

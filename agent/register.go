@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/consul"
+	"github.com/nullnet/nullnet/agent/serverconn"
+	"github.com/nullnet/nullnet/agent/version"
+	"github.com/nullnet/nullnet/config"
+)
+
+// Meta keys on the agent's own "nullnet" service in Consul.
+const (
+	MetaNode     = "nullnet-node"
+	MetaUnderlay = "nullnet-underlay"
+	MetaHTTPPort = "nullnet-http-port"
+	MetaGRPCPort = "nullnet-grpc-port"
+	MetaVersion  = "nullnet-version"
+)
+
+// selfRegistration is the agent's own entry in Consul: service "nullnet" tagged with its roles,
+// so servers are discoverable and replicas can be matched to the nullnet node that serves them.
+func selfRegistration(cfg *config.Config) *api.AgentServiceRegistration {
+	port := cfg.Ports.HTTP
+	if cfg.Server.Enabled {
+		port = cfg.Ports.GRPC // clients discover servers through this port
+	}
+	addr := cfg.AdvertiseAddr
+	if addr == "" && cfg.BindAddr != "0.0.0.0" {
+		addr = cfg.BindAddr
+	}
+	checkHost := cfg.BindAddr
+	if ip := net.ParseIP(checkHost); ip == nil || ip.IsUnspecified() {
+		checkHost = "127.0.0.1"
+	}
+	return &api.AgentServiceRegistration{
+		ID:      "nullnet-" + cfg.NodeName,
+		Name:    serverconn.ConsulServiceName,
+		Tags:    cfg.Roles(),
+		Port:    port,
+		Address: addr,
+		Meta: map[string]string{
+			MetaNode:     cfg.NodeName,
+			MetaUnderlay: cfg.AdvertiseAddr,
+			MetaHTTPPort: strconv.Itoa(cfg.Ports.HTTP),
+			MetaGRPCPort: strconv.Itoa(cfg.Ports.GRPC),
+			MetaVersion:  version.Version,
+		},
+		Check: &api.AgentServiceCheck{
+			Name:                           "nullnet agent HTTP API",
+			HTTP:                           fmt.Sprintf("http://%s/v1/agent/self", net.JoinHostPort(checkHost, strconv.Itoa(cfg.Ports.HTTP))),
+			Interval:                       "10s",
+			Timeout:                        "2s",
+			DeregisterCriticalServiceAfter: "10m",
+		},
+	}
+}
+
+// keepRegistered registers the agent in its local Consul agent and re-registers whenever the
+// registration disappears (a restarted dev agent loses it), until ctx ends; then deregisters.
+func keepRegistered(ctx context.Context, client *api.Client, reg *api.AgentServiceRegistration, logger hclog.Logger) {
+	logger = logger.Named("consul")
+	registered := false
+	failures := 0
+	for {
+		_, _, err := client.Agent().Service(reg.ID, nil)
+		if err != nil || !registered {
+			if err := client.Agent().ServiceRegister(reg); err != nil {
+				failures++
+				if failures == 1 {
+					logger.Warn("cannot register the agent in Consul; retrying", "error", err)
+				}
+			} else {
+				if failures > 0 || !registered {
+					logger.Info("agent registered in Consul", "service", reg.Name, "id", reg.ID, "tags", reg.Tags)
+				}
+				registered, failures = true, 0
+			}
+		}
+		delay := 15 * time.Second
+		if failures > 0 {
+			delay = consul.Backoff(failures, 10*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			if registered {
+				dctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_ = client.Agent().ServiceDeregisterOpts(reg.ID, (&api.QueryOptions{}).WithContext(dctx))
+				cancel()
+			}
+			return
+		case <-time.After(delay):
+		}
+	}
+}
