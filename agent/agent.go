@@ -21,6 +21,7 @@ import (
 	"github.com/nullnet/nullnet/agent/proxy"
 	"github.com/nullnet/nullnet/agent/server"
 	"github.com/nullnet/nullnet/agent/serverconn"
+	"github.com/nullnet/nullnet/agent/tlsutil"
 	"github.com/nullnet/nullnet/agent/version"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
@@ -80,7 +81,11 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("server role: %w", err)
 		}
 		a.roles["server"] = a.server
-		a.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(4 << 20))
+		opts, err := a.grpcServerOptions()
+		if err != nil {
+			return nil, err
+		}
+		a.grpc = grpc.NewServer(opts...)
 		a.server.RegisterGRPC(a.grpc)
 		addr := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.Ports.GRPC))
 		if a.grpcLn, err = net.Listen("tcp", addr); err != nil {
@@ -92,7 +97,11 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		if len(servers) == 0 {
 			servers = cfg.Proxy.Servers
 		}
-		a.conn, err = serverconn.Dial(serverconn.Config{Servers: servers, Consul: a.consul, Logger: logger})
+		creds, err := a.grpcClientCreds()
+		if err != nil {
+			return nil, err
+		}
+		a.conn, err = serverconn.Dial(serverconn.Config{Servers: servers, Consul: a.consul, Creds: creds, Logger: logger})
 		if err != nil {
 			return nil, err
 		}
@@ -118,6 +127,9 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("HTTP API listener on %s: %w", addr, err)
 	}
 	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
+	if a.http.TLSConfig, err = tlsutil.ServerConfig(cfg.TLS); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -141,7 +153,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	goRun("http", func() error {
-		if err := a.http.Serve(a.httpLn); !errors.Is(err, http.ErrServerClosed) {
+		serve := func() error { return a.http.Serve(a.httpLn) }
+		if a.http.TLSConfig != nil {
+			serve = func() error { return a.http.ServeTLS(a.httpLn, "", "") }
+		}
+		if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil

@@ -32,8 +32,11 @@ func Run(args []string) int {
 // Commands is the command table; website/docs/cli.md documents each entry.
 func Commands(ui cli.Ui) map[string]cli.CommandFactory {
 	return map[string]cli.CommandFactory{
-		"agent":    func() (cli.Command, error) { return &AgentCommand{UI: ui}, nil },
-		"validate": func() (cli.Command, error) { return &ValidateCommand{UI: ui}, nil },
-		"version":  func() (cli.Command, error) { return &VersionCommand{UI: ui}, nil },
+		"agent":           func() (cli.Command, error) { return &AgentCommand{UI: ui}, nil },
+		"validate":        func() (cli.Command, error) { return &ValidateCommand{UI: ui}, nil },
+		"version":         func() (cli.Command, error) { return &VersionCommand{UI: ui}, nil },
+		"tls":             func() (cli.Command, error) { return &TLSCommand{UI: ui}, nil },
+		"tls ca create":   func() (cli.Command, error) { return &TLSCACreateCommand{UI: ui}, nil },
+		"tls cert create": func() (cli.Command, error) { return &TLSCertCreateCommand{UI: ui}, nil },
 	}
 }

@@ -25,6 +25,8 @@ const (
 	NetIDPoolExhausted  = "net_id_pool_exhausted"
 	ReplicaRemoved      = "replica_removed"
 	ProxyRequestRefused = "proxy_request_refused"
+	// AuthRefused: a gRPC caller's certificate did not allow what it asked (mutual TLS).
+	AuthRefused = "auth_refused"
 
 	// Node side (client agents).
 	ControlChannelEstablished = "control_channel_established"
