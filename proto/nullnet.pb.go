@@ -276,7 +276,12 @@ type Hello struct {
 	Roles        []string `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"` // "client", "proxy"
 	Version      string   `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
 	// Underlay MTU of the node's interface carrying underlay_addr (0 = unknown, assume 1500).
-	UnderlayMtu   uint32 `protobuf:"varint,5,opt,name=underlay_mtu,json=underlayMtu,proto3" json:"underlay_mtu,omitempty"`
+	UnderlayMtu uint32 `protobuf:"varint,5,opt,name=underlay_mtu,json=underlayMtu,proto3" json:"underlay_mtu,omitempty"`
+	// Tunnel ends that exist on the node when it says Hello. Empty on the first Hello after a
+	// start (start-up cleanup removed every leftover); on a reconnect, the ends built so far.
+	// A server compares it with its sessions: a session whose end is missing is broken, an end
+	// it does not know is stale and can be torn down.
+	ActiveEnds    []*OverlayEndRef `protobuf:"bytes,6,rep,name=active_ends,json=activeEnds,proto3" json:"active_ends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -346,6 +351,66 @@ func (x *Hello) GetUnderlayMtu() uint32 {
 	return 0
 }
 
+func (x *Hello) GetActiveEnds() []*OverlayEndRef {
+	if x != nil {
+		return x.ActiveEnds
+	}
+	return nil
+}
+
+// One tunnel end on a node.
+type OverlayEndRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NetId         uint32                 `protobuf:"varint,1,opt,name=net_id,json=netId,proto3" json:"net_id,omitempty"`
+	Side          OverlaySide            `protobuf:"varint,2,opt,name=side,proto3,enum=nullnet.v1.OverlaySide" json:"side,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OverlayEndRef) Reset() {
+	*x = OverlayEndRef{}
+	mi := &file_nullnet_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OverlayEndRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OverlayEndRef) ProtoMessage() {}
+
+func (x *OverlayEndRef) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OverlayEndRef.ProtoReflect.Descriptor instead.
+func (*OverlayEndRef) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *OverlayEndRef) GetNetId() uint32 {
+	if x != nil {
+		return x.NetId
+	}
+	return 0
+}
+
+func (x *OverlayEndRef) GetSide() OverlaySide {
+	if x != nil {
+		return x.Side
+	}
+	return OverlaySide_OVERLAY_SIDE_UNSPECIFIED
+}
+
 type CommandAck struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	CommandId string                 `protobuf:"bytes,1,opt,name=command_id,json=commandId,proto3" json:"command_id,omitempty"`
@@ -359,7 +424,7 @@ type CommandAck struct {
 
 func (x *CommandAck) Reset() {
 	*x = CommandAck{}
-	mi := &file_nullnet_proto_msgTypes[2]
+	mi := &file_nullnet_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +436,7 @@ func (x *CommandAck) String() string {
 func (*CommandAck) ProtoMessage() {}
 
 func (x *CommandAck) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[2]
+	mi := &file_nullnet_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +449,7 @@ func (x *CommandAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandAck.ProtoReflect.Descriptor instead.
 func (*CommandAck) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{2}
+	return file_nullnet_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CommandAck) GetCommandId() string {
@@ -422,7 +487,7 @@ type ServerMessage struct {
 
 func (x *ServerMessage) Reset() {
 	*x = ServerMessage{}
-	mi := &file_nullnet_proto_msgTypes[3]
+	mi := &file_nullnet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -434,7 +499,7 @@ func (x *ServerMessage) String() string {
 func (*ServerMessage) ProtoMessage() {}
 
 func (x *ServerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[3]
+	mi := &file_nullnet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -447,7 +512,7 @@ func (x *ServerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
 func (*ServerMessage) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{3}
+	return file_nullnet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServerMessage) GetMsg() isServerMessage_Msg {
@@ -516,7 +581,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_nullnet_proto_msgTypes[4]
+	mi := &file_nullnet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -528,7 +593,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[4]
+	mi := &file_nullnet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -541,7 +606,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{4}
+	return file_nullnet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Welcome) GetServerName() string {
@@ -580,7 +645,7 @@ type OverlaySetup struct {
 
 func (x *OverlaySetup) Reset() {
 	*x = OverlaySetup{}
-	mi := &file_nullnet_proto_msgTypes[5]
+	mi := &file_nullnet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +657,7 @@ func (x *OverlaySetup) String() string {
 func (*OverlaySetup) ProtoMessage() {}
 
 func (x *OverlaySetup) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[5]
+	mi := &file_nullnet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +670,7 @@ func (x *OverlaySetup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverlaySetup.ProtoReflect.Descriptor instead.
 func (*OverlaySetup) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{5}
+	return file_nullnet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OverlaySetup) GetCommandId() string {
@@ -669,7 +734,7 @@ type OverlayTeardown struct {
 
 func (x *OverlayTeardown) Reset() {
 	*x = OverlayTeardown{}
-	mi := &file_nullnet_proto_msgTypes[6]
+	mi := &file_nullnet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +746,7 @@ func (x *OverlayTeardown) String() string {
 func (*OverlayTeardown) ProtoMessage() {}
 
 func (x *OverlayTeardown) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[6]
+	mi := &file_nullnet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +759,7 @@ func (x *OverlayTeardown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OverlayTeardown.ProtoReflect.Descriptor instead.
 func (*OverlayTeardown) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{6}
+	return file_nullnet_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *OverlayTeardown) GetCommandId() string {
@@ -741,7 +806,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_nullnet_proto_msgTypes[7]
+	mi := &file_nullnet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +818,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[7]
+	mi := &file_nullnet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +831,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{7}
+	return file_nullnet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AgentEvent) GetKind() string {
@@ -819,7 +884,7 @@ type ReportEventResponse struct {
 
 func (x *ReportEventResponse) Reset() {
 	*x = ReportEventResponse{}
-	mi := &file_nullnet_proto_msgTypes[8]
+	mi := &file_nullnet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +896,7 @@ func (x *ReportEventResponse) String() string {
 func (*ReportEventResponse) ProtoMessage() {}
 
 func (x *ReportEventResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[8]
+	mi := &file_nullnet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +909,7 @@ func (x *ReportEventResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportEventResponse.ProtoReflect.Descriptor instead.
 func (*ReportEventResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{8}
+	return file_nullnet_proto_rawDescGZIP(), []int{9}
 }
 
 type WatchPortMappingsRequest struct {
@@ -856,7 +921,7 @@ type WatchPortMappingsRequest struct {
 
 func (x *WatchPortMappingsRequest) Reset() {
 	*x = WatchPortMappingsRequest{}
-	mi := &file_nullnet_proto_msgTypes[9]
+	mi := &file_nullnet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +933,7 @@ func (x *WatchPortMappingsRequest) String() string {
 func (*WatchPortMappingsRequest) ProtoMessage() {}
 
 func (x *WatchPortMappingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[9]
+	mi := &file_nullnet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +946,7 @@ func (x *WatchPortMappingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPortMappingsRequest.ProtoReflect.Descriptor instead.
 func (*WatchPortMappingsRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{9}
+	return file_nullnet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WatchPortMappingsRequest) GetProxyNode() string {
@@ -905,7 +970,7 @@ type PortMapping struct {
 
 func (x *PortMapping) Reset() {
 	*x = PortMapping{}
-	mi := &file_nullnet_proto_msgTypes[10]
+	mi := &file_nullnet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +982,7 @@ func (x *PortMapping) String() string {
 func (*PortMapping) ProtoMessage() {}
 
 func (x *PortMapping) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[10]
+	mi := &file_nullnet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +995,7 @@ func (x *PortMapping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
 func (*PortMapping) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{10}
+	return file_nullnet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PortMapping) GetService() string {
@@ -979,7 +1044,7 @@ type PortMappingBundle struct {
 
 func (x *PortMappingBundle) Reset() {
 	*x = PortMappingBundle{}
-	mi := &file_nullnet_proto_msgTypes[11]
+	mi := &file_nullnet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1056,7 @@ func (x *PortMappingBundle) String() string {
 func (*PortMappingBundle) ProtoMessage() {}
 
 func (x *PortMappingBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[11]
+	mi := &file_nullnet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1069,7 @@ func (x *PortMappingBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortMappingBundle.ProtoReflect.Descriptor instead.
 func (*PortMappingBundle) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{11}
+	return file_nullnet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PortMappingBundle) GetVersion() uint64 {
@@ -1035,7 +1100,7 @@ type ProxyRequest struct {
 
 func (x *ProxyRequest) Reset() {
 	*x = ProxyRequest{}
-	mi := &file_nullnet_proto_msgTypes[12]
+	mi := &file_nullnet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1047,7 +1112,7 @@ func (x *ProxyRequest) String() string {
 func (*ProxyRequest) ProtoMessage() {}
 
 func (x *ProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[12]
+	mi := &file_nullnet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1060,7 +1125,7 @@ func (x *ProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyRequest.ProtoReflect.Descriptor instead.
 func (*ProxyRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{12}
+	return file_nullnet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ProxyRequest) GetClientIp() string {
@@ -1107,7 +1172,7 @@ type ProxyResponse struct {
 
 func (x *ProxyResponse) Reset() {
 	*x = ProxyResponse{}
-	mi := &file_nullnet_proto_msgTypes[13]
+	mi := &file_nullnet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1184,7 @@ func (x *ProxyResponse) String() string {
 func (*ProxyResponse) ProtoMessage() {}
 
 func (x *ProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[13]
+	mi := &file_nullnet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1197,7 @@ func (x *ProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyResponse.ProtoReflect.Descriptor instead.
 func (*ProxyResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{13}
+	return file_nullnet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ProxyResponse) GetUpstreamIp() string {
@@ -1187,7 +1252,7 @@ type ReleaseProxyRequest struct {
 
 func (x *ReleaseProxyRequest) Reset() {
 	*x = ReleaseProxyRequest{}
-	mi := &file_nullnet_proto_msgTypes[14]
+	mi := &file_nullnet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1264,7 @@ func (x *ReleaseProxyRequest) String() string {
 func (*ReleaseProxyRequest) ProtoMessage() {}
 
 func (x *ReleaseProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[14]
+	mi := &file_nullnet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1277,7 @@ func (x *ReleaseProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProxyRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseProxyRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{14}
+	return file_nullnet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReleaseProxyRequest) GetLeaseId() string {
@@ -1237,7 +1302,7 @@ type ReleaseProxyResponse struct {
 
 func (x *ReleaseProxyResponse) Reset() {
 	*x = ReleaseProxyResponse{}
-	mi := &file_nullnet_proto_msgTypes[15]
+	mi := &file_nullnet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1249,7 +1314,7 @@ func (x *ReleaseProxyResponse) String() string {
 func (*ReleaseProxyResponse) ProtoMessage() {}
 
 func (x *ReleaseProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[15]
+	mi := &file_nullnet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1262,7 +1327,7 @@ func (x *ReleaseProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProxyResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseProxyResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{15}
+	return file_nullnet_proto_rawDescGZIP(), []int{16}
 }
 
 var File_nullnet_proto protoreflect.FileDescriptor
@@ -1274,13 +1339,18 @@ const file_nullnet_proto_rawDesc = "" +
 	"\vNodeMessage\x12)\n" +
 	"\x05hello\x18\x01 \x01(\v2\x11.nullnet.v1.HelloH\x00R\x05hello\x12*\n" +
 	"\x03ack\x18\x02 \x01(\v2\x16.nullnet.v1.CommandAckH\x00R\x03ackB\x05\n" +
-	"\x03msg\"\x9c\x01\n" +
+	"\x03msg\"\xd8\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12#\n" +
 	"\runderlay_addr\x18\x02 \x01(\tR\funderlayAddr\x12\x14\n" +
 	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\x18\n" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12!\n" +
-	"\funderlay_mtu\x18\x05 \x01(\rR\vunderlayMtu\"j\n" +
+	"\funderlay_mtu\x18\x05 \x01(\rR\vunderlayMtu\x12:\n" +
+	"\vactive_ends\x18\x06 \x03(\v2\x19.nullnet.v1.OverlayEndRefR\n" +
+	"activeEnds\"S\n" +
+	"\rOverlayEndRef\x12\x15\n" +
+	"\x06net_id\x18\x01 \x01(\rR\x05netId\x12+\n" +
+	"\x04side\x18\x02 \x01(\x0e2\x17.nullnet.v1.OverlaySideR\x04side\"j\n" +
 	"\n" +
 	"CommandAck\x12\x1d\n" +
 	"\n" +
@@ -1391,57 +1461,60 @@ func file_nullnet_proto_rawDescGZIP() []byte {
 }
 
 var file_nullnet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_nullnet_proto_goTypes = []any{
 	(OverlaySide)(0),                 // 0: nullnet.v1.OverlaySide
 	(Severity)(0),                    // 1: nullnet.v1.Severity
 	(ServiceProtocol)(0),             // 2: nullnet.v1.ServiceProtocol
 	(*NodeMessage)(nil),              // 3: nullnet.v1.NodeMessage
 	(*Hello)(nil),                    // 4: nullnet.v1.Hello
-	(*CommandAck)(nil),               // 5: nullnet.v1.CommandAck
-	(*ServerMessage)(nil),            // 6: nullnet.v1.ServerMessage
-	(*Welcome)(nil),                  // 7: nullnet.v1.Welcome
-	(*OverlaySetup)(nil),             // 8: nullnet.v1.OverlaySetup
-	(*OverlayTeardown)(nil),          // 9: nullnet.v1.OverlayTeardown
-	(*AgentEvent)(nil),               // 10: nullnet.v1.AgentEvent
-	(*ReportEventResponse)(nil),      // 11: nullnet.v1.ReportEventResponse
-	(*WatchPortMappingsRequest)(nil), // 12: nullnet.v1.WatchPortMappingsRequest
-	(*PortMapping)(nil),              // 13: nullnet.v1.PortMapping
-	(*PortMappingBundle)(nil),        // 14: nullnet.v1.PortMappingBundle
-	(*ProxyRequest)(nil),             // 15: nullnet.v1.ProxyRequest
-	(*ProxyResponse)(nil),            // 16: nullnet.v1.ProxyResponse
-	(*ReleaseProxyRequest)(nil),      // 17: nullnet.v1.ReleaseProxyRequest
-	(*ReleaseProxyResponse)(nil),     // 18: nullnet.v1.ReleaseProxyResponse
-	nil,                              // 19: nullnet.v1.AgentEvent.FieldsEntry
+	(*OverlayEndRef)(nil),            // 5: nullnet.v1.OverlayEndRef
+	(*CommandAck)(nil),               // 6: nullnet.v1.CommandAck
+	(*ServerMessage)(nil),            // 7: nullnet.v1.ServerMessage
+	(*Welcome)(nil),                  // 8: nullnet.v1.Welcome
+	(*OverlaySetup)(nil),             // 9: nullnet.v1.OverlaySetup
+	(*OverlayTeardown)(nil),          // 10: nullnet.v1.OverlayTeardown
+	(*AgentEvent)(nil),               // 11: nullnet.v1.AgentEvent
+	(*ReportEventResponse)(nil),      // 12: nullnet.v1.ReportEventResponse
+	(*WatchPortMappingsRequest)(nil), // 13: nullnet.v1.WatchPortMappingsRequest
+	(*PortMapping)(nil),              // 14: nullnet.v1.PortMapping
+	(*PortMappingBundle)(nil),        // 15: nullnet.v1.PortMappingBundle
+	(*ProxyRequest)(nil),             // 16: nullnet.v1.ProxyRequest
+	(*ProxyResponse)(nil),            // 17: nullnet.v1.ProxyResponse
+	(*ReleaseProxyRequest)(nil),      // 18: nullnet.v1.ReleaseProxyRequest
+	(*ReleaseProxyResponse)(nil),     // 19: nullnet.v1.ReleaseProxyResponse
+	nil,                              // 20: nullnet.v1.AgentEvent.FieldsEntry
 }
 var file_nullnet_proto_depIdxs = []int32{
 	4,  // 0: nullnet.v1.NodeMessage.hello:type_name -> nullnet.v1.Hello
-	5,  // 1: nullnet.v1.NodeMessage.ack:type_name -> nullnet.v1.CommandAck
-	7,  // 2: nullnet.v1.ServerMessage.welcome:type_name -> nullnet.v1.Welcome
-	8,  // 3: nullnet.v1.ServerMessage.overlay_setup:type_name -> nullnet.v1.OverlaySetup
-	9,  // 4: nullnet.v1.ServerMessage.overlay_teardown:type_name -> nullnet.v1.OverlayTeardown
-	0,  // 5: nullnet.v1.OverlaySetup.side:type_name -> nullnet.v1.OverlaySide
-	0,  // 6: nullnet.v1.OverlayTeardown.side:type_name -> nullnet.v1.OverlaySide
-	1,  // 7: nullnet.v1.AgentEvent.severity:type_name -> nullnet.v1.Severity
-	19, // 8: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
-	2,  // 9: nullnet.v1.PortMapping.protocol:type_name -> nullnet.v1.ServiceProtocol
-	13, // 10: nullnet.v1.PortMappingBundle.mappings:type_name -> nullnet.v1.PortMapping
-	2,  // 11: nullnet.v1.ProxyRequest.protocol:type_name -> nullnet.v1.ServiceProtocol
-	3,  // 12: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
-	10, // 13: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
-	12, // 14: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
-	15, // 15: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
-	17, // 16: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
-	6,  // 17: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
-	11, // 18: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
-	14, // 19: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
-	16, // 20: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
-	18, // 21: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	6,  // 1: nullnet.v1.NodeMessage.ack:type_name -> nullnet.v1.CommandAck
+	5,  // 2: nullnet.v1.Hello.active_ends:type_name -> nullnet.v1.OverlayEndRef
+	0,  // 3: nullnet.v1.OverlayEndRef.side:type_name -> nullnet.v1.OverlaySide
+	8,  // 4: nullnet.v1.ServerMessage.welcome:type_name -> nullnet.v1.Welcome
+	9,  // 5: nullnet.v1.ServerMessage.overlay_setup:type_name -> nullnet.v1.OverlaySetup
+	10, // 6: nullnet.v1.ServerMessage.overlay_teardown:type_name -> nullnet.v1.OverlayTeardown
+	0,  // 7: nullnet.v1.OverlaySetup.side:type_name -> nullnet.v1.OverlaySide
+	0,  // 8: nullnet.v1.OverlayTeardown.side:type_name -> nullnet.v1.OverlaySide
+	1,  // 9: nullnet.v1.AgentEvent.severity:type_name -> nullnet.v1.Severity
+	20, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
+	2,  // 11: nullnet.v1.PortMapping.protocol:type_name -> nullnet.v1.ServiceProtocol
+	14, // 12: nullnet.v1.PortMappingBundle.mappings:type_name -> nullnet.v1.PortMapping
+	2,  // 13: nullnet.v1.ProxyRequest.protocol:type_name -> nullnet.v1.ServiceProtocol
+	3,  // 14: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
+	11, // 15: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
+	13, // 16: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
+	16, // 17: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
+	18, // 18: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
+	7,  // 19: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
+	12, // 20: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
+	15, // 21: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
+	17, // 22: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
+	19, // 23: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_nullnet_proto_init() }
@@ -1453,7 +1526,7 @@ func file_nullnet_proto_init() {
 		(*NodeMessage_Hello)(nil),
 		(*NodeMessage_Ack)(nil),
 	}
-	file_nullnet_proto_msgTypes[3].OneofWrappers = []any{
+	file_nullnet_proto_msgTypes[4].OneofWrappers = []any{
 		(*ServerMessage_Welcome)(nil),
 		(*ServerMessage_OverlaySetup)(nil),
 		(*ServerMessage_OverlayTeardown)(nil),
@@ -1464,7 +1537,7 @@ func file_nullnet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nullnet_proto_rawDesc), len(file_nullnet_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -67,6 +67,11 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 			if !sleep(ctx, d) {
 				return
 			}
+			// After a failure Consul may have restarted without its state, its index now far
+			// below ours: a query at our index would block for the whole wait before the reset
+			// rule above could see it. Index 1 answers at once from any live Consul; callers
+			// must treat the (possibly unchanged) result idempotently.
+			index = min(index, 1)
 			continue
 		}
 		if failures > 0 {

@@ -1,12 +1,25 @@
 // Package proxy is the ingress data plane: listeners that follow the port table, the TCP and
 // UDP relays and the HTTP router.
+//
+// Ownership: Run owns every goroutine the proxy starts. The watch loop feeds reconcile, which
+// starts one slot goroutine per (protocol, port); a slot owns its socket and, for UDP, its
+// sessions. TCP connections and HTTP requests belong to the proxy itself (not to their listener),
+// so removing a mapping stops new traffic without cutting live connections.
 package proxy
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
@@ -18,27 +31,268 @@ type Config struct {
 	Conn   *grpc.ClientConn
 	Events events.Emitter
 	Logger hclog.Logger
+
+	// Resolver overrides the gRPC resolver built on Conn (embedding and tests).
+	Resolver Resolver
+	// BindRetryMin/Max bound the backoff between bind attempts of a listener whose port is
+	// taken (defaults 250ms and 10s).
+	BindRetryMin, BindRetryMax time.Duration
+	// DisableHTTP skips the HTTP router (its address is often privileged in tests).
+	DisableHTTP bool
+}
+
+// settings are the reloadable knobs from the agent configuration.
+type settings struct {
+	BindAddr       string
+	DialTimeout    time.Duration
+	UDPIdleTimeout time.Duration
+	UDPMaxSessions int
+	UDPQueueLength int
+}
+
+func settingsFrom(c *config.Config) *settings {
+	p := c.Proxy
+	return &settings{BindAddr: p.BindAddr, DialTimeout: p.DialTimeout, UDPIdleTimeout: p.UDPIdleTimeout,
+		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength}
 }
 
 // Proxy is the ingress role.
 type Proxy struct {
-	cfg Config
+	cfg      Config
+	logger   hclog.Logger
+	events   events.Emitter
+	resolver Resolver
+	grpcRes  *grpcResolver // nil when Config.Resolver was given
+	set      atomic.Pointer[settings]
+	httpAddr string
+
+	bindRetryMin, bindRetryMax time.Duration
+
+	// runCtx is the parent of every slot and connection; Run cancels it (stop) when it ends.
+	runCtx context.Context
+	stop   context.CancelFunc
+	wg     sync.WaitGroup // slots, connections, sessions' helpers
+
+	mu           sync.Mutex
+	slots        map[listenerKey]*slot
+	tableVersion uint64
+	tableAt      time.Time
+	stream       string // "connecting", "connected", "disconnected"
+	streamErr    string
+
+	conns connSet // live TCP connections, closed at shutdown
+	http  *httpRouter
 }
 
 // New builds the proxy role.
-func New(cfg Config) (*Proxy, error) { return &Proxy{cfg: cfg}, nil }
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Agent == nil {
+		return nil, errors.New("proxy: no agent configuration")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Events == nil {
+		cfg.Events = events.New(256, cfg.Logger)
+	}
+	p := &Proxy{cfg: cfg, logger: cfg.Logger, events: cfg.Events, slots: map[listenerKey]*slot{},
+		stream: "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
+		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax}
+	if p.bindRetryMin <= 0 {
+		p.bindRetryMin = 250 * time.Millisecond
+	}
+	if p.bindRetryMax < p.bindRetryMin {
+		p.bindRetryMax = max(10*time.Second, p.bindRetryMin)
+	}
+	p.runCtx, p.stop = context.WithCancel(context.Background())
+	p.set.Store(settingsFrom(cfg.Agent))
+	p.resolver = cfg.Resolver
+	if p.resolver == nil {
+		if cfg.Conn == nil {
+			return nil, errors.New("proxy: no server connection")
+		}
+		p.grpcRes = newGRPCResolver(cfg.Conn, cfg.Agent.NodeName, cfg.Logger.Named("resolver"))
+		p.resolver = p.grpcRes
+	}
+	p.conns.m = map[any]func(){}
+	p.http = newHTTPRouter(p)
+	return p, nil
+}
+
+func (p *Proxy) settings() *settings { return p.set.Load() }
 
 // RegisterHTTP adds the proxy's HTTP routes.
-func (p *Proxy) RegisterHTTP(mux *http.ServeMux) {}
+func (p *Proxy) RegisterHTTP(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/proxy/listeners", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(p.Status())
+	})
+}
 
-// Status is shown in /v1/agent/self.
-func (p *Proxy) Status() any { return nil }
+// Status is shown in /v1/agent/self and /v1/proxy/listeners.
+type Status struct {
+	Stream       string           `json:"stream"`
+	StreamError  string           `json:"stream_error,omitempty"`
+	TableVersion uint64           `json:"table_version"`
+	TableAt      time.Time        `json:"table_received_at,omitzero"`
+	HTTPAddr     string           `json:"http_addr,omitempty"`
+	Listeners    []ListenerStatus `json:"listeners"`
+}
 
-// Run blocks until ctx ends.
+// ListenerStatus is one (protocol, port) slot.
+type ListenerStatus struct {
+	Protocol    Protocol  `json:"protocol"`
+	Port        uint16    `json:"port"`
+	Service     string    `json:"service"`
+	IdleTimeout string    `json:"idle_timeout"`
+	State       string    `json:"state"`
+	Since       time.Time `json:"since"`
+	Error       string    `json:"error,omitempty"`
+	Failures    int       `json:"bind_failures,omitempty"`
+	RetryAt     time.Time `json:"retry_at,omitzero"`
+	Active      int64     `json:"active"`
+}
+
+// Status reports the stream and every listener, sorted by protocol and port.
+func (p *Proxy) Status() any { return p.status() }
+
+func (p *Proxy) status() Status {
+	p.mu.Lock()
+	st := Status{Stream: p.stream, StreamError: p.streamErr, TableVersion: p.tableVersion, TableAt: p.tableAt,
+		Listeners: []ListenerStatus{}}
+	if !p.cfg.DisableHTTP {
+		st.HTTPAddr = p.httpAddr
+	}
+	slots := make([]*slot, 0, len(p.slots))
+	for _, s := range p.slots {
+		slots = append(slots, s)
+	}
+	p.mu.Unlock()
+	for _, s := range slots {
+		m := s.mapping.Load()
+		s.mu.Lock()
+		ls := ListenerStatus{Protocol: m.Protocol, Port: m.Port, Service: m.Service, IdleTimeout: m.IdleTimeout.String(),
+			State: s.state, Since: s.since, Error: s.lastErr, Failures: s.failures, RetryAt: s.retryAt}
+		if s.active != nil && s.state == "listening" {
+			ls.Active = s.active()
+		}
+		s.mu.Unlock()
+		st.Listeners = append(st.Listeners, ls)
+	}
+	slices.SortFunc(st.Listeners, func(a, b ListenerStatus) int {
+		if a.Protocol != b.Protocol {
+			if a.Protocol < b.Protocol {
+				return -1
+			}
+			return 1
+		}
+		return int(a.Port) - int(b.Port)
+	})
+	return st
+}
+
+// Run serves until ctx ends. On return every listener is closed, every connection and session
+// ended and released (releases get a short grace period to reach the server).
 func (p *Proxy) Run(ctx context.Context) error {
-	<-ctx.Done()
+	runCtx, cancel := p.runCtx, p.stop
+	defer cancel()
+
+	var bg sync.WaitGroup
+	errc := make(chan error, 1)
+	if !p.cfg.DisableHTTP {
+		if err := p.http.listen(p.httpAddr); err != nil {
+			return fmt.Errorf("proxy: HTTP router: %w", err)
+		}
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			if err := p.http.serve(runCtx); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	if p.cfg.Conn != nil {
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watch(runCtx) }()
+	}
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	cancel()
+	bg.Wait()
+	p.conns.closeAll()
+	p.wg.Wait()
+	if p.grpcRes != nil {
+		p.grpcRes.Close(5 * time.Second)
+	}
+	return err
+}
+
+// Reload applies a new agent configuration: timeouts and UDP bounds apply to new connections
+// and sessions at once; bind_addr and http_addr changes need a restart (logged).
+func (p *Proxy) Reload(cfg *config.Config) error {
+	old := p.settings()
+	next := settingsFrom(cfg)
+	if next.BindAddr != old.BindAddr {
+		p.logger.Warn("proxy.bind_addr changed; existing listeners keep the old address until restart",
+			"old", old.BindAddr, "new", next.BindAddr)
+		next.BindAddr = old.BindAddr
+	}
+	if cfg.Proxy.HTTPAddr != p.httpAddr {
+		p.logger.Warn("proxy.http_addr changed; takes effect after restart", "old", p.httpAddr, "new", cfg.Proxy.HTTPAddr)
+	}
+	p.set.Store(next)
 	return nil
 }
 
-// Reload applies a new agent configuration.
-func (p *Proxy) Reload(cfg *config.Config) error { return nil }
+// connSet tracks live TCP connections so that shutdown can end them.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[any]func()
+	closed bool
+}
+
+// add registers a close function; it reports false when the set is already closed.
+func (c *connSet) add(k any, closeFn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.m[k] = closeFn
+	return true
+}
+
+func (c *connSet) remove(k any) {
+	c.mu.Lock()
+	delete(c.m, k)
+	c.mu.Unlock()
+}
+
+func (c *connSet) closeAll() {
+	c.mu.Lock()
+	c.closed = true
+	fns := make([]func(), 0, len(c.m))
+	for _, f := range c.m {
+		fns = append(fns, f)
+	}
+	c.mu.Unlock()
+	for _, f := range fns {
+		f()
+	}
+}
+
+// listenerLabels are the metric labels of a listener.
+func listenerLabels(m *Mapping) []metrics.Label {
+	return []metrics.Label{{Name: "protocol", Value: string(m.Protocol)},
+		{Name: "port", Value: fmt.Sprint(m.Port)}, {Name: "service", Value: m.Service}}
+}
+
+func (p *Proxy) listenerMetric(m *Mapping, what string) {
+	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "listener", what}, 1, listenerLabels(m))
+}

@@ -4,11 +4,13 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sync"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
@@ -21,6 +23,8 @@ type Config struct {
 	Consul *api.Client
 	Events *events.Store
 	Logger hclog.Logger
+	// LockKey is the Consul KV key of the stacks leader lock (default "nullnet/leader").
+	LockKey string
 }
 
 // Server is the control-plane role. Its parts live in their own files: stacks and the Consul
@@ -39,11 +43,22 @@ type Server struct {
 	agentCfg *config.Config
 
 	plane *plane
+
+	// table is the published port table (catalog.go, ingress_watch.go).
+	table *portTable
+	// stacks is the local stacks directory (stacks.go); mirror writes it into Consul while this
+	// server holds the leader lock (nil when no stacks_dir is set or there is no Consul).
+	stacks stacks
+	mirror *consul.Mirror
 }
 
 // New builds the server role.
 func New(cfg Config) (*Server, error) {
-	s := &Server{cfg: cfg, logger: cfg.Logger, events: cfg.Events, defs: newDefinitionSet(), agentCfg: cfg.Agent}
+	s := &Server{cfg: cfg, logger: cfg.Logger, events: cfg.Events, defs: newDefinitionSet(), agentCfg: cfg.Agent,
+		table: newPortTable()}
+	if err := s.initStacks(); err != nil {
+		return nil, err
+	}
 	p, err := newPlane(s)
 	if err != nil {
 		return nil, err
@@ -61,6 +76,7 @@ func (s *Server) RegisterGRPC(g *grpc.Server) {
 // RegisterHTTP adds the server's HTTP routes.
 func (s *Server) RegisterHTTP(mux *http.ServeMux) {
 	s.plane.registerHTTP(mux)
+	s.registerStacksHTTP(mux)
 }
 
 // Run blocks until ctx ends; every goroutine it starts has ended when it returns.
@@ -68,6 +84,15 @@ func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.plane.run(ctx) }()
+	if s.cfg.Consul != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.watchCatalog(ctx) }()
+	}
+	if s.mirror != nil {
+		wg.Add(2)
+		go func() { defer wg.Done(); s.mirror.Run(ctx) }()
+		go func() { defer wg.Done(); s.watchStacks(ctx) }()
+	}
 	<-ctx.Done()
 	wg.Wait()
 	return nil
@@ -78,6 +103,50 @@ func (s *Server) Reload(cfg *config.Config) error {
 	s.mu.Lock()
 	s.agentCfg = cfg
 	s.mu.Unlock()
+	if s.mirror == nil {
+		if cfg.Server.StacksDir != "" {
+			s.logger.Warn("server.stacks_dir was set by a reload; it takes effect at the next restart")
+		}
+		return nil
+	}
+	s.setStacksDir(cfg.Server.StacksDir)
+	return s.reloadStacks("reload", true)
+}
+
+// initStacks loads the stacks directory once (an invalid set stops the start, as an invalid
+// configuration does) and builds the Consul mirror.
+func (s *Server) initStacks() error {
+	s.stacks.dirChanged = make(chan struct{}, 1)
+	dir := s.agentCfg.Server.StacksDir
+	if dir == "" || s.cfg.Consul == nil {
+		return nil
+	}
+	key := s.cfg.LockKey
+	if key == "" {
+		key = "nullnet/leader"
+	}
+	m, err := consul.NewMirror(consul.MirrorConfig{
+		Client: s.cfg.Consul, Logger: s.logger.Named("mirror"), LockKey: key,
+		Node: DefinitionsNode, NodeMeta: map[string]string{"external-node": "true"}, Tag: DefinitionTag,
+		OnLeadership: func(leader bool) {
+			kind := events.LeadershipAcquired
+			if !leader {
+				kind = events.LeadershipLost
+			}
+			s.events.Emit(events.Event{Kind: kind, Fields: map[string]string{"lock": key}})
+		},
+		OnWriteError: func(err error) {
+			s.events.Emit(events.Event{Kind: events.CatalogMirrorFailed, Severity: events.Error, Message: err.Error()})
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.mirror = m
+	s.stacks.dir = dir
+	if err := s.reloadStacks("start", true); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
 	return nil
 }
 

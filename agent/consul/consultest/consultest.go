@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -71,6 +72,10 @@ type Options struct {
 	HTTPPort int
 	// DataDir is reused when set (for restarts); otherwise a temp dir.
 	DataDir string
+	// Persistent runs a single-node server (-server -bootstrap-expect=1) instead of -dev: dev
+	// mode keeps the catalog in memory even with a data dir, so only a persistent agent keeps
+	// its catalog across a restart, as a production Consul does.
+	Persistent bool
 }
 
 // Start runs `consul agent -dev` on free ports and waits until it has a leader. It is stopped at
@@ -92,7 +97,19 @@ func StartWith(t testing.TB, o Options) *Server {
 }
 
 // Launch starts an agent without a testing.T (benchmarks, tools). Call Stop when done.
+// Free ports are picked by binding TCP and releasing, so another process on a busy machine can
+// take one (or its UDP twin, which serf also needs) before Consul binds it: such a start is
+// retried on fresh ports.
 func Launch(bin string, o Options, tmp string) (*Server, error) {
+	for attempt := 1; ; attempt++ {
+		s, err := launch(bin, o, tmp)
+		if err == nil || attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			return s, err
+		}
+	}
+}
+
+func launch(bin string, o Options, tmp string) (*Server, error) {
 	ports, err := freePorts(6)
 	if err != nil {
 		return nil, err
@@ -110,9 +127,14 @@ func Launch(bin string, o Options, tmp string) (*Server, error) {
 	if err := os.WriteFile(cfgFile, []byte(hcl), 0o600); err != nil {
 		return nil, err
 	}
-	args := []string{"agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-node=consultest",
-		"-log-level=warn", "-config-file=" + cfgFile}
-	// Dev mode keeps state in memory; a data dir lets a restarted agent keep its catalog.
+	mode := []string{"-dev"}
+	if o.Persistent {
+		mode = []string{"-server", "-bootstrap-expect=1"}
+	}
+	args := append([]string{"agent"}, mode...)
+	args = append(args, "-bind=127.0.0.1", "-client=127.0.0.1", "-node=consultest",
+		"-log-level=warn", "-config-file="+cfgFile)
+	// Only a Persistent agent keeps its catalog across restarts: dev mode keeps raft in memory.
 	args = append(args, "-data-dir="+dataDir)
 	cmd := exec.Command(bin, args...)
 	out := &syncBuffer{}

@@ -1,0 +1,181 @@
+package client
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/consul/consultest"
+	"github.com/nullnet/nullnet/config"
+)
+
+// hostAddr is a non-loopback IPv4 address of this machine: what a node advertises.
+func hostAddr(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String()
+		}
+	}
+	t.Fatal("this test needs a non-loopback IPv4 address on the machine (the node's advertise_addr)")
+	return ""
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// checks returns the status and output of service id's checks by check ID.
+func checks(t *testing.T, c *api.Client, id string) map[string]*api.AgentCheck {
+	t.Helper()
+	all, err := c.Agent().ChecksWithFilter("ServiceID == \"" + id + "\"")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return all
+}
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(45 * time.Second)
+	var last string
+	for time.Now().Before(deadline) {
+		var ok bool
+		if ok, last = cond(); ok {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s; last state: %s", what, last)
+}
+
+func TestHostServicesInConsul(t *testing.T) {
+	srv := consultest.Start(t)
+	cc := srv.Client(t)
+	addr := hostAddr(t)
+	webPort, loPort := freePort(t), freePort(t)
+	svc := func(name string, port int) config.HostService {
+		return config.HostService{Name: name, Stack: "infra", Port: port, Protocol: "tcp", CheckInterval: time.Second}
+	}
+	cfg := &config.Config{NodeName: "nnov-node", AdvertiseAddr: addr, Client: config.Client{Enabled: true,
+		Services: []config.HostService{svc("nnov-web", webPort), svc("nnov-lo", loPort)}}}
+
+	c, err := New(Config{Agent: cfg, Consul: cc, Overlay: &fakeOverlay{j: &journal{}}, Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	stop := sync.OnceFunc(func() {
+		cancel()
+		<-done
+	})
+	defer stop()
+	webID, loID := ServiceID("nnov-node", "nnov-web"), ServiceID("nnov-node", "nnov-lo")
+
+	// Registered under its name with nullnet's meta, and critical while nothing listens.
+	eventually(t, "registration with a critical port check", func() (bool, string) {
+		s, _, err := cc.Agent().Service(webID, nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		ch := checks(t, cc, webID)
+		port, lst := ch[webID+":port"], ch[webID+":listener"]
+		ok := s.Service == "nnov-web" && s.Meta["nullnet-stack"] == "infra" && s.Meta["nullnet-node"] == "nnov-node" &&
+			port != nil && port.Status == api.HealthCritical && port.Output != "" && lst != nil && strings.Contains(lst.Output, "nothing listens")
+		return ok, describe(ch)
+	})
+
+	// A listener on all addresses makes both checks pass.
+	web, err := net.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(webPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer web.Close()
+	go acceptAndClose(web)
+	eventually(t, "passing checks once the port listens", func() (bool, string) {
+		ch := checks(t, cc, webID)
+		return ch[webID+":port"].Status == api.HealthPassing && ch[webID+":listener"].Status == api.HealthPassing, describe(ch)
+	})
+
+	// A 127.0.0.1-only listener: the port check (at advertise_addr) stays critical and the
+	// listener check says why.
+	lo, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(loPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lo.Close()
+	go acceptAndClose(lo)
+	eventually(t, "loopback listener reported", func() (bool, string) {
+		ch := checks(t, cc, loID)
+		l := ch[loID+":listener"]
+		return ch[loID+":port"].Status == api.HealthCritical && l.Status == api.HealthCritical &&
+			strings.Contains(l.Output, "127.0.0.1") && strings.Contains(l.Output, "0.0.0.0"), describe(ch)
+	})
+	if st := c.Status().(Status); len(st.HostServices) != 2 || !st.HostServices[1].Registered {
+		t.Fatalf("status host services: %+v", st.HostServices)
+	}
+
+	// SIGHUP without nnov-web: it is deregistered, nnov-lo stays.
+	next := *cfg
+	next.Client.Services = []config.HostService{svc("nnov-lo", loPort)}
+	if err := c.Reload(&next); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deregistration after reload", func() (bool, string) {
+		svcs, err := cc.Agent().Services()
+		if err != nil {
+			return false, err.Error()
+		}
+		_, web := svcs[webID]
+		_, lo := svcs[loID]
+		return !web && lo, "web registered=" + strconv.FormatBool(web)
+	})
+
+	// Shutdown deregisters everything.
+	stop()
+	svcs, err := cc.Agent().Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := range svcs {
+		if strings.HasPrefix(id, "nullnet-host-") {
+			t.Fatalf("%s still registered after shutdown", id)
+		}
+	}
+}
+
+func acceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
+}
+
+func describe(ch map[string]*api.AgentCheck) string {
+	var b strings.Builder
+	for id, c := range ch {
+		b.WriteString(id + "=" + c.Status + " (" + c.Output + "); ")
+	}
+	return b.String()
+}

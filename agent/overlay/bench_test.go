@@ -1,0 +1,60 @@
+package overlay_test
+
+import (
+	"context"
+	"net/netip"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/nullnet/nullnet/agent/overlay"
+	"github.com/nullnet/nullnet/agent/overlay/overlaytest"
+)
+
+// BenchmarkSetupTeardown builds b.N tunnel ends (service side, VXLAN to a peer) one after the
+// other in a fresh namespace, then tears them all down, and reports per-end latency (p50, p99)
+// and setups per second. `make bench` runs it with -benchtime=500x. Upstream, with shell
+// scripts, measured 61.9 ms per setup and 119.3 ms per teardown.
+func BenchmarkSetupTeardown(b *testing.B) {
+	h := overlaytest.Hosts(b, prefix, 1)[0]
+	m := manager(b, h)
+	ctx := context.Background()
+	peer := netip.MustParseAddr("192.168.77.200")
+	setup := make([]time.Duration, 0, b.N)
+	teardown := make([]time.Duration, 0, b.N)
+
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := m.Setup(ctx, overlay.End{NetID: overlay.MinNetID + uint32(i), Side: overlay.SideService, Local: h.Underlay, Remote: peer}); err != nil {
+			b.Fatal(err)
+		}
+		setup = append(setup, time.Since(t0))
+	}
+	setupWall := time.Since(start)
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if err := m.Teardown(ctx, overlay.MinNetID+uint32(i), overlay.SideService); err != nil {
+			b.Fatal(err)
+		}
+		teardown = append(teardown, time.Since(t0))
+	}
+	b.StopTimer()
+
+	b.ReportMetric(pct(setup, 50), "setup-p50-ms")
+	b.ReportMetric(pct(setup, 99), "setup-p99-ms")
+	b.ReportMetric(pct(teardown, 50), "teardown-p50-ms")
+	b.ReportMetric(pct(teardown, 99), "teardown-p99-ms")
+	b.ReportMetric(float64(b.N)/setupWall.Seconds(), "tunnels/s")
+}
+
+func pct(d []time.Duration, p int) float64 {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	if i > 0 {
+		i--
+	}
+	return float64(s[i]) / float64(time.Millisecond)
+}

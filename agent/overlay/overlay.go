@@ -1,0 +1,557 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Config for New.
+type Config struct {
+	// NetNS is the network namespace the Manager works in. Zero or netns.None() means the
+	// namespace of the calling thread when New runs (normally the host's). A Manager never
+	// switches threads between namespaces: it keeps a netlink socket opened inside NetNS.
+	NetNS netns.NsHandle
+	// Logger defaults to a null logger.
+	Logger hclog.Logger
+}
+
+// Manager builds and removes tunnel ends in one network namespace. It is safe for concurrent
+// use: operations on one net id are serialized (the same-host mode touches both sides), other
+// net ids proceed in parallel.
+type Manager struct {
+	h      *netlink.Handle
+	sh     *nl.SocketHandle // for requests the netlink package has no call for
+	logger hclog.Logger
+
+	mu    sync.Mutex
+	locks map[uint32]*idLock
+}
+
+type idLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// New opens a netlink handle in cfg.NetNS.
+func New(cfg Config) (*Manager, error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if cfg.NetNS > 0 {
+		h, err = netlink.NewHandleAt(cfg.NetNS, unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("overlay: opening a netlink socket: %w", err)
+	}
+	ns := netns.None()
+	if cfg.NetNS > 0 {
+		ns = cfg.NetNS
+	}
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("overlay: opening a netlink socket: %w", err)
+	}
+	return &Manager{h: h, sh: &nl.SocketHandle{Socket: s}, logger: logger, locks: map[uint32]*idLock{}}, nil
+}
+
+// Close releases the netlink sockets. Devices stay.
+func (m *Manager) Close() {
+	m.h.Close()
+	m.sh.Close()
+}
+
+// End is one end of a tunnel as the server asks for it.
+type End struct {
+	NetID uint32
+	Side  Side
+	// Local is this host's underlay address, Remote the peer's. Equal when both ends are on
+	// this host: the bridges are then joined with a veth pair instead of VXLAN.
+	Local, Remote netip.Addr
+	// MTU of the tunnel devices; 0 = the MTU of the underlay interface (Device, or the one
+	// holding Local), minus 50.
+	MTU int
+	// Device, when set, is the underlay interface the VXLAN device is bound to (its "dev");
+	// otherwise the kernel routes the encapsulated packets by their destination.
+	Device string
+
+	parentIndex int // Device's ifindex, resolved by Setup
+}
+
+// SameHost reports whether both ends are on this host.
+func (e End) SameHost() bool { return e.Local == e.Remote }
+
+func (e End) validate() error {
+	if err := ValidateNetID(e.NetID); err != nil {
+		return err
+	}
+	if !e.Side.Valid() {
+		return fmt.Errorf("invalid side %d", int(e.Side))
+	}
+	if !e.Local.Is4() || !e.Remote.Is4() {
+		return fmt.Errorf("underlay addresses must be IPv4 (local %q, remote %q)", e.Local, e.Remote)
+	}
+	if e.MTU != 0 && (e.MTU < 576 || e.MTU > 65535) {
+		return fmt.Errorf("MTU %d is outside 576-65535", e.MTU)
+	}
+	return nil
+}
+
+// Result says what Setup did.
+type Result struct {
+	// Changed is false when the end already existed with the same parameters.
+	Changed bool
+	// Replaced is true when an end with other parameters was removed first.
+	Replaced bool
+	// Bridge is the end's bridge address (+2 service side, +4 proxy side).
+	Bridge netip.Prefix
+	MTU    int
+}
+
+// Setup makes end e exist: a bridge holding the end's address and, to reach the peer, a VXLAN
+// device (different hosts) or a veth pair to the peer's bridge (same host; whichever end is set
+// up second creates it). It is idempotent: an end that exists with the same parameters is left
+// alone; one with different parameters is replaced. A failed setup removes what it created.
+func (m *Manager) Setup(ctx context.Context, e End) (Result, error) {
+	if err := e.validate(); err != nil {
+		return Result{}, fmt.Errorf("overlay: setup: %w", err)
+	}
+	plan, _ := PlanFor(e.NetID)
+	if e.Device != "" {
+		parent, err := m.linkByName(e.Device)
+		if err != nil {
+			return Result{}, fmt.Errorf("overlay: setup net %d %s end: %w", e.NetID, e.Side, err)
+		}
+		if parent == nil {
+			return Result{}, fmt.Errorf("overlay: setup net %d %s end: %w", e.NetID, e.Side,
+				opErr("find underlay interface", e.Device, unix.ENODEV))
+		}
+		e.parentIndex = parent.Attrs().Index
+		if e.MTU == 0 {
+			e.MTU = OverlayMTU(parent.Attrs().MTU)
+		}
+	}
+	if e.MTU == 0 {
+		e.MTU = OverlayMTU(m.UnderlayMTU(e.Local))
+	}
+	res := Result{Bridge: plan.Bridge(e.Side), MTU: e.MTU}
+	unlock := m.lock(e.NetID)
+	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return res, fmt.Errorf("overlay: setup net %d %s end: %w", e.NetID, e.Side, err)
+	}
+
+	exists, matches, err := m.inspect(e, res.Bridge)
+	if err != nil {
+		return res, fmt.Errorf("overlay: setup net %d %s end: %w", e.NetID, e.Side, err)
+	}
+	if matches {
+		return res, nil
+	}
+	res.Changed = true
+	if exists {
+		res.Replaced = true
+		m.logger.Info("replacing tunnel end with different parameters", "net_id", e.NetID, "side", e.Side)
+		if err := m.teardown(e.NetID, e.Side); err != nil {
+			return res, fmt.Errorf("overlay: setup net %d %s end: removing the old end: %w", e.NetID, e.Side, err)
+		}
+	}
+	if err := m.create(ctx, e, res.Bridge); err != nil {
+		return res, fmt.Errorf("overlay: setup net %d %s end: %w", e.NetID, e.Side, err)
+	}
+	return res, nil
+}
+
+// Teardown removes end (id, side). An absent end is not an error; a device with the end's name
+// but without nullnet's marker is left alone and reported.
+func (m *Manager) Teardown(ctx context.Context, id uint32, side Side) error {
+	if err := ValidateNetID(id); err != nil {
+		return fmt.Errorf("overlay: teardown: %w", err)
+	}
+	if !side.Valid() {
+		return fmt.Errorf("overlay: teardown: invalid side %d", int(side))
+	}
+	unlock := m.lock(id)
+	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("overlay: teardown net %d %s end: %w", id, side, err)
+	}
+	if err := m.teardown(id, side); err != nil {
+		return fmt.Errorf("overlay: teardown net %d %s end: %w", id, side, err)
+	}
+	return nil
+}
+
+// teardown deletes the end's devices in one batch (see GroupFor); deleting one end of the
+// same-host veth pair deletes the pair. A device with one of the end's names that is not
+// nullnet's is left alone and reported. The caller holds the net id's lock.
+func (m *Manager) teardown(id uint32, side Side) error {
+	n := NamesFor(id, side)
+	var errs []error
+	var ours []netlink.Link
+	for _, name := range []string{n.VXLAN, n.Veth, n.Bridge} {
+		l, err := m.linkByName(name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if l == nil {
+			continue
+		}
+		if !owned(l, id, side) {
+			errs = append(errs, opErr("delete", name, fmt.Errorf("alias %q: %w", l.Attrs().Alias, ErrNotOurs)))
+			continue
+		}
+		ours = append(ours, l)
+	}
+	if len(ours) > 0 {
+		if err := m.deleteGroup(GroupFor(id, side)); err != nil {
+			errs = append(errs, opErr("delete", n.Bridge+" and its ports", err))
+		}
+		// A device whose group was changed by hand is not in the batch; delete it by name.
+		for _, l := range ours {
+			if l.Attrs().Group != GroupFor(id, side) {
+				if err := m.delLink(l); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// deleteGroup removes every device in group g with one RTM_DELLINK, so the kernel unregisters
+// them in one batch (one set of RCU grace periods instead of one per device). No device in the
+// group is not an error.
+func (m *Manager) deleteGroup(g uint32) error {
+	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: m.sh}
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(g)))
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
+}
+
+// inspect compares what exists for end e with what Setup would build. exists is true when any
+// of the end's devices exists; matches when all of them are exactly as wanted.
+func (m *Manager) inspect(e End, bridgeAddr netip.Prefix) (exists, matches bool, err error) {
+	n := NamesFor(e.NetID, e.Side)
+	marker := Marker(e.NetID, e.Side)
+	links := map[string]netlink.Link{}
+	for _, name := range []string{n.Bridge, n.VXLAN, n.Veth} {
+		l, err := m.linkByName(name)
+		if err != nil {
+			return false, false, err
+		}
+		if l == nil {
+			continue
+		}
+		if !owned(l, e.NetID, e.Side) {
+			return true, false, opErr("inspect", name, fmt.Errorf("alias %q: %w", l.Attrs().Alias, ErrNotOurs))
+		}
+		if l.Attrs().Alias != marker {
+			exists = true // caught between create and mark: replace it
+			continue
+		}
+		links[name] = l
+	}
+	if len(links) == 0 {
+		return exists, false, nil
+	}
+	br, ok := links[n.Bridge].(*netlink.Bridge)
+	if !ok || !linkOK(br, e.MTU, 0) {
+		return true, false, nil
+	}
+	addrs, err := m.h.AddrList(br, netlink.FAMILY_V4)
+	if err != nil {
+		return true, false, opErr("list addresses of", n.Bridge, err)
+	}
+	if len(addrs) != 1 || prefixOf(addrs[0].IPNet) != bridgeAddr {
+		return true, false, nil
+	}
+	if !e.SameHost() {
+		if links[n.Veth] != nil {
+			return true, false, nil
+		}
+		vx, ok := links[n.VXLAN].(*netlink.Vxlan)
+		return true, ok && vxlanOK(vx, e, br.Index), nil
+	}
+
+	// Same host: no VXLAN; the veth pair exists exactly when the peer's bridge does.
+	if links[n.VXLAN] != nil {
+		return true, false, nil
+	}
+	pn := NamesFor(e.NetID, e.Side.Peer())
+	peerBr, err := m.linkByName(pn.Bridge)
+	if err != nil {
+		return true, false, err
+	}
+	vp := links[n.Veth]
+	if peerBr == nil {
+		return true, vp == nil, nil
+	}
+	if vp == nil || !linkOK(vp, e.MTU, br.Index) {
+		return true, false, nil
+	}
+	peerVp, err := m.linkByName(pn.Veth)
+	if err != nil {
+		return true, false, err
+	}
+	return true, peerVp != nil && linkOK(peerVp, e.MTU, peerBr.Attrs().Index), nil
+}
+
+// owned reports whether l is a device nullnet made for end (id, side): it carries the end's
+// marker, or it was caught between create and mark (its group, no alias).
+func owned(l netlink.Link, id uint32, side Side) bool {
+	a := l.Attrs()
+	if a.Alias == Marker(id, side) {
+		return true
+	}
+	nid, nside, ok := ParseName(a.Name)
+	return a.Alias == "" && ok && nid == id && nside == side && a.Group == GroupFor(id, side)
+}
+
+// ownedAny reports whether l is any device nullnet made.
+func ownedAny(l netlink.Link) bool {
+	a := l.Attrs()
+	if _, _, ok := ParseMarker(a.Alias); ok {
+		return true
+	}
+	id, side, ok := ParseName(a.Name)
+	return a.Alias == "" && ok && a.Group == GroupFor(id, side)
+}
+
+func linkOK(l netlink.Link, mtu, master int) bool {
+	a := l.Attrs()
+	return a.MTU == mtu && a.Flags&net.FlagUp != 0 && a.MasterIndex == master
+}
+
+func vxlanOK(vx *netlink.Vxlan, e End, master int) bool {
+	return linkOK(vx, e.MTU, master) && vx.VxlanId == int(e.NetID) && vx.Port == VXLANPort && vx.Learning &&
+		vx.VtepDevIndex == e.parentIndex &&
+		ipEqual(vx.SrcAddr, e.Local) && ipEqual(vx.Group, e.Remote)
+}
+
+// create builds end e from nothing, removing what it made if a step fails.
+func (m *Manager) create(ctx context.Context, e End, bridgeAddr netip.Prefix) (err error) {
+	n := NamesFor(e.NetID, e.Side)
+	marker := Marker(e.NetID, e.Side)
+	// Everything create makes for the end is in the end's group, so one group delete rolls a
+	// failed setup back, including a device the kernel created before a later step of the
+	// same request failed.
+	defer func() {
+		if err == nil {
+			return
+		}
+		if derr := m.deleteGroup(GroupFor(e.NetID, e.Side)); derr != nil {
+			m.logger.Error("rolling back a failed setup left devices behind", "net_id", e.NetID, "side", e.Side,
+				"error", opErr("delete group of", n.Bridge, derr))
+		}
+	}()
+	attrs := func(name string, master int) netlink.LinkAttrs {
+		a := netlink.NewLinkAttrs()
+		// The kernel ignores IFLA_IFALIAS in a create request; its group marks the device until
+		// mark sets the alias.
+		a.Name, a.MTU, a.Group, a.Flags, a.MasterIndex = name, e.MTU, GroupFor(e.NetID, e.Side), net.FlagUp, master
+		return a
+	}
+	mark := func(l netlink.Link) error {
+		return opErr("mark", l.Attrs().Name, m.h.LinkSetAlias(l, marker))
+	}
+
+	br := &netlink.Bridge{LinkAttrs: attrs(n.Bridge, 0)}
+	br.MTU = 0 // set below, see there
+	if err := m.h.LinkAdd(br); err != nil {
+		return opErr("create bridge", n.Bridge, err)
+	}
+	if err := mark(br); err != nil {
+		return err
+	}
+	// An MTU set through a change request pins it (the create request's MTU does not, and a
+	// change to the current value is ignored): otherwise the bridge follows its ports and falls
+	// back to 1500 whenever it has none (e.g. after the same-host peer left).
+	if err := m.h.LinkSetMTU(br, e.MTU); err != nil {
+		return opErr(fmt.Sprintf("set MTU %d on", e.MTU), n.Bridge, err)
+	}
+	addr := &netlink.Addr{IPNet: ipNet(bridgeAddr)}
+	if err := m.h.AddrAdd(br, addr); err != nil {
+		return opErr("add address "+bridgeAddr.String()+" to", n.Bridge, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	if !e.SameHost() {
+		vx := &netlink.Vxlan{
+			LinkAttrs: attrs(n.VXLAN, br.Index),
+			VxlanId:   int(e.NetID),
+			SrcAddr:   net.IP(e.Local.AsSlice()),
+			Group:     net.IP(e.Remote.AsSlice()),
+			Port:      VXLANPort,
+			Learning:  true,
+			// 0 = no "dev": the kernel routes the encapsulated packets.
+			VtepDevIndex: e.parentIndex,
+		}
+		// LinkAdd creates the device, then enslaves it in a second request.
+		if err := m.h.LinkAdd(vx); err != nil {
+			return opErr("create vxlan", n.VXLAN, err)
+		}
+		return mark(vx)
+	}
+
+	// Same host: the end set up second joins the bridges.
+	pn := NamesFor(e.NetID, e.Side.Peer())
+	peerBr, err := m.linkByName(pn.Bridge)
+	if err != nil || peerBr == nil {
+		return err
+	}
+	if !owned(peerBr, e.NetID, e.Side.Peer()) {
+		return opErr("attach to", pn.Bridge, ErrNotOurs)
+	}
+	// A leftover peer veth (its own end was deleted) must go before the pair is recreated.
+	if old, err := m.linkByName(pn.Veth); err != nil {
+		return err
+	} else if old != nil {
+		if !owned(old, e.NetID, e.Side.Peer()) {
+			return opErr("replace", pn.Veth, ErrNotOurs)
+		}
+		if err := m.delLink(old); err != nil {
+			return err
+		}
+	}
+	vp := &netlink.Veth{LinkAttrs: attrs(n.Veth, br.Index), PeerName: pn.Veth, PeerMTU: uint32(e.MTU), PeerTxQLen: -1}
+	if err := m.h.LinkAdd(vp); err != nil {
+		return opErr("create veth pair to "+pn.Veth+" from", n.Veth, err)
+	}
+	if err := mark(vp); err != nil {
+		return err
+	}
+	peer, err := m.linkByName(pn.Veth)
+	if err != nil {
+		return err
+	}
+	if peer == nil {
+		return opErr("find", pn.Veth, unix.ENODEV)
+	}
+	if err := m.h.LinkSetAlias(peer, Marker(e.NetID, e.Side.Peer())); err != nil {
+		return opErr("mark", pn.Veth, err)
+	}
+	if err := m.h.LinkSetMasterByIndex(peer, peerBr.Attrs().Index); err != nil {
+		return opErr("attach to "+pn.Bridge, pn.Veth, err)
+	}
+	if err := m.h.LinkSetUp(peer); err != nil {
+		return opErr("bring up", pn.Veth, err)
+	}
+	return nil
+}
+
+// linkByName returns nil, nil when the device does not exist.
+func (m *Manager) linkByName(name string) (netlink.Link, error) {
+	l, err := m.h.LinkByName(name)
+	if err == nil {
+		return l, nil
+	}
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) || errors.Is(err, unix.ENODEV) {
+		return nil, nil
+	}
+	return nil, opErr("look up", name, err)
+}
+
+// delLink deletes a device; one that is already gone counts as deleted.
+func (m *Manager) delLink(l netlink.Link) error {
+	err := m.h.LinkDel(l)
+	if err == nil || errors.Is(err, unix.ENODEV) {
+		return nil
+	}
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil
+	}
+	return opErr("delete", l.Attrs().Name, err)
+}
+
+// UnderlayMTU is the MTU of the interface holding addr, or 0 when no interface holds it.
+func (m *Manager) UnderlayMTU(addr netip.Addr) int {
+	addrs, err := m.h.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return 0
+	}
+	for _, a := range addrs {
+		if ipEqual(a.IP, addr) {
+			if l, err := m.h.LinkByIndex(a.LinkIndex); err == nil {
+				return l.Attrs().MTU
+			}
+		}
+	}
+	return 0
+}
+
+// InterfaceMTU is the MTU of the named interface, or 0 when it does not exist.
+func (m *Manager) InterfaceMTU(name string) int {
+	l, err := m.linkByName(name)
+	if err != nil || l == nil {
+		return 0
+	}
+	return l.Attrs().MTU
+}
+
+func (m *Manager) lock(id uint32) (unlock func()) {
+	m.mu.Lock()
+	l := m.locks[id]
+	if l == nil {
+		l = &idLock{}
+		m.locks[id] = l
+	}
+	l.refs++
+	m.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		m.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(m.locks, id)
+		}
+		m.mu.Unlock()
+	}
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func prefixOf(n *net.IPNet) netip.Prefix {
+	if n == nil {
+		return netip.Prefix{}
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
+}
+
+func ipEqual(ip net.IP, a netip.Addr) bool {
+	b, ok := netip.AddrFromSlice(ip)
+	return ok && b.Unmap() == a
+}

@@ -1,0 +1,230 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/events"
+)
+
+// httpRouter serves proxy.http_addr: the Host header names the service, every request is
+// resolved once and released when it ends (for a WebSocket, when the upgraded connection ends).
+type httpRouter struct {
+	p    *Proxy
+	ln   net.Listener
+	addr atomic.Pointer[string] // bound address, readable while Run is going
+	rp   *httputil.ReverseProxy
+	log  hclog.Logger
+}
+
+type targetKey struct{}
+
+func newHTTPRouter(p *Proxy) *httpRouter {
+	r := &httpRouter{p: p, log: p.logger.Named("http")}
+	transport := &http.Transport{
+		Proxy: nil, // never an environment proxy: upstreams are overlay addresses
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: p.settings().DialTimeout, KeepAlive: 30 * time.Second}
+			return d.DialContext(ctx, network, addr)
+		},
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	r.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			t := pr.In.Context().Value(targetKey{}).(netip.AddrPort)
+			pr.SetURL(&url.URL{Scheme: "http", Host: t.String()})
+			// The upstream sees the name the client asked for, as with any virtual host.
+			pr.Out.Host = pr.In.Host
+			// Inbound X-Forwarded-* were stripped (a client must not choose its own address);
+			// these are ours.
+			pr.SetXForwarded()
+		},
+		Transport:    transport,
+		ErrorHandler: r.upstreamFailed,
+		ErrorLog:     r.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	return r
+}
+
+func (r *httpRouter) listen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	r.ln = ln
+	a := ln.Addr().String()
+	r.addr.Store(&a)
+	r.log.Info("HTTP router listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// serve runs the HTTP server until ctx ends, then shuts it down; requests still running get a
+// few seconds, upgraded connections are closed through their request context.
+func (r *httpRouter) serve(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           r,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          r.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(r.ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serving %s: %w", r.ln.Addr(), err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+// Addr is the router's bound address (tests bind port 0).
+func (r *httpRouter) Addr() string {
+	if a := r.addr.Load(); a != nil {
+		return *a
+	}
+	return ""
+}
+
+// serviceFromHost strips the port from a Host header (IPv6 literals keep their brackets off).
+func serviceFromHost(host string) string {
+	if strings.HasPrefix(host, "[") {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			return h
+		}
+		return strings.Trim(host, "[]")
+	}
+	if i := strings.LastIndexByte(host, ':'); i >= 0 {
+		host = host[:i]
+	}
+	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
+
+func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	start := time.Now()
+	service := serviceFromHost(req.Host)
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() {
+		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "http", "requests"}, 1,
+			[]metrics.Label{{Name: "service", Value: service}, {Name: "code", Value: fmt.Sprint(sw.code())}})
+		r.log.Debug("request", "client", req.RemoteAddr, "host", req.Host, "method", req.Method,
+			"path", req.URL.Path, "status", sw.code(), "duration", time.Since(start))
+	}()
+	if service == "" {
+		errorPage(sw, http.StatusBadRequest, "Missing Host header",
+			"This proxy routes by the Host header, and the request has none.")
+		return
+	}
+	client := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
+	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
+		client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), service, HTTP)
+	if err != nil {
+		r.lookupFailed(sw, service, client.Addr(), err)
+		return
+	}
+	defer r.p.resolver.Release(lease)
+	ctx := context.WithValue(req.Context(), targetKey{}, lease.Upstream)
+	r.rp.ServeHTTP(sw, req.WithContext(ctx))
+}
+
+func (r *httpRouter) lookupFailed(w http.ResponseWriter, service string, client netip.Addr, err error) {
+	svc := html.EscapeString(service)
+	switch {
+	case errors.Is(err, ErrUnknownService), errors.Is(err, ErrNotEntryPoint):
+		// Scanners hit unknown hosts all day: a metric, not an event.
+		errorPage(w, http.StatusNotFound, "Unknown service",
+			fmt.Sprintf("No service named <code>%s</code> is exposed by this proxy.", svc))
+		return
+	case errors.Is(err, ErrNoReplica):
+		w.Header().Set("Retry-After", "5")
+		errorPage(w, http.StatusServiceUnavailable, "Service unavailable",
+			fmt.Sprintf("Service <code>%s</code> has no healthy replica right now. Try again shortly.", svc))
+	default:
+		errorPage(w, http.StatusBadGateway, "Bad gateway",
+			fmt.Sprintf("The proxy could not find an upstream for <code>%s</code>.", svc))
+	}
+	r.p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
+		Message: fmt.Sprintf("no upstream for %q (http)", service),
+		Fields: map[string]string{"service": service, "client_ip": client.String(), "protocol": "http",
+			"error": err.Error()}})
+}
+
+// upstreamFailed is the ReverseProxy error handler: the upstream could not be reached or
+// broke off.
+func (r *httpRouter) upstreamFailed(w http.ResponseWriter, req *http.Request, err error) {
+	service := serviceFromHost(req.Host)
+	target, _ := req.Context().Value(targetKey{}).(netip.AddrPort)
+	if errors.Is(err, context.Canceled) {
+		// The client went away; nobody is left to read a page.
+		w.WriteHeader(499)
+		return
+	}
+	r.log.Warn("upstream request failed", "service", service, "upstream", target.String(), "error", err)
+	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "http", "upstream_failures"}, 1,
+		[]metrics.Label{{Name: "service", Value: service}})
+	errorPage(w, http.StatusBadGateway, "Bad gateway",
+		fmt.Sprintf("The upstream of <code>%s</code> did not answer properly.", html.EscapeString(service)))
+}
+
+// errorPage writes a small page that says what happened.
+func errorPage(w http.ResponseWriter, code int, title, body string) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Nullnet-Error", strings.ToLower(strings.ReplaceAll(title, " ", "-")))
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "<!doctype html>\n<html><head><title>%d %s</title></head>\n<body><h1>%d %s</h1>\n<p>%s</p>\n<hr><p>nullnet proxy</p></body></html>\n",
+		code, title, code, title, body)
+}
+
+// statusWriter records the status code. Unwrap keeps Hijack and Flush reachable through
+// http.ResponseController, which ReverseProxy uses for WebSocket upgrades.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func (s *statusWriter) code() int {
+	if s.status == 0 {
+		return http.StatusOK
+	}
+	return s.status
+}

@@ -1,0 +1,186 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	metrics "github.com/hashicorp/go-metrics"
+	pb "github.com/nullnet/nullnet/proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Protocol of a listener or a use.
+type Protocol string
+
+const (
+	TCP  Protocol = "tcp"
+	UDP  Protocol = "udp"
+	HTTP Protocol = "http"
+)
+
+func (p Protocol) proto() pb.ServiceProtocol {
+	switch p {
+	case TCP:
+		return pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
+	case UDP:
+		return pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+	default:
+		return pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
+	}
+}
+
+// Lease is one successful resolution: where to send the client's traffic, and the use the
+// server opened for it. Every Lease must be handed to Resolver.Release exactly once.
+type Lease struct {
+	Upstream  netip.AddrPort
+	LeaseID   string
+	SessionID string
+	NetID     uint32
+	Reused    bool
+}
+
+// Resolver turns (client, service) into an upstream. The relays depend on this interface only,
+// so their logic is testable without a server; the production implementation is grpcResolver.
+type Resolver interface {
+	// Resolve asks for an upstream. Errors wrap one of ErrUnknownService, ErrNotEntryPoint,
+	// ErrNoReplica when the server said so.
+	Resolve(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error)
+	// Release ends the use. It never blocks the caller on the network.
+	Release(Lease)
+}
+
+// Resolution failures the data path tells apart (HTTP status pages, metrics, events).
+var (
+	ErrUnknownService = errors.New("unknown service")
+	ErrNotEntryPoint  = errors.New("service is not an entry point")
+	ErrNoReplica      = errors.New("no healthy replica")
+)
+
+// failureKind names a resolution error for metrics labels.
+func failureKind(err error) string {
+	switch {
+	case errors.Is(err, ErrUnknownService):
+		return "unknown_service"
+	case errors.Is(err, ErrNotEntryPoint):
+		return "not_entry_point"
+	case errors.Is(err, ErrNoReplica):
+		return "no_replica"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "lookup_timeout"
+	default:
+		return "lookup_failed"
+	}
+}
+
+// releaseAttempts bounds the retries of one ReleaseProxy; the server also ends a proxy node's
+// uses when the node goes away, so a release that cannot be delivered is not leaked forever.
+const (
+	releaseAttempts = 4
+	releaseTimeout  = 5 * time.Second
+	resolveTimeout  = 30 * time.Second
+)
+
+// grpcResolver implements Resolver with the Ingress service.
+type grpcResolver struct {
+	client pb.IngressClient
+	node   string
+	logger hclog.Logger
+
+	// Releases run in their own goroutines, owned by the resolver: ctx bounds them and wg lets
+	// Close wait for in-flight releases after the data path has stopped.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newGRPCResolver(conn grpc.ClientConnInterface, node string, logger hclog.Logger) *grpcResolver {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &grpcResolver{client: pb.NewIngressClient(conn), node: node, logger: logger, ctx: ctx, cancel: cancel}
+}
+
+func (r *grpcResolver) Resolve(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	resp, err := r.client.Proxy(ctx, &pb.ProxyRequest{ClientIp: client.String(), Service: service,
+		ProxyNode: r.node, Protocol: proto.proto()})
+	if err != nil {
+		return Lease{}, classify(service, err)
+	}
+	ip, perr := netip.ParseAddr(resp.UpstreamIp)
+	if perr != nil || resp.UpstreamPort == 0 || resp.UpstreamPort > 65535 {
+		// The server gave us a use we cannot take: give it back at once.
+		r.Release(Lease{LeaseID: resp.LeaseId})
+		return Lease{}, fmt.Errorf("server returned an invalid upstream %q port %d for %s",
+			resp.UpstreamIp, resp.UpstreamPort, service)
+	}
+	return Lease{Upstream: netip.AddrPortFrom(ip.Unmap(), uint16(resp.UpstreamPort)), LeaseID: resp.LeaseId,
+		SessionID: resp.SessionId, NetID: resp.NetId, Reused: resp.Reused}, nil
+}
+
+// classify maps the server's status codes onto the errors the data path distinguishes.
+func classify(service string, err error) error {
+	switch status.Code(err) {
+	case codes.NotFound:
+		return fmt.Errorf("%w %q: %s", ErrUnknownService, service, status.Convert(err).Message())
+	case codes.FailedPrecondition:
+		return fmt.Errorf("%w: %q: %s", ErrNotEntryPoint, service, status.Convert(err).Message())
+	case codes.Unavailable:
+		return fmt.Errorf("%w for %q: %s", ErrNoReplica, service, status.Convert(err).Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("resolving %q: %w", service, context.DeadlineExceeded)
+	default:
+		return fmt.Errorf("resolving %q: %w", service, err)
+	}
+}
+
+// Release sends ReleaseProxy in the background, retrying transient failures a few times.
+func (r *grpcResolver) Release(l Lease) {
+	if l.LeaseID == "" {
+		return
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		backoff := 200 * time.Millisecond
+		for attempt := 1; ; attempt++ {
+			ctx, cancel := context.WithTimeout(r.ctx, releaseTimeout)
+			_, err := r.client.ReleaseProxy(ctx, &pb.ReleaseProxyRequest{LeaseId: l.LeaseID, ProxyNode: r.node})
+			cancel()
+			if err == nil {
+				return
+			}
+			// NotFound: the server already forgot the use (e.g. it restarted); nothing to retry.
+			if code := status.Code(err); code == codes.NotFound || code == codes.InvalidArgument ||
+				attempt >= releaseAttempts || r.ctx.Err() != nil {
+				metrics.IncrCounter([]string{"nullnet", "proxy", "release", "failed"}, 1)
+				r.logger.Warn("could not release use", "lease", l.LeaseID, "attempts", attempt, "error", err)
+				return
+			}
+			select {
+			case <-time.After(backoff):
+			case <-r.ctx.Done():
+			}
+			backoff *= 2
+		}
+	}()
+}
+
+// Close waits up to grace for releases in flight, then abandons the rest.
+func (r *grpcResolver) Close(grace time.Duration) {
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		r.cancel()
+		<-done
+	}
+	r.cancel()
+}

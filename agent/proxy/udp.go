@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/events"
+)
+
+// maxDatagram is the largest UDP payload; every read uses a buffer this big, and every datagram
+// that has to be kept is copied into a slice of its own size.
+const maxDatagram = 64 << 10
+
+// Drop reasons (metric label "reason").
+const (
+	dropSessionLimit = iota
+	dropQueueFull
+	dropLookupFailed
+	dropUpstreamWrite
+	dropClientWrite
+	dropClosing
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{"session_limit", "queue_full", "lookup_failed", "upstream_write",
+	"client_write", "closing"}
+
+// udpListener is one UDP mapping: a socket, one reader goroutine, a session per client address
+// and a sweeper.
+type udpListener struct {
+	p      *Proxy
+	slot   *slot
+	conn   *net.UDPConn
+	logger hclog.Logger
+
+	mu       sync.Mutex
+	sessions map[netip.AddrPort]*udpSession
+	closing  bool
+	active   atomic.Int64
+
+	poller *replyPoller
+	wg     sync.WaitGroup // resolvers
+
+	// Counters, flushed to go-metrics on every sweep (per-datagram metric calls would cost more
+	// than the relay itself).
+	drops                                                [numDropReasons]atomic.Uint64
+	dgToUp, dgToClient, bytesToUp, bytesToClient, starts atomic.Uint64
+	flushed                                              [numDropReasons + 5]uint64
+	lastLimitEvent                                       time.Time
+}
+
+func (p *Proxy) openUDP(s *slot) (server, error) {
+	m := s.mapping.Load()
+	addr := net.JoinHostPort(p.settings().BindAddr, strconv.Itoa(int(m.Port)))
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen udp %s: %w", addr, err)
+	}
+	rp, err := newReplyPoller()
+	if err != nil {
+		pc.Close()
+		return nil, err
+	}
+	return &udpListener{p: p, slot: s, conn: pc.(*net.UDPConn), sessions: map[netip.AddrPort]*udpSession{},
+		poller: rp, logger: p.logger.With("protocol", "udp", "port", m.Port)}, nil
+}
+
+func (l *udpListener) activeCount() int64 { return l.active.Load() }
+
+// serve runs the reader and the sweeper until ctx ends, then ends every session (a UDP session
+// replies through the listening socket, so it cannot outlive it).
+func (l *udpListener) serve(ctx context.Context) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); l.sweepLoop(sctx) }()
+	go l.poller.run(l)
+	stop := context.AfterFunc(ctx, func() { l.conn.Close() })
+	defer stop()
+
+	err := l.readLoop(sctx)
+	cancel()
+	l.conn.Close()
+	<-sweepDone
+
+	l.mu.Lock()
+	l.closing = true
+	all := l.sessions
+	l.sessions = map[netip.AddrPort]*udpSession{}
+	l.mu.Unlock()
+	for _, s := range all {
+		s.end("listener closed")
+	}
+	l.wg.Wait() // resolutions in flight see the closed sessions and give their leases back
+	l.poller.stop()
+	l.flushMetrics()
+	if ctx.Err() != nil {
+		return errClosed
+	}
+	return err
+}
+
+// readLoop is the only reader of the listening socket. It never waits on the network for
+// anything but the next datagram: resolution runs in the session's own goroutine.
+func (l *udpListener) readLoop(ctx context.Context) error {
+	buf := make([]byte, maxDatagram)
+	var errDelay time.Duration
+	for {
+		n, addr, err := l.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			errDelay = min(max(2*errDelay, time.Millisecond), time.Second)
+			l.logger.Warn("udp read failed", "error", err)
+			if !sleepCtx(ctx, errDelay) {
+				return err
+			}
+			continue
+		}
+		errDelay = 0
+		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		l.mu.Lock()
+		s := l.sessions[addr]
+		if s == nil {
+			s = l.newSessionLocked(ctx, addr, buf[:n])
+			l.mu.Unlock()
+			continue
+		}
+		l.mu.Unlock()
+		s.fromClient(buf[:n])
+	}
+}
+
+// newSessionLocked starts a session for a new client address, queueing its first datagram.
+// l.mu is held.
+func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort, first []byte) *udpSession {
+	set := l.p.settings()
+	if len(l.sessions) >= set.UDPMaxSessions || l.closing {
+		l.drops[dropSessionLimit].Add(1)
+		if time.Since(l.lastLimitEvent) > 10*time.Second {
+			l.lastLimitEvent = time.Now()
+			m := l.slot.mapping.Load()
+			l.p.events.Emit(events.Event{Kind: events.UDPSessionLimitReached, Severity: events.Warning,
+				Message: fmt.Sprintf("udp port %d (%q) has %d sessions; new clients are dropped", m.Port, m.Service, len(l.sessions)),
+				Fields:  map[string]string{"port": fmt.Sprint(m.Port), "service": m.Service, "limit": fmt.Sprint(set.UDPMaxSessions)}})
+		}
+		return nil
+	}
+	m := l.slot.mapping.Load()
+	now := time.Now()
+	s := &udpSession{l: l, client: addr, service: m.Service, created: now, fd: -1, queue: [][]byte{clone(first)}}
+	// Activity starts at creation, never at the zero time (Traefik #13044).
+	s.lastActive.Store(now.UnixNano())
+	s.countToUp(len(first))
+	l.sessions[addr] = s
+	metricsSessions(m, l.active.Add(1))
+	l.starts.Add(1)
+	l.wg.Add(1)
+	go func() { defer l.wg.Done(); s.resolve(ctx) }()
+	return s
+}
+
+// remove drops s from the table if it is still the session of its address.
+func (l *udpListener) remove(s *udpSession) {
+	l.mu.Lock()
+	if l.sessions[s.client] == s {
+		delete(l.sessions, s.client)
+	}
+	l.mu.Unlock()
+}
+
+func clone(b []byte) []byte {
+	c := make([]byte, len(b))
+	copy(c, b)
+	return c
+}
+
+func metricsSessions(m *Mapping, n int64) {
+	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "udp", "sessions"}, float32(n), listenerLabels(m))
+}
+
+// idleTimeout is the mapping's timeout, or the configured default when the mapping has none.
+func (l *udpListener) idleTimeout() time.Duration {
+	if t := l.slot.mapping.Load().IdleTimeout; t > 0 {
+		return t
+	}
+	return l.p.settings().UDPIdleTimeout
+}
+
+// sweepInterval checks often enough that a session outlives its timeout by at most a quarter.
+func sweepInterval(idle time.Duration) time.Duration {
+	return min(max(idle/4, 50*time.Millisecond), 5*time.Second)
+}
+
+func (l *udpListener) sweepLoop(ctx context.Context) {
+	for {
+		if !sleepCtx(ctx, sweepInterval(l.idleTimeout())) {
+			return
+		}
+		l.sweep(time.Now())
+		l.flushMetrics()
+	}
+}
+
+// sweep ends every ready session idle for longer than the timeout (both directions count).
+func (l *udpListener) sweep(now time.Time) {
+	idle := l.idleTimeout()
+	cutoff := now.Add(-idle).UnixNano()
+	var expired []*udpSession
+	l.mu.Lock()
+	for addr, s := range l.sessions {
+		if s.lastActive.Load() < cutoff && s.ready() {
+			expired = append(expired, s)
+			delete(l.sessions, addr)
+		}
+	}
+	remaining := len(l.sessions)
+	l.mu.Unlock()
+	for _, s := range expired {
+		s.end(fmt.Sprintf("idle for %s", idle))
+	}
+	if len(expired) > 0 {
+		l.logger.Info("udp sessions swept", "expired", len(expired), "remaining", remaining, "idle_timeout", idle)
+	}
+}
+
+// flushMetrics adds the counters' growth since the last flush to go-metrics.
+func (l *udpListener) flushMetrics() {
+	labels := listenerLabels(l.slot.mapping.Load())
+	add := func(i int, v uint64, name []string, extra ...metrics.Label) {
+		if d := v - l.flushed[i]; d > 0 {
+			l.flushed[i] = v
+			metrics.IncrCounterWithLabels(name, float32(d), append(labels, extra...))
+		}
+	}
+	for r := range numDropReasons {
+		add(r, l.drops[r].Load(), []string{"nullnet", "proxy", "udp", "drops"}, metrics.Label{Name: "reason", Value: dropNames[r]})
+	}
+	add(numDropReasons, l.dgToUp.Load(), []string{"nullnet", "proxy", "udp", "datagrams"}, metrics.Label{Name: "direction", Value: "to_upstream"})
+	add(numDropReasons+1, l.dgToClient.Load(), []string{"nullnet", "proxy", "udp", "datagrams"}, metrics.Label{Name: "direction", Value: "to_client"})
+	add(numDropReasons+2, l.bytesToUp.Load(), []string{"nullnet", "proxy", "udp", "bytes"}, metrics.Label{Name: "direction", Value: "to_upstream"})
+	add(numDropReasons+3, l.bytesToClient.Load(), []string{"nullnet", "proxy", "udp", "bytes"}, metrics.Label{Name: "direction", Value: "to_client"})
+	add(numDropReasons+4, l.starts.Load(), []string{"nullnet", "proxy", "udp", "sessions_created"})
+}

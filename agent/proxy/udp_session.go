@@ -1,0 +1,238 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nullnet/nullnet/agent/events"
+)
+
+// Session states.
+const (
+	stateResolving int32 = iota
+	stateReady
+	stateClosed
+)
+
+// udpSession relays one client address through its own connected upstream socket. The socket is
+// a raw non-blocking fd watched by the listener's replyPoller rather than a net.UDPConn with a
+// goroutine, so an idle session costs a few hundred bytes and a file descriptor.
+//
+// mu guards state, fd, queue and lease. Anyone touching fd holds mu (read lock is enough) and
+// checks state == stateReady: end closes the fd only after setting stateClosed under the write
+// lock, so a recycled fd number can never be mistaken for this session's socket.
+type udpSession struct {
+	l          *udpListener
+	client     netip.AddrPort
+	service    string
+	created    time.Time
+	lastActive atomic.Int64 // unix nanoseconds; refreshed by both directions
+
+	mu    sync.RWMutex
+	state int32
+	fd    int
+	queue [][]byte // datagrams waiting for resolution (bounded by udp_queue_length)
+	lease Lease
+
+	dgToUp, dgToClient, bytesToUp, bytesToClient atomic.Uint64
+	refused                                      atomic.Uint64
+}
+
+func (s *udpSession) touch() { s.lastActive.Store(time.Now().UnixNano()) }
+
+func (s *udpSession) ready() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.state == stateReady
+}
+
+// fromClient forwards (or queues) one datagram from the client. b is the reader's buffer: it is
+// written at once or copied, never kept.
+func (s *udpSession) fromClient(b []byte) {
+	s.touch()
+	s.mu.RLock()
+	if s.state == stateReady {
+		err := s.writeUpstreamLocked(b)
+		s.mu.RUnlock()
+		s.afterWrite(len(b), err)
+		return
+	}
+	s.mu.RUnlock()
+
+	s.mu.Lock()
+	switch s.state {
+	case stateResolving:
+		if len(s.queue) >= s.l.p.settings().UDPQueueLength {
+			s.mu.Unlock()
+			s.l.drops[dropQueueFull].Add(1)
+			return
+		}
+		s.queue = append(s.queue, clone(b))
+		s.mu.Unlock()
+		s.countToUp(len(b))
+	case stateReady: // became ready between the two locks
+		err := s.writeUpstreamLocked(b)
+		s.mu.Unlock()
+		s.afterWrite(len(b), err)
+	default:
+		s.mu.Unlock()
+		s.l.drops[dropClosing].Add(1)
+	}
+}
+
+// writeUpstreamLocked sends one datagram on the session's socket; s.mu is held (either way).
+func (s *udpSession) writeUpstreamLocked(b []byte) error {
+	for range 3 {
+		_, err := syscall.Write(s.fd, b)
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.ECONNREFUSED:
+			// A pending ICMP error from an earlier datagram was reported instead of sending this
+			// one; reading it cleared it, so try again. The session lives on (Traefik #7000).
+			s.refused.Add(1)
+			continue
+		}
+		return err
+	}
+	return syscall.ECONNREFUSED
+}
+
+func (s *udpSession) afterWrite(n int, err error) {
+	if err != nil {
+		s.l.drops[dropUpstreamWrite].Add(1)
+		return
+	}
+	s.countToUp(n)
+}
+
+func (s *udpSession) countToUp(n int) {
+	s.dgToUp.Add(1)
+	s.bytesToUp.Add(uint64(n))
+	s.l.dgToUp.Add(1)
+	s.l.bytesToUp.Add(uint64(n))
+}
+
+func (s *udpSession) countToClient(n int) {
+	s.dgToClient.Add(1)
+	s.bytesToClient.Add(uint64(n))
+	s.l.dgToClient.Add(1)
+	s.l.bytesToClient.Add(uint64(n))
+}
+
+// resolve asks the server for an upstream, connects the session's own socket to it, flushes
+// the queue in order and hands the socket to the reply poller.
+func (s *udpSession) resolve(ctx context.Context) {
+	l := s.l
+	lease, err := l.p.resolver.Resolve(ctx, s.client.Addr(), s.service, UDP)
+	if err != nil {
+		l.p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
+			Message: fmt.Sprintf("no upstream for %q (udp)", s.service),
+			Fields: map[string]string{"service": s.service, "client_ip": s.client.Addr().String(),
+				"protocol": "udp", "error": err.Error()}})
+		s.fail(dropLookupFailed, "lookup failed: "+err.Error())
+		return
+	}
+	fd, err := dialUDPFD(lease.Upstream)
+	if err != nil {
+		l.p.resolver.Release(lease)
+		l.p.events.Emit(events.Event{Kind: events.UDPUpstreamConnectFailed, Severity: events.Warning,
+			Message: fmt.Sprintf("cannot open a socket to %s for %q", lease.Upstream, s.service),
+			Fields: map[string]string{"service": s.service, "upstream": lease.Upstream.String(),
+				"client_ip": s.client.Addr().String(), "error": err.Error()}})
+		s.fail(dropUpstreamWrite, "upstream socket: "+err.Error())
+		return
+	}
+	s.mu.Lock()
+	if s.state == stateClosed {
+		s.mu.Unlock()
+		syscall.Close(fd)
+		l.p.resolver.Release(lease)
+		return
+	}
+	s.lease, s.fd = lease, fd
+	s.state = stateReady
+	for _, d := range s.queue {
+		if err := s.writeUpstreamLocked(d); err != nil {
+			l.drops[dropUpstreamWrite].Add(1)
+		}
+	}
+	s.queue = nil
+	err = l.poller.add(fd, s)
+	s.mu.Unlock()
+	if err != nil {
+		l.remove(s)
+		s.end("reply poller: " + err.Error())
+		return
+	}
+	l.logger.Debug("udp session started", "client", s.client, "service", s.service, "upstream", lease.Upstream,
+		"lease", lease.LeaseID)
+}
+
+// fail ends a session that never became ready; the next datagram from the client retries.
+func (s *udpSession) fail(reason int, why string) {
+	s.mu.Lock()
+	queued := len(s.queue)
+	s.mu.Unlock()
+	s.l.drops[reason].Add(uint64(queued))
+	s.l.remove(s)
+	s.end(why)
+}
+
+// end closes the session's socket, releases its lease and logs it, once.
+func (s *udpSession) end(reason string) {
+	s.mu.Lock()
+	if s.state == stateClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.state = stateClosed
+	fd, lease := s.fd, s.lease
+	s.fd, s.queue = -1, nil
+	s.mu.Unlock()
+
+	l := s.l
+	if lease.LeaseID != "" { // ready: it had a socket
+		l.poller.remove(fd)
+		syscall.Close(fd)
+		l.p.resolver.Release(lease)
+	}
+	m := l.slot.mapping.Load()
+	metricsSessions(m, l.active.Add(-1))
+	upstream := ""
+	if lease.Upstream.IsValid() {
+		upstream = lease.Upstream.String()
+	}
+	l.logger.Info("udp session ended", "client", s.client, "service", s.service, "upstream", upstream,
+		"reason", reason, "datagrams_to_upstream", s.dgToUp.Load(), "bytes_to_upstream", s.bytesToUp.Load(),
+		"datagrams_to_client", s.dgToClient.Load(), "bytes_to_client", s.bytesToClient.Load(),
+		"icmp_refused", s.refused.Load(), "duration", time.Since(s.created).Round(time.Millisecond))
+}
+
+// dialUDPFD opens a non-blocking UDP socket connected to up.
+func dialUDPFD(up netip.AddrPort) (int, error) {
+	var (
+		family = syscall.AF_INET
+		sa     syscall.Sockaddr
+	)
+	if a := up.Addr().Unmap(); a.Is4() {
+		sa = &syscall.SockaddrInet4{Port: int(up.Port()), Addr: a.As4()}
+	} else {
+		family = syscall.AF_INET6
+		sa = &syscall.SockaddrInet6{Port: int(up.Port()), Addr: a.As16()}
+	}
+	fd, err := syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, syscall.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("socket: %w", err)
+	}
+	if err := syscall.Connect(fd, sa); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("connect %s: %w", up, err)
+	}
+	return fd, nil
+}

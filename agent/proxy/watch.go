@@ -1,0 +1,90 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	pb "github.com/nullnet/nullnet/proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Reconnect backoff of the port-table stream: capped, jittered, reset once a table arrived.
+const (
+	watchBackoffMin = 250 * time.Millisecond
+	watchBackoffMax = 10 * time.Second
+)
+
+// watch keeps a WatchPortMappings stream open and reconciles on every pushed table. Losing the
+// stream changes nothing in the data plane: listeners and connections keep running on the last
+// table until a new one arrives.
+func (p *Proxy) watch(ctx context.Context) {
+	client := pb.NewIngressClient(p.cfg.Conn)
+	backoff := watchBackoffMin
+	for ctx.Err() == nil {
+		p.setStream("connecting", "")
+		gotTable, err := p.watchOnce(ctx, client)
+		if ctx.Err() != nil {
+			return
+		}
+		if gotTable {
+			backoff = watchBackoffMin
+		}
+		p.setStream("disconnected", errString(err))
+		p.logger.Warn("port table stream lost; keeping the current listeners and reconnecting",
+			"error", err, "retry_in", backoff)
+		if !sleepCtx(ctx, jitter(backoff)) {
+			return
+		}
+		backoff = min(backoff*2, watchBackoffMax)
+	}
+}
+
+// watchOnce runs one stream until it fails; it reports whether at least one table arrived.
+func (p *Proxy) watchOnce(ctx context.Context, client pb.IngressClient) (bool, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.WatchPortMappings(sctx, &pb.WatchPortMappingsRequest{ProxyNode: p.cfg.Agent.NodeName})
+	if err != nil {
+		return false, err
+	}
+	got := false
+	for {
+		b, err := stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("server closed the stream")
+			} else if status.Code(err) == codes.Canceled && ctx.Err() != nil {
+				err = ctx.Err()
+			}
+			return got, err
+		}
+		if !got {
+			p.setStream("connected", "")
+		}
+		got = true
+		p.applyBundle(b)
+	}
+}
+
+// applyBundle logs a pushed table and reconciles the listeners with it.
+func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
+	want, problems := desiredTable(b)
+	p.logger.Info("port table received", "version", b.GetVersion(), "mappings", len(want),
+		"table", describeTable(want))
+	for _, pr := range problems {
+		p.logger.Warn("port table entry ignored", "version", b.GetVersion(), "problem", pr)
+	}
+	p.reconcile(b.GetVersion(), want)
+	p.mu.Lock()
+	p.tableAt = time.Now()
+	p.mu.Unlock()
+}
+
+func (p *Proxy) setStream(state, errText string) {
+	p.mu.Lock()
+	p.stream, p.streamErr = state, errText
+	p.mu.Unlock()
+}

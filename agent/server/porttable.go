@@ -1,0 +1,154 @@
+package server
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/nullnet/nullnet/config"
+	pb "github.com/nullnet/nullnet/proto"
+)
+
+// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on.
+type Mapping struct {
+	Stack           string `json:"stack"`
+	Service         string `json:"service"`
+	Protocol        string `json:"protocol"`
+	ListenPort      int    `json:"listen_port"`
+	IdleTimeoutSecs uint64 `json:"idle_timeout_secs"`
+}
+
+// Conflict is a definition that was not published because an older one holds its service name
+// or its (protocol, listen_port).
+type Conflict struct {
+	Loser  Definition
+	Winner Definition
+	// Port is true for a (protocol, listen_port) clash, false for a duplicate service name.
+	Port bool
+}
+
+// Key identifies the conflict, so that it is reported once rather than on every catalog change.
+func (c Conflict) Key() string {
+	return fmt.Sprintf("%s/%s/%d|%s/%s/%d|%t", c.Loser.Stack, c.Loser.Service, c.Loser.CreateIndex,
+		c.Winner.Stack, c.Winner.Service, c.Winner.CreateIndex, c.Port)
+}
+
+// String explains the conflict for logs and events.
+func (c Conflict) String() string {
+	if c.Port {
+		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by service %q (stack %q), which was registered first; %q is not published",
+			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
+	}
+	return fmt.Sprintf("service %q is defined twice (stacks %q and %q); the older definition (stack %q) wins",
+		c.Loser.Service, c.Winner.Stack, c.Loser.Stack, c.Winner.Stack)
+}
+
+// resolveDefinitions turns every definition found in Consul into the published set and its port
+// table. The result is the same on every server for the same catalog: definitions are taken
+// oldest first (CreateIndex, then names), and a later one that repeats a service name or claims
+// a taken (protocol, listen_port) is left out and returned as a conflict.
+func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []Conflict) {
+	sorted := slices.Clone(all)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		a, b := sorted[i], sorted[j]
+		if a.CreateIndex != b.CreateIndex {
+			return a.CreateIndex < b.CreateIndex
+		}
+		if a.Service != b.Service {
+			return a.Service < b.Service
+		}
+		return a.Stack < b.Stack
+	})
+	type portKey struct {
+		proto string
+		port  int
+	}
+	defs := map[string]Definition{}
+	ports := map[portKey]Definition{}
+	var conflicts []Conflict
+	for _, d := range sorted {
+		if w, dup := defs[d.Service]; dup {
+			if w != d {
+				conflicts = append(conflicts, Conflict{Loser: d, Winner: w})
+			}
+			continue
+		}
+		if inPortTable(d) {
+			k := portKey{d.Protocol, d.ListenPort}
+			if w, taken := ports[k]; taken {
+				conflicts = append(conflicts, Conflict{Loser: d, Winner: w, Port: true})
+				continue
+			}
+			ports[k] = d
+		}
+		defs[d.Service] = d
+	}
+	return defs, buildTable(defs), conflicts
+}
+
+// inPortTable: only reachable tcp and udp services get a listener; http services are routed by
+// Host header and backend-only services (no timeout) are never reached by the proxy.
+func inPortTable(d Definition) bool {
+	return (d.Protocol == config.ProtocolTCP || d.Protocol == config.ProtocolUDP) && d.EntryPoint && d.ListenPort > 0
+}
+
+// buildTable is the port table of a resolved definition set, sorted by protocol then port.
+func buildTable(defs map[string]Definition) []Mapping {
+	table := []Mapping{}
+	for _, d := range defs {
+		if !inPortTable(d) {
+			continue
+		}
+		table = append(table, Mapping{Stack: d.Stack, Service: d.Service, Protocol: d.Protocol,
+			ListenPort: d.ListenPort, IdleTimeoutSecs: uint64(d.Timeout.Seconds())})
+	}
+	sort.Slice(table, func(i, j int) bool {
+		if table[i].Protocol != table[j].Protocol {
+			return table[i].Protocol < table[j].Protocol
+		}
+		return table[i].ListenPort < table[j].ListenPort
+	})
+	return table
+}
+
+// tableDiff describes what changed between two tables, for the log line of each publication.
+func tableDiff(old, cur []Mapping) string {
+	key := func(m Mapping) string { return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort) }
+	before := map[string]Mapping{}
+	for _, m := range old {
+		before[key(m)] = m
+	}
+	var parts []string
+	seen := map[string]bool{}
+	for _, m := range cur {
+		k := key(m)
+		seen[k] = true
+		switch o, ok := before[k]; {
+		case !ok:
+			parts = append(parts, "+"+k+"="+m.Service)
+		case o != m:
+			parts = append(parts, "~"+k+"="+m.Service)
+		}
+	}
+	for _, m := range old {
+		if k := key(m); !seen[k] {
+			parts = append(parts, "-"+k+"="+m.Service)
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// toProto converts a table for WatchPortMappings.
+func toProto(version uint64, table []Mapping) *pb.PortMappingBundle {
+	b := &pb.PortMappingBundle{Version: version, Mappings: make([]*pb.PortMapping, 0, len(table))}
+	for _, m := range table {
+		p := pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
+		if m.Protocol == config.ProtocolUDP {
+			p = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		}
+		b.Mappings = append(b.Mappings, &pb.PortMapping{Service: m.Service, Stack: m.Stack, Protocol: p,
+			ListenPort: uint32(m.ListenPort), IdleTimeoutSecs: m.IdleTimeoutSecs})
+	}
+	return b
+}

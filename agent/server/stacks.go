@@ -1,0 +1,212 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/hashicorp/hcl/v2"
+	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/config"
+)
+
+// stacks is the server's view of its stacks directory: the last accepted set, handed to the
+// Consul mirror. It only matters on the leader (the mirror writes nothing otherwise), but every
+// server validates, so a bad file is reported wherever it is.
+type stacks struct {
+	mu sync.Mutex // serializes loads; guards the fields below
+	// dir is the directory in effect ("" = this server defines no stacks).
+	dir string
+	// accepted is the last set that passed validation (nil before the first).
+	accepted *config.StackSet
+	// seen is the fingerprint of the last contents processed, accepted or not, so that an event
+	// that changed nothing (chmod, touch) neither reloads nor repeats a rejection.
+	seen string
+	// dirChanged wakes the watcher when Reload points the server at another directory.
+	dirChanged chan struct{}
+}
+
+// ErrStacksRejected wraps every rejection of a stack set.
+var ErrStacksRejected = errors.New("stack files rejected")
+
+// reloadStacks reads, validates and, when valid, applies the stacks directory. Without force, a
+// directory whose contents did not change since the last load is skipped. A rejected set changes
+// nothing: the previous set stays with the mirror, and the diagnostics go to the log and to a
+// config_reload_rejected event.
+func (s *Server) reloadStacks(trigger string, force bool) error {
+	s.stacks.mu.Lock()
+	defer s.stacks.mu.Unlock()
+	dir := s.stacks.dir
+	if dir == "" {
+		return nil
+	}
+	s.mu.Lock()
+	rules := config.StackRulesFor(s.agentCfg)
+	s.mu.Unlock()
+
+	var set *config.StackSet
+	files, err := config.ReadStackFiles(dir)
+	if err != nil {
+		set = &config.StackSet{Diags: hcl.Diagnostics{{Severity: hcl.DiagError,
+			Summary: "Cannot read stacks directory", Detail: err.Error()}}}
+	} else {
+		set = config.ParseStacks(files, rules)
+	}
+	if !force && set.Fingerprint != "" && set.Fingerprint == s.stacks.seen {
+		return nil
+	}
+	s.stacks.seen = set.Fingerprint
+
+	if set.Diags.HasErrors() {
+		text := config.FormatDiagnostics(set.Files, set.Diags)
+		s.logger.Error("stack files rejected; keeping the previous set", "dir", dir, "trigger", trigger,
+			"diagnostics", "\n"+text)
+		first := firstError(set.Diags)
+		s.events.Emit(events.Event{Kind: events.ConfigReloadRejected, Severity: events.Error,
+			Message: first, Fields: map[string]string{"dir": dir, "trigger": trigger, "diagnostics": text}})
+		metrics.IncrCounterWithLabels([]string{"nullnet", "server", "stacks", "reloads"}, 1,
+			[]metrics.Label{{Name: "result", Value: "rejected"}})
+		return fmt.Errorf("%w: %s\n%s", ErrStacksRejected, dir, text)
+	}
+	for _, d := range set.Diags { // warnings only at this point
+		s.logger.Warn("stack files", "warning", d.Error())
+	}
+	s.stacks.accepted = set
+	if s.mirror != nil {
+		s.mirror.Set(catalogServices(set))
+	}
+	n := len(set.Services())
+	s.logger.Info("stack files loaded", "dir", dir, "trigger", trigger, "stacks", len(set.Stacks), "services", n)
+	s.events.Emit(events.Event{Kind: events.ConfigReloaded,
+		Message: fmt.Sprintf("%d stack(s), %d service(s) loaded from %s", len(set.Stacks), n, dir),
+		Fields:  map[string]string{"dir": dir, "trigger": trigger, "stacks": strconv.Itoa(len(set.Stacks)), "services": strconv.Itoa(n)}})
+	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "stacks", "reloads"}, 1,
+		[]metrics.Label{{Name: "result", Value: "ok"}})
+	return nil
+}
+
+// stacksChangedSinceLoad reports whether the directory differs from what was last processed.
+func (s *Server) stacksChangedSinceLoad() bool {
+	s.stacks.mu.Lock()
+	dir, seen := s.stacks.dir, s.stacks.seen
+	s.stacks.mu.Unlock()
+	files, err := config.ReadStackFiles(dir)
+	if err != nil {
+		return seen != ""
+	}
+	return config.StackFingerprint(files) != seen
+}
+
+// watchStacks reloads the stacks directory when anything in it changes, until ctx ends.
+//
+// Debounce: every event re-arms a trailing-edge timer, so a burst of writes (an editor's
+// write-rename-chmod, a `cp -r`) becomes one reload after the quiet period, and the last write of
+// a burst is always followed by a reload. After each reload the directory is fingerprinted
+// again: a change that landed while the reload was reading (whose event may have been consumed
+// before it) re-arms the timer instead of being lost.
+func (s *Server) watchStacks(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		s.logger.Error("cannot watch the stacks directory; only SIGHUP reloads it", "error", err)
+		return
+	}
+	defer w.Close()
+
+	watched := ""
+	rewatch := func() {
+		s.stacks.mu.Lock()
+		dir := s.stacks.dir
+		s.stacks.mu.Unlock()
+		if dir == watched {
+			return
+		}
+		if watched != "" {
+			_ = w.Remove(watched)
+		}
+		watched = ""
+		if dir == "" {
+			return
+		}
+		// The directory itself is watched, not its files: editors replace files by renaming,
+		// which a per-file watch would miss.
+		if err := w.Add(dir); err != nil {
+			s.logger.Error("cannot watch the stacks directory; only SIGHUP reloads it", "dir", dir, "error", err)
+			return
+		}
+		watched = dir
+	}
+	rewatch()
+
+	s.mu.Lock()
+	debounce := s.agentCfg.Server.ReloadDebounce
+	s.mu.Unlock()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stacks.dirChanged:
+			rewatch()
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			s.logger.Trace("stacks directory event", "event", ev.String())
+			timer.Reset(debounce)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			// An overflow means events were dropped: reload to be safe.
+			s.logger.Warn("stacks directory watch error; reloading", "error", err)
+			timer.Reset(debounce)
+		case <-timer.C:
+			_ = s.reloadStacks("file change", false)
+			if s.stacksChangedSinceLoad() {
+				timer.Reset(debounce)
+			}
+		}
+	}
+}
+
+// setStacksDir points the server at a (possibly new) directory and tells the watcher.
+func (s *Server) setStacksDir(dir string) {
+	s.stacks.mu.Lock()
+	changed := s.stacks.dir != dir
+	s.stacks.dir = dir
+	if changed {
+		s.stacks.seen = ""
+	}
+	s.stacks.mu.Unlock()
+	if changed {
+		select {
+		case s.stacks.dirChanged <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// firstError renders the first error as "file:line:col: summary; detail" for an event message.
+func firstError(diags hcl.Diagnostics) string {
+	for _, d := range diags {
+		if d.Severity != hcl.DiagError {
+			continue
+		}
+		msg := d.Summary
+		if d.Detail != "" {
+			msg += "; " + d.Detail
+		}
+		if d.Subject != nil {
+			msg = fmt.Sprintf("%s:%d:%d: %s", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column, msg)
+		}
+		return msg
+	}
+	return ""
+}

@@ -1,0 +1,88 @@
+package command
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/hashicorp/cli"
+)
+
+// PortMappingsCommand prints the port table the proxies listen by.
+type PortMappingsCommand struct{ UI cli.Ui }
+
+func (c *PortMappingsCommand) Help() string {
+	return trim(`
+Usage: nullnet port-mappings [options]
+
+  Prints the port table (GET /v1/port-mappings): every TCP and UDP port
+  the proxies listen on, the service behind it and its idle timeout.
+  http services are routed by Host header and are not in this table.
+
+Options:
+
+  -json
+     Print a JSON array of objects with stack, service, protocol,
+     listen_port and idle_timeout_secs.
+` + httpFlagsHelp)
+}
+
+func (c *PortMappingsCommand) Synopsis() string { return "Prints the TCP/UDP port table" }
+
+// apiMapping mirrors one entry of GET /v1/port-mappings.
+type apiMapping struct {
+	Stack           string `json:"stack"`
+	Service         string `json:"service"`
+	Protocol        string `json:"protocol"`
+	ListenPort      int    `json:"listen_port"`
+	IdleTimeoutSecs uint64 `json:"idle_timeout_secs"`
+}
+
+func (c *PortMappingsCommand) Run(args []string) int {
+	var asJSON bool
+	var hf httpFlags
+	fs := newFlagSet("port-mappings")
+	fs.BoolVar(&asJSON, "json", false, "")
+	hf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		c.UI.Error(fmt.Sprintf("%v\n\n%s", err, c.Help()))
+		return 2
+	}
+	if fs.NArg() > 0 {
+		c.UI.Error("This command takes no arguments.\n\n" + c.Help())
+		return 2
+	}
+	client, err := hf.client()
+	if err != nil {
+		c.UI.Error(err.Error())
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	mappings := []apiMapping{}
+	version, err := client.get(ctx, "/v1/port-mappings", nil, &mappings)
+	if err != nil {
+		c.UI.Error(err.Error())
+		return 1
+	}
+	if asJSON {
+		b, _ := json.MarshalIndent(mappings, "", "  ")
+		c.UI.Output(string(b))
+		return 0
+	}
+	if len(mappings) == 0 {
+		c.UI.Output(fmt.Sprintf("No port mappings (table version %d).", version))
+		return 0
+	}
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROTOCOL\tLISTEN PORT\tSERVICE\tSTACK\tIDLE TIMEOUT")
+	for _, m := range mappings {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", m.Protocol, m.ListenPort, m.Service, m.Stack, formatTimeout(m.IdleTimeoutSecs))
+	}
+	_ = tw.Flush()
+	c.UI.Output(strings.TrimRight(b.String(), "\n"))
+	return 0
+}

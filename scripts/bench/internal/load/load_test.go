@@ -1,0 +1,65 @@
+package load
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// The generators must count only complete exchanges; these run against the bench's own backends
+// on loopback and assert correctness, never speed.
+func TestConnRateAgainstResponder(t *testing.T) {
+	s, err := StartTCPResponder("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := ConnRate(context.Background(), s.Addr(), 2, 300*time.Millisecond)
+	if r.Ops == 0 || r.Errors != 0 {
+		t.Fatalf("ops=%d errors=%d, want some and none", r.Ops, r.Errors)
+	}
+	if r.P50 <= 0 || r.P99 < r.P50 {
+		t.Errorf("latency p50=%v p99=%v", r.P50, r.P99)
+	}
+}
+
+func TestConnRateCountsFailures(t *testing.T) {
+	s, err := StartTCPResponder("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := s.Addr()
+	s.Close() // nothing listens now
+	r := ConnRate(context.Background(), addr, 1, 100*time.Millisecond)
+	if r.Ops != 0 || r.Errors == 0 {
+		t.Fatalf("ops=%d errors=%d, want none and some", r.Ops, r.Errors)
+	}
+}
+
+func TestUDPRoundTripsAgainstEcho(t *testing.T) {
+	e, err := StartUDPEcho("127.0.0.1:0", 1, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r, err := UDPRoundTrips(context.Background(), e.Addr(), 2, 4, 64, 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ops == 0 || r.P99 <= 0 {
+		t.Fatalf("ops=%d p99=%v", r.Ops, r.P99)
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	s := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	cases := map[float64]time.Duration{0.5: 5, 0.99: 10, 0: 1}
+	for q, want := range cases {
+		if got := Quantile(s, q); got != want {
+			t.Errorf("Quantile(%v) = %v, want %v", q, got, want)
+		}
+	}
+	if Quantile(nil, 0.5) != 0 {
+		t.Error("empty input")
+	}
+}

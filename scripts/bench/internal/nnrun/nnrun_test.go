@@ -1,0 +1,63 @@
+package nnrun
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nullnet/nullnet/config"
+)
+
+var benchServices = []Service{
+	{Name: "bench-rr", Protocol: "tcp", ListenPort: 15201, BackendPort: 5201, Timeout: "0"},
+	{Name: "bench-echo", Protocol: "udp", ListenPort: 15301, BackendPort: 5301, Timeout: "5m"},
+}
+
+// The rendered files must pass nullnet's own loaders, or the bench measures a failed start.
+func TestRenderedConfigLoads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.hcl")
+	hcl := AgentConfig(dir, "127.0.0.1:8500", []int{14700, 14701, 18080}, benchServices)
+	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := config.Load([]config.Source{{Path: path}}, true)
+	if res.Diags.HasErrors() {
+		var b strings.Builder
+		_ = config.WriteDiagnostics(&b, res.Files, res.Diags)
+		t.Fatalf("agent config does not load:\n%s\n%s", b.String(), hcl)
+	}
+	c := res.Config
+	if c.Ports.HTTP != 14700 || c.Ports.GRPC != 14701 || c.Consul.Address != "127.0.0.1:8500" {
+		t.Errorf("ports/consul not applied: %+v %+v", c.Ports, c.Consul)
+	}
+	if len(c.Client.Services) != 2 {
+		t.Fatalf("host services = %d, want 2", len(c.Client.Services))
+	}
+	for _, s := range c.Client.Services {
+		if s.Stack != "bench" || s.Address != "127.0.0.1" {
+			t.Errorf("host service %+v: want stack bench on 127.0.0.1", s)
+		}
+	}
+}
+
+func TestStackFileLoads(t *testing.T) {
+	set := config.ParseStacks([]config.StackFile{{Path: "bench.hcl", Bytes: []byte(StackFile(benchServices))}}, config.StackRules{})
+	if set.Diags.HasErrors() {
+		t.Fatalf("stack file does not load: %v", set.Diags)
+	}
+	got := map[string]config.StackService{}
+	for _, s := range set.Services() {
+		got[s.Name] = s
+	}
+	for _, want := range benchServices {
+		s, ok := got[want.Name]
+		if !ok {
+			t.Fatalf("service %s missing from %v", want.Name, got)
+		}
+		if s.Protocol != want.Protocol || s.ListenPort != want.ListenPort || !s.EntryPoint {
+			t.Errorf("service %s = %+v, want %+v as an entry point", want.Name, s, want)
+		}
+	}
+}

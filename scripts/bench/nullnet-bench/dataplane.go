@@ -1,0 +1,363 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/scripts/bench/internal/anchor"
+	"github.com/nullnet/nullnet/scripts/bench/internal/iperf"
+	"github.com/nullnet/nullnet/scripts/bench/internal/load"
+	"github.com/nullnet/nullnet/scripts/bench/internal/nnrun"
+	"github.com/nullnet/nullnet/scripts/bench/internal/proc"
+	"github.com/nullnet/nullnet/scripts/bench/internal/report"
+)
+
+// Load shape, the same for every target.
+const (
+	connWorkers = 16 // concurrent short-connection clients
+	udpClients  = 8  // UDP client sockets (= sessions in the relay)
+	udpWindow   = 16 // datagrams in flight per client
+)
+
+// Route names: each target relays these to the bench's backends.
+const (
+	routeIperf = "iperf" // TCP, iperf3 server
+	routeRR    = "rr"    // TCP, one request / one response / close
+	routeEcho  = "echo"  // UDP echo
+	routeSink  = "sink"  // UDP, reads only (idle sessions)
+)
+
+// target is one path under test: its addresses for each route and, for a relay, its process group.
+type target struct {
+	name   string
+	addrs  map[string]string
+	relay  *proc.Process // nil for direct
+	stop   func()
+	broken error // set when the target could not start: every figure records it
+}
+
+type bench struct {
+	o    options
+	log  hclog.Logger
+	work string
+	rep  *report.Report
+	// nullnetErr is why nullnet did not carry traffic on loopback; the overlay variant, same
+	// binary, is then not attempted.
+	nullnetErr error
+}
+
+// figures of the data plane, with the targets.
+func (b *bench) figTCP(streams int) (*report.Figure, *report.Figure) {
+	s := strconv.Itoa(streams)
+	thr := b.rep.Figure("tcp_throughput_"+s, "TCP throughput, "+s+" stream(s)", "Gbit/s", true,
+		report.Goal{Against: report.Direct, Ratio: 0.9}, report.Goal{Against: "best", Ratio: 1.0})
+	cpu := b.rep.Figure("tcp_cpu_per_gib_"+s, "relay CPU per GiB, "+s+" stream(s)", "s/GiB", false,
+		report.Goal{Against: "best", Ratio: 1.0})
+	return thr, cpu
+}
+
+func (b *bench) dataPlane(ctx context.Context) error {
+	iperfPort, err := proc.FreePort()
+	if err != nil {
+		return err
+	}
+	srv, err := iperf.StartServer(ctx, b.work, iperfPort)
+	if err != nil {
+		return fmt.Errorf("iperf3 server: %w", err)
+	}
+	defer srv.Stop(2 * time.Second)
+	rr, err := load.StartTCPResponder("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer rr.Close()
+	echo, err := load.StartUDPEcho("127.0.0.1:0", 2, false)
+	if err != nil {
+		return err
+	}
+	defer echo.Close()
+	sink, err := load.StartUDPEcho("127.0.0.1:0", 1, true)
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: rr.Addr(),
+		routeEcho: echo.Addr(), routeSink: sink.Addr()}
+
+	targets := []*target{{name: report.Direct, addrs: map[string]string{
+		routeIperf: backends[routeIperf], routeRR: backends[routeRR], routeEcho: backends[routeEcho]}, stop: func() {}}}
+	if !b.o.skip["anchors"] {
+		targets = append(targets, b.startAnchor(ctx, report.HAProxy, backends), b.startAnchor(ctx, report.Nginx, backends))
+	}
+	if !b.o.skip["nullnet"] {
+		targets = append(targets, b.startNullnet(ctx, backends))
+	}
+	defer func() {
+		for _, t := range targets {
+			t.stop()
+		}
+	}()
+
+	for run := range b.o.runs {
+		// Rotate the order so that no target always runs first (or last) on a warming machine.
+		for i := range targets {
+			t := targets[(i+run)%len(targets)]
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			b.log.Info("measuring", "run", run+1, "of", b.o.runs, "target", t.name)
+			b.measure(ctx, t)
+		}
+	}
+	if !b.o.skip["sessions"] {
+		for _, t := range targets {
+			if _, ok := t.addrs[routeSink]; ok && ctx.Err() == nil {
+				b.idleSessions(ctx, t)
+			}
+		}
+	}
+	return nil
+}
+
+func (b *bench) startAnchor(ctx context.Context, name string, backends map[string]string) *target {
+	t := &target{name: name, addrs: map[string]string{}, stop: func() {}}
+	var routes []anchor.Route
+	for _, r := range []struct{ name, proto string }{{routeRR, "tcp"}, {routeIperf, "tcp"}, {routeEcho, "udp"}, {routeSink, "udp"}} {
+		if name == report.HAProxy && r.proto == "udp" {
+			continue // HAProxy has no UDP relay
+		}
+		port, err := proc.FreePort()
+		if err != nil {
+			t.broken = err
+			return t
+		}
+		listen := "127.0.0.1:" + strconv.Itoa(port)
+		routes = append(routes, anchor.Route{Protocol: r.proto, Listen: listen, Backend: backends[r.name], NoProbe: r.name == routeIperf})
+		t.addrs[r.name] = listen
+	}
+	dir := filepath.Join(b.work, name)
+	if err := mkdir(dir); err != nil {
+		t.broken = err
+		return t
+	}
+	var relay *anchor.Relay
+	var err error
+	if name == report.HAProxy {
+		relay, err = anchor.StartHAProxy(ctx, anchor.Options{Dir: dir, NoFile: int(raiseNoFile())}, routes)
+	} else {
+		relay, err = anchor.StartNginx(ctx, anchor.Options{Dir: dir, NoFile: int(raiseNoFile())}, routes)
+	}
+	if err != nil {
+		t.broken = err
+		b.log.Error("anchor did not start", "anchor", name, "error", err)
+		return t
+	}
+	t.relay = relay.Process
+	t.stop = func() { relay.Stop(5 * time.Second) }
+	return t
+}
+
+func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *target {
+	t := &target{name: report.Nullnet, addrs: map[string]string{}, stop: func() {}}
+	if b.o.consulBin == "" {
+		t.broken = errors.New("NULLNET_CONSUL_BIN is not set (run through make bench, or set it to scripts/install-consul's output)")
+		return t
+	}
+	var svcs []nnrun.Service
+	for _, r := range []struct{ name, proto, timeout string }{
+		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}} {
+		port, err := proc.FreePort()
+		if err != nil {
+			t.broken = err
+			return t
+		}
+		_, bp, _ := net.SplitHostPort(backends[r.name])
+		backendPort, _ := strconv.Atoi(bp)
+		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort, Timeout: r.timeout})
+		t.addrs[r.name] = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	dir := filepath.Join(b.work, "nullnet")
+	if err := mkdir(dir); err != nil {
+		t.broken = err
+		return t
+	}
+	b.log.Info("starting Consul and nullnet agent -dev")
+	a, err := nnrun.Start(ctx, nnrun.Config{Binary: b.nullnetBin(), ConsulBin: b.o.consulBin, Dir: dir, Services: svcs})
+	if err != nil {
+		t.broken = err
+		b.log.Error("nullnet did not start", "error", err)
+		return t
+	}
+	t.relay = a.Process
+	t.stop = a.Stop
+	// Traffic flows once the stack reached Consul, the port table the proxy, and the host
+	// services passed their checks. That is the warm session every figure starts from.
+	wait := 90 * time.Second
+	if b.o.smoke {
+		wait = 30 * time.Second
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	start := time.Now()
+	if err := nnrun.WaitTCPRelay(wctx, t.addrs[routeRR], probeRR); err != nil {
+		t.broken = fmt.Errorf("nullnet relay never carried traffic within %s: %w (agent log: %s)", wait, err, a.LogTail(600))
+	} else if err := nnrun.WaitUDPRelay(wctx, t.addrs[routeEcho]); err != nil {
+		t.broken = fmt.Errorf("nullnet UDP relay never echoed within %s: %w (agent log: %s)", wait, err, a.LogTail(600))
+	}
+	if t.broken != nil {
+		b.nullnetErr = t.broken
+		b.log.Error("nullnet is not usable", "error", t.broken)
+	} else {
+		b.log.Info("nullnet relays traffic", "after", time.Since(start).Round(time.Millisecond))
+	}
+	return t
+}
+
+func (b *bench) nullnetBin() string { return b.o.nullnetBin }
+
+func probeRR(addr string) error {
+	r := load.ConnRate(context.Background(), addr, 1, 1*time.Millisecond)
+	if r.Ops == 0 {
+		return fmt.Errorf("no complete request/response through %s", addr)
+	}
+	return nil
+}
+
+// measure takes one sample of every data-plane figure for t.
+func (b *bench) measure(ctx context.Context, t *target) {
+	if !b.o.skip["tcp"] {
+		for _, streams := range []int{1, 8} {
+			thr, cpu := b.figTCP(streams)
+			if t.broken != nil {
+				thr.Fail(t.name, t.broken)
+				continue
+			}
+			host, port := splitAddr(t.addrs[routeIperf])
+			u0, uerr := b.usage(t)
+			r, err := iperf.Run(ctx, host, port, streams, b.o.duration)
+			if err != nil {
+				thr.Fail(t.name, err)
+				continue
+			}
+			thr.Add(t.name, r.BitsPerSecond/1e9)
+			if u1, err := b.usage(t); t.relay != nil && uerr == nil && err == nil && r.Bytes > 0 {
+				cpu.Add(t.name, (u1.CPU-u0.CPU).Seconds()/(float64(r.Bytes)/(1<<30)))
+			}
+		}
+	}
+	if !b.o.skip["connrate"] {
+		rate := b.rep.Figure("tcp_conn_rate", "TCP connections/s (warm session)", "conn/s", true,
+			report.Goal{Against: report.HAProxy, Ratio: 1.0})
+		p99 := b.rep.Figure("tcp_conn_p99", "TCP connection p99", "ms", false)
+		if t.broken != nil {
+			rate.Fail(t.name, t.broken)
+		} else {
+			r := load.ConnRate(ctx, t.addrs[routeRR], connWorkers, b.o.duration)
+			if r.Ops == 0 || r.Errors > r.Ops/100 {
+				rate.Fail(t.name, fmt.Errorf("%d connections, %d failed", r.Ops, r.Errors))
+			} else {
+				rate.Add(t.name, r.Rate())
+				p99.Add(t.name, ms(r.P99))
+			}
+		}
+	}
+	if !b.o.skip["udp"] {
+		for _, size := range []int{64, 1400} {
+			s := strconv.Itoa(size)
+			pps := b.rep.Figure("udp_rtt_rate_"+s, "UDP round trips/s, "+s+" B", "rt/s", true,
+				report.Goal{Against: report.Nginx, Ratio: 1.0})
+			p99 := b.rep.Figure("udp_rtt_p99_"+s, "UDP round trip p99, "+s+" B", "ms", false)
+			addr, ok := t.addrs[routeEcho]
+			switch {
+			case !ok:
+				continue
+			case t.broken != nil:
+				pps.Fail(t.name, t.broken)
+				continue
+			}
+			r, err := load.UDPRoundTrips(ctx, addr, udpClients, udpWindow, size, b.o.duration)
+			if err != nil || r.Ops == 0 {
+				pps.Fail(t.name, fmt.Errorf("no round trip completed: %v", err))
+				continue
+			}
+			pps.Add(t.name, r.Rate())
+			p99.Add(t.name, ms(r.P99))
+		}
+	}
+}
+
+// idleSessions opens many one-datagram UDP sessions through t and reads the relay's memory,
+// scaled to 100,000 sessions when the open-file limit kept the count lower.
+func (b *bench) idleSessions(ctx context.Context, t *target) {
+	fig := b.rep.Figure("udp_idle_rss", "RSS with 100,000 idle UDP sessions", "MiB", false, report.Goal{Limit: 300})
+	if t.broken != nil {
+		fig.Fail(t.name, t.broken)
+		return
+	}
+	n := b.o.udpSessions
+	u0, err := b.usage(t)
+	if err != nil {
+		fig.Fail(t.name, err)
+		return
+	}
+	sent, err := load.IdleSessions(ctx, t.addrs[routeSink], n)
+	if err != nil {
+		fig.Fail(t.name, err)
+		return
+	}
+	// Let the relay finish creating sessions (resolution may be asynchronous), then read RSS.
+	var u1 proc.Usage
+	settle := 10
+	if b.o.smoke {
+		settle = 2
+	}
+	for range settle {
+		time.Sleep(500 * time.Millisecond)
+		if u1, err = b.usage(t); err != nil {
+			fig.Fail(t.name, err)
+			return
+		}
+	}
+	perSession := float64(u1.RSSBytes-u0.RSSBytes) / float64(sent)
+	at100k := (float64(u0.RSSBytes) + perSession*100000) / (1 << 20)
+	fig.Add(t.name, at100k)
+	note := fmt.Sprintf("%s: %d idle UDP sessions: RSS %.1f → %.1f MiB (%.0f B/session)",
+		t.name, sent, float64(u0.RSSBytes)/(1<<20), float64(u1.RSSBytes)/(1<<20), perSession)
+	if sent < 100000 {
+		why := "open-file limit"
+		if b.o.smoke {
+			why = "smoke mode"
+		}
+		note += "; scaled linearly to 100,000 (" + why + ")"
+	}
+	fig.Note = joinNote(fig.Note, note)
+	b.rep.Notes = append(b.rep.Notes, note)
+}
+
+func (b *bench) usage(t *target) (proc.Usage, error) {
+	if t.relay == nil {
+		return proc.Usage{}, errors.New("no relay process")
+	}
+	return proc.GroupUsage(t.relay.Pid())
+}
+
+func splitAddr(addr string) (string, int) {
+	h, p, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(p)
+	return h, port
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func joinNote(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}

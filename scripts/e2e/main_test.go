@@ -1,0 +1,42 @@
+// Package e2e is nullnet's end-to-end suite: a small cluster of network namespaces joined by an
+// underlay bridge, a real Consul cluster, the real bin/nullnet started from config files, real
+// services (redis, dnsmasq, an HTTP server, sshd) and real clients (redis-cli, dig, curl, ssh) run
+// from an "outside" namespace. See website/docs/testing.md.
+//
+// Every name the suite creates starts with "nne-" so that a run can remove what an interrupted run
+// left behind, and nothing else.
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"testing"
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "e2e needs root: it creates network namespaces, a bridge and kernel "+
+			"VXLAN devices and runs daemons in them; run `sudo make e2e` (CI runs it as root)")
+		os.Exit(1)
+	}
+	// An earlier run killed hard (SIGKILL, a lost CI runner) may have left namespaces, the bridge
+	// and daemons behind; they would collide with ours.
+	removeLeftovers(func(format string, args ...any) { fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...) })
+
+	// SIGINT/SIGTERM: t.Cleanup does not run when the test binary is interrupted, so tear down
+	// here and exit; the registry holds everything started so far.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "e2e: %v: tearing the cluster down\n", s)
+		registry.teardownAll()
+		os.Exit(130)
+	}()
+
+	code := m.Run()
+	registry.teardownAll()
+	os.Exit(code)
+}
