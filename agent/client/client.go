@@ -67,7 +67,6 @@ type Client struct {
 	reconnectMax time.Duration
 	acks         chan *pb.CommandAck
 	cleanupOnce  sync.Once
-	underlayMTU  int
 
 	// exec is created by Run (it needs Run's context).
 	exec *executor
@@ -78,6 +77,7 @@ type Client struct {
 	server         string
 	connectedSince time.Time
 	cleanedUp      bool
+	underlayMTU    int // measured by Run; 0 = unknown
 }
 
 // New builds the client role. Nothing runs until Run.
@@ -126,8 +126,9 @@ type Status struct {
 
 // Status is shown in /v1/agent/self.
 func (c *Client) Status() any {
-	st := Status{Ends: c.activeEnds(), UnderlayMTU: c.underlayMTU}
+	st := Status{Ends: c.activeEnds()}
 	c.mu.Lock()
+	st.UnderlayMTU = c.underlayMTU
 	st.Node = c.agent.NodeName
 	st.Server, st.Connected, st.CleanedUp = c.server, c.server != "", c.cleanedUp
 	if !c.connectedSince.IsZero() {
@@ -150,8 +151,10 @@ func (c *Client) Status() any {
 // Run keeps the control channel and the host services going until ctx ends. On the way out it
 // deregisters the host services and removes the tunnel ends it built.
 func (c *Client) Run(ctx context.Context) error {
-	cfg := c.agentConfig()
-	c.underlayMTU = c.detectUnderlayMTU(cfg)
+	mtu := c.detectUnderlayMTU(c.agentConfig())
+	c.mu.Lock()
+	c.underlayMTU = mtu
+	c.mu.Unlock()
 
 	var wg sync.WaitGroup
 	exec := newExecutor(ctx, c.parallel(), c.runCommand)
@@ -197,6 +200,12 @@ func (c *Client) Reload(cfg *config.Config) error {
 		c.services.set(cfg)
 	}
 	return nil
+}
+
+func (c *Client) nodeUnderlayMTU() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.underlayMTU
 }
 
 func (c *Client) agentConfig() *config.Config {

@@ -153,8 +153,8 @@ func (c *Client) setup(ctx context.Context, cmd command) ([]string, error) {
 	}
 	e := overlay.End{NetID: cmd.netID, Side: cmd.side, Local: local, Remote: remote, MTU: int(s.GetMtu()),
 		Device: c.agentConfig().Client.NetworkInterface}
-	if e.MTU == 0 && c.underlayMTU > 0 {
-		e.MTU = overlay.OverlayMTU(c.underlayMTU)
+	if mtu := c.nodeUnderlayMTU(); e.MTU == 0 && mtu > 0 {
+		e.MTU = overlay.OverlayMTU(mtu)
 	}
 	res, err := c.overlay.Setup(ctx, e)
 	if err != nil {

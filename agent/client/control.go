@@ -47,16 +47,19 @@ func (c *Client) runControl(ctx context.Context) {
 func (c *Client) session(ctx context.Context) (established bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+
+	// Start-up cleanup runs once per process, before the first stream opens and so before the
+	// first Hello: the server must never send a command for an end that a later cleanup would
+	// remove. It runs before the stream opens because removing many leftovers takes a while
+	// (tens of ms per device) and a server need not wait for a Hello that long.
+	c.cleanupOnce.Do(func() { c.startupCleanup(sctx) })
+
 	// WaitForReady lets gRPC's own connection backoff decide when a server is reachable,
 	// instead of failing at once while it is down.
 	stream, err := pb.NewControlClient(c.cfg.Conn).ControlChannel(sctx, grpc.WaitForReady(true))
 	if err != nil {
 		return false, fmt.Errorf("opening the control channel: %w", err)
 	}
-
-	// Start-up cleanup runs once per process, on the first connect and before the first Hello:
-	// the server must never send a command for an end that a later cleanup would remove.
-	c.cleanupOnce.Do(func() { c.startupCleanup(sctx) })
 
 	if err := stream.Send(&pb.NodeMessage{Msg: &pb.NodeMessage_Hello{Hello: c.hello()}}); err != nil {
 		return false, fmt.Errorf("sending hello: %w", err)
@@ -149,7 +152,7 @@ func (c *Client) hello() *pb.Hello {
 		}
 	}
 	h := &pb.Hello{NodeName: cfg.NodeName, UnderlayAddr: cfg.AdvertiseAddr, Roles: roles,
-		Version: version.Version, UnderlayMtu: uint32(c.underlayMTU)}
+		Version: version.Version, UnderlayMtu: uint32(c.nodeUnderlayMTU())}
 	for _, e := range c.activeEnds() {
 		h.ActiveEnds = append(h.ActiveEnds, &pb.OverlayEndRef{NetId: e.NetID, Side: sideToProto(sideOf(e.Side))})
 	}

@@ -58,3 +58,26 @@ func pct(d []time.Duration, p int) float64 {
 	}
 	return float64(s[i]) / float64(time.Millisecond)
 }
+
+// BenchmarkCleanup leaves b.N ends behind (a crashed agent) and times the start-up cleanup that
+// removes them all; it reports the total in milliseconds.
+func BenchmarkCleanup(b *testing.B) {
+	h := overlaytest.Hosts(b, prefix, 1)[0]
+	m := manager(b, h)
+	ctx := context.Background()
+	peer := netip.MustParseAddr("192.168.77.200")
+	for i := 0; i < b.N; i++ {
+		if _, err := m.Setup(ctx, overlay.End{NetID: overlay.MinNetID + uint32(i), Side: overlay.SideService, Local: h.Underlay, Remote: peer}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	t0 := time.Now()
+	removed, err := m.Cleanup(ctx)
+	took := time.Since(t0)
+	b.StopTimer()
+	if err != nil || len(removed) != 2*b.N {
+		b.Fatalf("removed %d devices, %v; want %d", len(removed), err, 2*b.N)
+	}
+	b.ReportMetric(float64(took)/float64(time.Millisecond), "cleanup-total-ms")
+}

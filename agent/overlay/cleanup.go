@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 )
@@ -17,38 +18,60 @@ type EndRef struct {
 	SideName string `json:"side"`
 }
 
+// cleanupGroup is where Cleanup gathers leftovers before deleting them in one request; it is
+// above every GroupFor value.
+const cleanupGroup uint32 = 0x6effffff
+
 // Cleanup removes every device that carries nullnet's marker (whatever its name), or one of
-// its names with the matching group before the marker was set (see GroupFor), and nothing else: what a crashed or killed agent left behind. It runs at start-up, before the first
-// command; it returns the names it removed. Ports go before bridges so no bridge is deleted
-// while something is still attached to it.
+// its names with the matching group before the marker was set (see GroupFor), and nothing
+// else: what a crashed or killed agent left behind. It runs at start-up, before the first
+// command; it returns the names it removed.
 func (m *Manager) Cleanup(ctx context.Context) ([]string, error) {
 	links, err := m.listLinks()
 	if err != nil {
 		return nil, fmt.Errorf("overlay: cleanup: %w", err)
 	}
-	var ports, bridges []netlink.Link
+	var ours []netlink.Link
 	for _, l := range links {
-		if !ownedAny(l) {
-			continue
-		}
-		if l.Type() == "bridge" {
-			bridges = append(bridges, l)
-		} else {
-			ports = append(ports, l)
+		if ownedAny(l) {
+			ours = append(ours, l)
 		}
 	}
-	var removed []string
+	// Move every leftover into one group and delete the group with one request, which the
+	// kernel unregisters as one batch (the per-device work remains: about 20-40 ms each on
+	// 2 cores). Whatever cannot be moved is deleted on its own, ports before bridges.
+	var removed, single []string
 	var errs []error
-	for _, l := range append(ports, bridges...) {
+	for _, l := range ours {
+		if err := m.h.LinkSetGroup(l, int(cleanupGroup)); err != nil {
+			single = append(single, l.Attrs().Name)
+			continue
+		}
+		removed = append(removed, l.Attrs().Name)
+	}
+	if len(removed) > 0 {
+		if err := m.deleteGroup(cleanupGroup); err != nil {
+			errs = append(errs, opErr("delete", fmt.Sprintf("%d leftover devices", len(removed)), err))
+			removed = nil
+		}
+	}
+	sort.SliceStable(single, func(i, j int) bool {
+		return !strings.HasPrefix(single[i], "br_") && strings.HasPrefix(single[j], "br_")
+	})
+	for _, name := range single {
 		if err := ctx.Err(); err != nil {
 			errs = append(errs, err)
 			break
 		}
-		if err := m.delLink(l); err != nil {
+		l, err := m.linkByName(name)
+		if err == nil && l != nil {
+			err = m.delLink(l)
+		}
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		removed = append(removed, l.Attrs().Name)
+		removed = append(removed, name)
 	}
 	if len(removed) > 0 {
 		m.logger.Info("removed overlay devices left by an earlier run", "count", len(removed), "devices", removed)

@@ -142,3 +142,55 @@ func TestOverlayMTU(t *testing.T) {
 		}
 	}
 }
+
+func TestParseName(t *testing.T) {
+	cases := []struct {
+		name string
+		id   uint32
+		side Side
+		ok   bool
+	}{
+		{"br_101_s", 101, SideService, true},
+		{"vx_101_c", 101, SideProxy, true},
+		{"vp_2097151_c", MaxNetID, SideProxy, true},
+		{"br_0101_s", 0, 0, false}, // not what NamesFor writes
+		{"br_100_s", 0, 0, false},
+		{"br_101_x", 0, 0, false},
+		{"br_101", 0, 0, false},
+		{"eth0", 0, 0, false},
+		{"docker0", 0, 0, false},
+	}
+	for _, tc := range cases {
+		id, side, ok := ParseName(tc.name)
+		if ok != tc.ok || id != tc.id || side != tc.side {
+			t.Errorf("ParseName(%q) = %d, %v, %v; want %d, %v, %v", tc.name, id, side, ok, tc.id, tc.side, tc.ok)
+		}
+	}
+	for _, id := range []uint32{MinNetID, 4242, MaxNetID} {
+		for _, s := range []Side{SideService, SideProxy} {
+			n := NamesFor(id, s)
+			for _, name := range []string{n.Bridge, n.VXLAN, n.Veth} {
+				if gid, gs, ok := ParseName(name); !ok || gid != id || gs != s {
+					t.Errorf("ParseName(NamesFor(%d, %s)) round trip failed for %q", id, s, name)
+				}
+			}
+		}
+	}
+}
+
+func TestGroupFor(t *testing.T) {
+	seen := map[uint32]string{}
+	for _, id := range []uint32{MinNetID, MinNetID + 1, 4242, MaxNetID} {
+		for _, s := range []Side{SideService, SideProxy} {
+			g := GroupFor(id, s)
+			if g>>24 != 0x6e {
+				t.Errorf("GroupFor(%d, %s) = %#x: outside nullnet's range", id, s, g)
+			}
+			key := NamesFor(id, s).Bridge
+			if prev, dup := seen[g]; dup {
+				t.Errorf("GroupFor collision: %s and %s share %#x", prev, key, g)
+			}
+			seen[g] = key
+		}
+	}
+}
