@@ -21,9 +21,9 @@ import (
 )
 
 // The docs coverage test keeps the references honest: every configuration key, stack file key,
-// validation error, CLI command and flag, HTTP route, event kind and metric that the code
-// defines must be named in the page that documents it. Each subtest fails with the list of
-// missing names, so a new key without docs fails `make test`.
+// validation error, CLI command and flag, HTTP route, event kind, metric and gRPC declaration
+// that the code defines must be named in the page that documents it. Each subtest fails with
+// the list of missing names, so a new key without docs fails `make test`.
 
 const repoRoot = ".."
 
@@ -526,4 +526,35 @@ func TestDocsMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	reportMissing(t, "website/docs/metrics.md (metric names used under agent/)", missing)
+}
+
+// --- gRPC contract --------------------------------------------------------------------------
+
+var (
+	protoDeclRE  = regexp.MustCompile(`(?m)^\s*(?:message|enum|service|rpc)\s+([A-Za-z0-9_]+)`)
+	protoFieldRE = regexp.MustCompile(`(?m)^\s*(?:repeated\s+|optional\s+)?(?:map<[^>]+>|[A-Za-z0-9_.]+)\s+([a-z][a-z0-9_]*)\s*=\s*\d+\s*;`)
+	protoEnumRE  = regexp.MustCompile(`(?m)^\s*([A-Z][A-Z0-9_]*)\s*=\s*\d+\s*;`)
+)
+
+// TestDocsGRPC checks that every service, rpc, message, enum value and field of
+// proto/nullnet.proto is named in website/docs/grpc.md, so an additive change to the contract
+// cannot land undocumented.
+func TestDocsGRPC(t *testing.T) {
+	ws := loadSite(t)
+	text := string(page(t, ws, "docs/grpc.md").Source)
+	b, err := os.ReadFile(filepath.Join(repoRoot, "proto", "nullnet.proto"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Comments may mention names in passing; only declarations count.
+	src := regexp.MustCompile(`//[^\n]*`).ReplaceAllString(string(b), "")
+	var missing []string
+	for _, re := range []*regexp.Regexp{protoDeclRE, protoFieldRE, protoEnumRE} {
+		for _, m := range re.FindAllStringSubmatch(src, -1) {
+			if !containsWord(text, m[1]) {
+				missing = append(missing, m[1])
+			}
+		}
+	}
+	reportMissing(t, "website/docs/grpc.md (declarations of proto/nullnet.proto)", missing)
 }
