@@ -157,22 +157,42 @@ func (m *Mirror) Run(ctx context.Context) {
 // lead reconciles until the lock is lost or ctx ends. Every goroutine it starts has ended when
 // it returns.
 func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
+	var wg sync.WaitGroup
+	defer wg.Wait() // deferred first so that it runs after cancel
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
 
+	// current is the node as last read. floor drops watch answers older than our last writes:
+	// the watch may still deliver an intermediate state (some of our writes applied, not all),
+	// which would make the next reconcile write the rest a second time.
 	var curMu sync.Mutex
 	var current *nodeState
+	var floor uint64
+	query := func(ctx context.Context, index uint64, wait time.Duration) (*nodeState, uint64, error) {
+		st, idx, err := m.queryNode(ctx, index, wait)
+		if err != nil {
+			// Consul may come back without its data, its index below floor: accept what the
+			// next answer says.
+			curMu.Lock()
+			floor = 0
+			curMu.Unlock()
+		}
+		return st, idx, err
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		Watch(ctx, WatchConfig{Name: "mirror node " + m.cfg.Node, Logger: m.logger},
-			m.queryNode, func(st *nodeState, _ uint64) {
+			query, func(st *nodeState, idx uint64) {
 				curMu.Lock()
-				current = st
+				stale := idx < floor
+				if !stale {
+					current = st
+				}
 				curMu.Unlock()
-				m.poke()
+				if !stale {
+					m.poke()
+				}
 			})
 	}()
 
@@ -213,10 +233,15 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 		}
 		failures = 0
 		if writes > 0 {
-			// Reflect our writes locally so that a kick arriving before the watch catches up
-			// does not write the same thing again.
+			// Read the node back once, so that the next reconcile compares with a state that
+			// includes every write, and older watch answers are dropped.
+			fresh, idx, err := m.queryNode(ctx, 0, 0)
 			curMu.Lock()
-			current = applied(desired)
+			if err == nil {
+				current, floor = fresh, idx
+			} else {
+				current = applied(desired)
+			}
 			curMu.Unlock()
 		}
 		if m.cfg.OnSynced != nil {

@@ -141,6 +141,15 @@ func TestMirror_RestartWithSameSetWritesNothing(t *testing.T) {
 		}
 		return false
 	})
+	// Each definition was written exactly once: no intermediate watch answer caused a rewrite.
+	time.Sleep(500 * time.Millisecond)
+	total := 0
+	for _, n := range log1.all() {
+		total += n
+	}
+	if total != 2 {
+		t.Errorf("first mirror wrote %d times for 2 definitions (log %v)", total, log1.all())
+	}
 	before := nodeServices(t, c)
 	stop1()
 

@@ -68,10 +68,12 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 				return
 			}
 			// After a failure Consul may have restarted without its state, its index now far
-			// below ours: a query at our index would block for the whole wait before the reset
-			// rule above could see it. Index 1 answers at once from any live Consul; callers
-			// must treat the (possibly unchanged) result idempotently.
-			index = min(index, 1)
+			// below ours (or 1, which Consul reports for a resource that does not exist): a
+			// query at our index would block for the whole wait before the reset rule below
+			// could see it. One non-blocking read (index 0) after each failure answers at once;
+			// it cannot spin, as failures back off. Callers must treat the possibly unchanged
+			// result idempotently.
+			index = 0
 			continue
 		}
 		if failures > 0 {

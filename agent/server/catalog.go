@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -107,52 +108,145 @@ func catalogServices(set *config.StackSet) []consul.CatalogService {
 	return out
 }
 
+// settleAfterReset is how long, after Consul's index went backwards (an agent that came back
+// without its data, or a snapshot restore), a table that lost entries is held back: the leader
+// re-registers every definition within about a second, and proxies should not close listeners
+// for an intermediate empty or partial catalog.
+const settleAfterReset = 5 * time.Second
+
+// catalogState is the watch's memory between answers.
+type catalogState struct {
+	mu              sync.Mutex
+	reported        map[string]bool // conflicts already reported, by key
+	reportedInvalid map[string]bool // invalid instances already logged
+	first           bool
+	lastIndex       uint64
+	holdUntil       time.Time
+	pending         *resolved   // an answer held back during the settle window
+	timer           *time.Timer // publishes pending when the window ends
+}
+
+// resolved is one catalog answer turned into definitions and a table.
+type resolved struct {
+	defs  map[string]Definition
+	table []Mapping
+	index uint64
+}
+
 // watchCatalog keeps the definitions and the port table in line with Consul until ctx ends.
 // During an outage consul.Watch delivers nothing, so the last table stays in force.
 func (s *Server) watchCatalog(ctx context.Context) {
-	reported := map[string]bool{}        // conflicts already reported, by key
-	reportedInvalid := map[string]bool{} // invalid instances already logged
-	first := true
+	st := &catalogState{reported: map[string]bool{}, reportedInvalid: map[string]bool{}, first: true}
+	defer func() {
+		st.mu.Lock()
+		if st.timer != nil {
+			st.timer.Stop()
+		}
+		st.pending = nil
+		st.mu.Unlock()
+	}()
 	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger},
-		s.queryDefinitions, func(view catalogView, index uint64) {
-			defs, table, conflicts := resolveDefinitions(view.defs)
-			now := map[string]bool{}
-			for _, c := range conflicts {
-				now[c.Key()] = true
-				if reported[c.Key()] {
-					continue
-				}
-				fields := map[string]string{"service": c.Loser.Service, "stack": c.Loser.Stack,
-					"winner_service": c.Winner.Service, "winner_stack": c.Winner.Stack}
-				if c.Port {
-					fields["protocol"] = c.Loser.Protocol
-					fields["listen_port"] = strconv.Itoa(c.Loser.ListenPort)
-				}
-				s.events.Emit(events.Event{Kind: events.PortMappingConflict, Severity: events.Warning,
-					Message: c.String(), Fields: fields})
-			}
-			reported = now
-			for k, why := range view.invalid {
-				if !reportedInvalid[k] {
-					s.logger.Warn("ignoring a definition with invalid meta", "instance", k, "reason", why)
-				}
-			}
-			reportedInvalid = map[string]bool{}
-			for k := range view.invalid {
-				reportedInvalid[k] = true
-			}
+		s.queryDefinitions, func(view catalogView, index uint64) { s.onCatalog(st, view, index) })
+}
 
-			// The first answer is always set, even when empty: it turns "unknown" into "known".
-			if cur, _, _ := s.defs.All(); first || !sameDefinitions(cur, defs) {
-				s.defs.Set(defs)
-			}
-			first = false
-			old, _, _ := s.table.snapshot()
-			if version, changed := s.table.publish(table); changed {
-				s.logger.Info("port table published", "version", version, "size", len(table),
-					"consul_index", index, "changes", tableDiff(old, table))
-			}
-		})
+// onCatalog handles one answer: report conflicts, then publish, unless the answer lost entries
+// shortly after a Consul state reset (see settleAfterReset).
+func (s *Server) onCatalog(st *catalogState, view catalogView, index uint64) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if index < st.lastIndex {
+		st.holdUntil = time.Now().Add(settleAfterReset)
+		s.logger.Warn("Consul's index went backwards (restarted without its data or restored); holding back removals while definitions are re-registered",
+			"old_index", st.lastIndex, "new_index", index, "up_to", settleAfterReset)
+	}
+	st.lastIndex = index
+
+	defs, table, conflicts := resolveDefinitions(view.defs)
+	s.reportConflicts(st, conflicts, view.invalid)
+	res := resolved{defs: defs, table: table, index: index}
+
+	if wait := time.Until(st.holdUntil); wait > 0 && !s.covers(res) {
+		st.pending = &res
+		if st.timer == nil {
+			st.timer = time.AfterFunc(wait, func() {
+				st.mu.Lock()
+				defer st.mu.Unlock()
+				st.timer = nil
+				if st.pending != nil {
+					s.logger.Warn("definitions did not come back within the settle window; publishing what Consul has")
+					s.applyCatalog(st, *st.pending)
+					st.pending = nil
+				}
+			})
+		}
+		return
+	}
+	st.pending = nil
+	s.applyCatalog(st, res)
+}
+
+// covers reports whether res keeps every published definition and port mapping.
+func (s *Server) covers(res resolved) bool {
+	cur, _, _ := s.defs.All()
+	for _, d := range cur {
+		if _, ok := res.defs[d.Service]; !ok {
+			return false
+		}
+	}
+	table, _, _ := s.table.snapshot()
+	have := map[Mapping]bool{}
+	for _, m := range res.table {
+		have[m] = true
+	}
+	for _, m := range table {
+		if !have[m] {
+			return false
+		}
+	}
+	return true
+}
+
+// applyCatalog publishes definitions and table. Called with st.mu held.
+func (s *Server) applyCatalog(st *catalogState, res resolved) {
+	// The first answer is always set, even when empty: it turns "unknown" into "known".
+	if cur, _, _ := s.defs.All(); st.first || !sameDefinitions(cur, res.defs) {
+		s.defs.Set(res.defs)
+	}
+	st.first = false
+	old, _, _ := s.table.snapshot()
+	if version, changed := s.table.publish(res.table); changed {
+		s.logger.Info("port table published", "version", version, "size", len(res.table),
+			"consul_index", res.index, "changes", tableDiff(old, res.table))
+	}
+}
+
+// reportConflicts emits port_mapping_conflict once per conflict and logs invalid definitions
+// once each. Called with st.mu held.
+func (s *Server) reportConflicts(st *catalogState, conflicts []Conflict, invalid map[string]string) {
+	now := map[string]bool{}
+	for _, c := range conflicts {
+		now[c.Key()] = true
+		if st.reported[c.Key()] {
+			continue
+		}
+		fields := map[string]string{"service": c.Loser.Service, "stack": c.Loser.Stack,
+			"winner_service": c.Winner.Service, "winner_stack": c.Winner.Stack}
+		if c.Port {
+			fields["protocol"] = c.Loser.Protocol
+			fields["listen_port"] = strconv.Itoa(c.Loser.ListenPort)
+		}
+		s.events.Emit(events.Event{Kind: events.PortMappingConflict, Severity: events.Warning,
+			Message: c.String(), Fields: fields})
+	}
+	st.reported = now
+	seen := map[string]bool{}
+	for k, why := range invalid {
+		seen[k] = true
+		if !st.reportedInvalid[k] {
+			s.logger.Warn("ignoring a definition with invalid meta", "instance", k, "reason", why)
+		}
+	}
+	st.reportedInvalid = seen
 }
 
 // sameDefinitions compares the current set with a new one, ignoring nothing: a changed timeout

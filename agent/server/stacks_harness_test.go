@@ -51,7 +51,7 @@ func newStackEnv(t *testing.T, consulSrv *consultest.Server, files map[string]st
 	cfg.Server.Enabled = true
 	cfg.Server.StacksDir = e.dir
 	cfg.Server.ReloadDebounce = 50 * time.Millisecond
-	logger := hclog.New(&hclog.LoggerOptions{Name: "server", Level: hclog.Info, Output: testWriter{t}})
+	logger := hclog.New(&hclog.LoggerOptions{Name: "server", Level: hclog.LevelFromString(os.Getenv("NULLNET_TEST_LOG")), Output: testWriter{t}})
 	e.events = events.New(1000, logger)
 	srv, err := server.New(server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger})
 	if err != nil {

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -317,5 +318,70 @@ func TestStacks_HTTPBlockingQuery(t *testing.T) {
 	h = e.getJSON("/v1/port-mappings?index=1000000&wait=200ms", &same)
 	if time.Since(start) < 200*time.Millisecond || len(same) != 2 {
 		t.Errorf("wait not honoured: %v %+v", time.Since(start), same)
+	}
+}
+
+// A Consul that comes back without its data (a -dev agent) looks like "every definition was
+// deleted" until the leader re-registers them: subscribers must not see that intermediate empty
+// or partial table.
+func TestStacks_ConsulLosesItsData(t *testing.T) {
+	c := consultest.Start(t) // dev mode: the catalog lives in memory
+	e := newStackEnv(t, c, map[string]string{"app.hcl": fmt.Sprintf(appStack, 6379)})
+	sub := e.subscribe()
+	good := "tcp/6379=redis.internal:0 udp/53=dns.internal:30"
+	sub.waitTable(t, good, 20*time.Second)
+	e.waitCatalog("definitions", func(m map[string]*api.AgentService) bool { return len(m) == 4 })
+	sent := len(sub.all())
+
+	c.Stop()
+	var httpPort int
+	fmt.Sscan(strings.Split(c.HTTPAddr, ":")[1], &httpPort)
+	time.Sleep(time.Second)
+	before := e.events.Index()
+	consultest.StartWith(t, consultest.Options{HTTPPort: httpPort})
+	// The lock went with the data: the server takes it again on the new agent, which proves
+	// this Consul came back empty (and the mirror re-registers everything).
+	e.waitEvent(events.LeadershipAcquired, before)
+	e.waitCatalog("definitions re-registered by the leader", func(m map[string]*api.AgentService) bool { return len(m) == 4 })
+	e.write("app.hcl", fmt.Sprintf(appStack, 6401))
+	sub.waitTable(t, "tcp/6401=redis.internal:0 udp/53=dns.internal:30", 30*time.Second)
+	for _, b := range sub.all()[sent:] {
+		if r := render(b); r != good && r != "tcp/6401=redis.internal:0 udp/53=dns.internal:30" {
+			t.Errorf("version %d pushed an intermediate table: %q", b.Version, r)
+		}
+	}
+}
+
+// Reload (SIGHUP) re-reads the directory; pointing stacks_dir elsewhere moves the watch too; a
+// rejected set is returned as an error and changes nothing.
+func TestStacks_ReloadAndNewDirectory(t *testing.T) {
+	e := newStackEnv(t, nil, map[string]string{"app.hcl": fmt.Sprintf(appStack, 6379)})
+	sub := e.subscribe()
+	sub.waitTable(t, "tcp/6379=redis.internal:0 udp/53=dns.internal:30", 20*time.Second)
+
+	newDir := t.TempDir()
+	other := &stackEnv{t: t, dir: newDir}
+	other.write("other.hcl", "stack \"other\" {\n  service \"pg.other\" {\n    protocol = \"tcp\"\n    listen_port = 5432\n    timeout = 90\n  }\n}\n")
+	cfg := config.Default()
+	cfg.Server.Enabled, cfg.Server.StacksDir, cfg.Server.ReloadDebounce = true, newDir, 50*time.Millisecond
+	if err := e.srv.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	sub.waitTable(t, "tcp/5432=pg.other:90", 5*time.Second)
+
+	// The watcher follows the new directory, not the old one.
+	e.write("app.hcl", fmt.Sprintf(appStack, 6390))
+	other.write("other.hcl", "stack \"other\" {\n  service \"pg.other\" {\n    protocol = \"tcp\"\n    listen_port = 5433\n    timeout = 90\n  }\n}\n")
+	sub.waitTable(t, "tcp/5433=pg.other:90", 5*time.Second)
+
+	// A rejected set on SIGHUP: an error, nothing changes.
+	other.write("bad.hcl", "stack \"bad\" {\n  oops\n}\n")
+	err := e.srv.Reload(cfg)
+	if !errors.Is(err, server.ErrStacksRejected) || !strings.Contains(err.Error(), "bad.hcl:2:3") {
+		t.Fatalf("Reload = %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if b := sub.all(); render(b[len(b)-1]) != "tcp/5433=pg.other:90" {
+		t.Errorf("table changed after a rejected reload: %q", render(b[len(b)-1]))
 	}
 }
