@@ -38,13 +38,42 @@ type serverEnv struct {
 	http     *httptest.Server
 	grpcAddr string
 	events   *events.Store
+
+	srv *nnserver.Server
+	rev int
+	mu  sync.Mutex
+	g   *grpc.Server
+}
+
+// stopGRPC stops the server's gRPC API: every stream and call breaks.
+func (e *serverEnv) stopGRPC() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.g.Stop()
+}
+
+// startGRPC serves the server's gRPC API (again) on its address.
+func (e *serverEnv) startGRPC() {
+	e.t.Helper()
+	lis, err := net.Listen("tcp", e.grpcAddr)
+	if err != nil {
+		e.t.Fatalf("re-listening on %s: %v", e.grpcAddr, err)
+	}
+	g := grpc.NewServer()
+	e.srv.RegisterGRPC(g)
+	go func() { _ = g.Serve(lis) }()
+	e.mu.Lock()
+	e.g = g
+	e.mu.Unlock()
 }
 
 func startServer(t *testing.T) *serverEnv {
 	t.Helper()
 	c := consultest.Start(t)
 	e := &serverEnv{t: t, consul: c.Client(t), stackDir: t.TempDir()}
-	e.writeStack("")
+	if err := os.WriteFile(filepath.Join(e.stackDir, "app.hcl"), []byte("stack \"nnpx\" {\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg := config.Default()
 	cfg.NodeName = "nnpx-server"
 	cfg.Server.Enabled = true
@@ -62,9 +91,9 @@ func startServer(t *testing.T) *serverEnv {
 		t.Fatal(err)
 	}
 	e.grpcAddr = lis.Addr().String()
-	g := grpc.NewServer()
-	srv.RegisterGRPC(g)
-	go func() { _ = g.Serve(lis) }()
+	e.srv = srv
+	lis.Close()
+	e.startGRPC()
 	mux := http.NewServeMux()
 	srv.RegisterHTTP(mux)
 	e.http = httptest.NewServer(mux)
@@ -76,6 +105,13 @@ func startServer(t *testing.T) *serverEnv {
 		t.Fatal(err)
 	}
 	e.conn = conn
+	t.Cleanup(func() {
+		e.http.Close()
+		e.stopGRPC()
+		cancel()
+		<-done
+		_ = conn.Close()
+	})
 	// Edit the stacks only once the server has read them the first time.
 	waitFor(t, 60*time.Second, "the server's first stack load", func() bool {
 		evs, _ := e.events.Since(0)
@@ -86,26 +122,41 @@ func startServer(t *testing.T) *serverEnv {
 		}
 		return false
 	})
-	t.Cleanup(func() {
-		e.http.Close()
-		g.Stop()
-		cancel()
-		<-done
-		_ = conn.Close()
-	})
 	return e
 }
 
-// writeStack replaces the stack file (the server reloads on change).
+// writeStack replaces the stack file and waits until the server reloaded it.
+//
+// The server can miss a write that lands between its first load and the start of its directory
+// watch (reported to the server's owner); until that is fixed, a write not followed by a reload
+// within 10 s is repeated, with a log line, so this suite tests the proxy rather than that race.
 func (e *serverEnv) writeStack(services string) {
 	e.t.Helper()
-	body := "stack \"nnpx\" {\n" + services + "}\n"
-	tmp := filepath.Join(e.stackDir, ".app.hcl.tmp")
-	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, filepath.Join(e.stackDir, "app.hcl")); err != nil {
-		e.t.Fatal(err)
+	for attempt := 1; ; attempt++ {
+		e.rev++
+		after := e.events.Index()
+		body := fmt.Sprintf("# rev %d\nstack \"nnpx\" {\n%s}\n", e.rev, services)
+		tmp := filepath.Join(e.stackDir, ".app.hcl.tmp")
+		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+			e.t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(e.stackDir, "app.hcl")); err != nil {
+			e.t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			evs, _ := e.events.Since(after)
+			for _, ev := range evs {
+				if ev.Kind == events.ConfigReloaded || ev.Kind == events.ConfigReloadRejected {
+					return
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if attempt == 6 {
+			e.t.Fatalf("the server never reloaded the stacks directory after %d writes", attempt)
+		}
+		e.t.Logf("server did not reload within 10s after stack write %d; writing again", e.rev)
 	}
 }
 
@@ -271,13 +322,17 @@ func TestWithServer(t *testing.T) {
 		for i := range conns {
 			conns[i] = dialProxy(t, pEcho)
 		}
-		var wg sync.WaitGroup
+		var wg, echoed sync.WaitGroup
+		hold := make(chan struct{})
 		errs := make(chan error, n)
 		for i, c := range conns {
 			wg.Add(1)
+			echoed.Add(1)
 			go func() {
 				defer wg.Done()
 				defer c.Close()
+				done := sync.OnceFunc(echoed.Done)
+				defer done()
 				msg := []byte(fmt.Sprintf("connection %d\n", i))
 				_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
 				if _, err := c.Write(msg); err != nil {
@@ -287,9 +342,18 @@ func TestWithServer(t *testing.T) {
 				got := make([]byte, len(msg))
 				if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
 					errs <- fmt.Errorf("conn %d: %q %v", i, got, err)
+					return
 				}
+				done()
+				<-hold
 			}()
 		}
+		echoed.Wait()
+		if l, _ := tp.listener(TCP, pEcho); l.Active != n {
+			t.Errorf("%d connections relayed at once, want %d", l.Active, n)
+		}
+		waitFor(t, 30*time.Second, "500 uses open on the server", func() bool { return e.uses()["echo"] == n })
+		close(hold)
 		wg.Wait()
 		close(errs)
 		for err := range errs {
@@ -378,6 +442,7 @@ func TestWithServer(t *testing.T) {
 	})
 
 	t.Run("add and remove a stack service without restart", func(t *testing.T) {
+		e.replica("added-1", "added", echoLn.Addr().(*net.TCPAddr).Port)
 		e.writeStack(base + fmt.Sprintf(`
   service "added" {
     protocol = "tcp"
@@ -385,10 +450,8 @@ func TestWithServer(t *testing.T) {
     timeout = 0
   }
 `, pAdded))
-		e.replica("added-1", "added", echoLn.Addr().(*net.TCPAddr).Port)
 		tp.waitListening(t, TCP, pAdded)
-		c := dialProxy(t, pAdded)
-		roundTripTCP(t, c, "through the added service")
+		c := relayedConn(t, pAdded)
 
 		e.writeStack(base)
 		waitFor(t, 30*time.Second, "listener of the removed service closed", func() bool {
@@ -404,6 +467,7 @@ func TestWithServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer holder.Close()
+		e.replica("held-1", "held", echoLn.Addr().(*net.TCPAddr).Port)
 		e.writeStack(base + fmt.Sprintf(`
   service "held" {
     protocol = "tcp"
@@ -411,7 +475,6 @@ func TestWithServer(t *testing.T) {
     timeout = 0
   }
 `, pHeld))
-		e.replica("held-1", "held", echoLn.Addr().(*net.TCPAddr).Port)
 		waitFor(t, 30*time.Second, "bind failure reported", func() bool {
 			l, ok := tp.listener(TCP, pHeld)
 			return ok && l.State == "bind_failed" && strings.Contains(l.Error, "address already in use") &&
@@ -419,9 +482,33 @@ func TestWithServer(t *testing.T) {
 		})
 		holder.Close()
 		tp.waitListening(t, TCP, pHeld)
-		c := dialProxy(t, pHeld)
+		relayedConn(t, pHeld).Close()
+	})
+
+	t.Run("losing the stream keeps listeners and connections", func(t *testing.T) {
+		c := dialProxy(t, pEcho)
 		defer c.Close()
-		roundTripTCP(t, c, "through the freed port")
+		roundTripTCP(t, c, "before")
+		before := tp.status().TableVersion
+		e.stopGRPC()
+		waitFor(t, 30*time.Second, "stream reported lost", func() bool { return tp.status().Stream == "disconnected" })
+		roundTripTCP(t, c, "during the outage") // the relay does not depend on the server
+		if l, ok := tp.listener(TCP, pEcho); !ok || l.State != "listening" {
+			t.Fatalf("listener after the stream was lost: %+v", l)
+		}
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", pEcho), 10*time.Second); err != nil {
+			t.Fatalf("new connection during the outage: %v", err)
+		} else {
+			c.Close()
+		}
+		e.startGRPC()
+		waitFor(t, 60*time.Second, "stream back", func() bool {
+			st := tp.status()
+			return st.Stream == "connected" && st.TableVersion >= before
+		})
+		c2 := dialProxy(t, pEcho)
+		defer c2.Close()
+		roundTripTCP(t, c2, "after reconnecting")
 	})
 
 	// Every use the relays took has been given back, except the UDP sessions still open.
@@ -440,6 +527,38 @@ func roundTripTCP(t *testing.T, c net.Conn, msg string) {
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != msg {
 		t.Fatalf("round trip: %q %v", got, err)
 	}
+}
+
+// relayedConn returns a connection through port that has relayed a round trip, retrying while
+// the server has not seen the service's replica yet (the proxy resets the connection then).
+func relayedConn(t *testing.T, port uint16) net.Conn {
+	t.Helper()
+	var last error
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 10*time.Second)
+		if err != nil { // reset before connect returned: the proxy refused it at once
+			last = err
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := []byte("round trip")
+		got := make([]byte, len(msg))
+		_, err = c.Write(msg)
+		if err == nil {
+			_, err = io.ReadFull(c, got)
+		}
+		if err == nil && bytes.Equal(got, msg) {
+			_ = c.SetDeadline(time.Time{})
+			return c
+		}
+		c.Close()
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no round trip through port %d within 30s: %v", port, last)
+	return nil
 }
 
 func dialable(port uint16) bool {

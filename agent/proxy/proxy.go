@@ -75,6 +75,7 @@ type Proxy struct {
 
 	mu           sync.Mutex
 	slots        map[listenerKey]*slot
+	closing      map[listenerKey]chan struct{} // done channels of removed slots still closing
 	tableVersion uint64
 	tableAt      time.Time
 	stream       string // "connecting", "connected", "disconnected"
@@ -96,7 +97,8 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Events = events.New(256, cfg.Logger)
 	}
 	p := &Proxy{cfg: cfg, logger: cfg.Logger, events: cfg.Events, slots: map[listenerKey]*slot{},
-		stream: "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
+		closing: map[listenerKey]chan struct{}{},
+		stream:  "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
 		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax}
 	if p.bindRetryMin <= 0 {
 		p.bindRetryMin = 250 * time.Millisecond

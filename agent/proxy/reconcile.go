@@ -160,10 +160,19 @@ func (p *Proxy) reconcile(version uint64, want map[listenerKey]Mapping) {
 		running[k] = *s.mapping.Load()
 	}
 	d := diffTable(running, want)
+	for k, done := range p.closing {
+		select {
+		case <-done:
+			delete(p.closing, k)
+		default:
+		}
+	}
 	for _, k := range d.Close {
 		s := p.slots[k]
 		delete(p.slots, k)
 		s.cancel()
+		// A quick re-add of this key must not race the old socket's close.
+		p.closing[k] = s.done
 		p.logger.Info("listener closing: mapping removed", "protocol", k.Protocol, "port", k.Port,
 			"service", running[k].Service)
 	}
@@ -192,10 +201,19 @@ func (p *Proxy) startSlotLocked(m Mapping) {
 	if m.Protocol == UDP {
 		open = p.openUDP
 	}
+	prev := p.closing[m.key()]
+	delete(p.closing, m.key())
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		defer close(s.done)
+		if prev != nil {
+			select { // the previous listener of this key is still closing its socket
+			case <-prev:
+			case <-ctx.Done():
+				return
+			}
+		}
 		p.runSlot(ctx, s, open)
 	}()
 }

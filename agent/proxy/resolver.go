@@ -79,10 +79,11 @@ func failureKind(err error) string {
 	}
 }
 
-// releaseAttempts bounds the retries of one ReleaseProxy; the server also ends a proxy node's
-// uses when the node goes away, so a release that cannot be delivered is not leaked forever.
+// A release is retried (capped backoff) for up to releaseRetryFor, which covers a server
+// restart or a leader change; past that the server's own cleanup of a gone proxy node's uses
+// is the backstop.
 const (
-	releaseAttempts = 4
+	releaseRetryFor = 2 * time.Minute
 	releaseTimeout  = 5 * time.Second
 	resolveTimeout  = 30 * time.Second
 )
@@ -149,6 +150,7 @@ func (r *grpcResolver) Release(l Lease) {
 	go func() {
 		defer r.wg.Done()
 		backoff := 200 * time.Millisecond
+		giveUp := time.Now().Add(releaseRetryFor)
 		for attempt := 1; ; attempt++ {
 			ctx, cancel := context.WithTimeout(r.ctx, releaseTimeout)
 			_, err := r.client.ReleaseProxy(ctx, &pb.ReleaseProxyRequest{LeaseId: l.LeaseID, ProxyNode: r.node})
@@ -158,7 +160,7 @@ func (r *grpcResolver) Release(l Lease) {
 			}
 			// NotFound: the server already forgot the use (e.g. it restarted); nothing to retry.
 			if code := status.Code(err); code == codes.NotFound || code == codes.InvalidArgument ||
-				attempt >= releaseAttempts || r.ctx.Err() != nil {
+				time.Now().After(giveUp) || r.ctx.Err() != nil {
 				metrics.IncrCounter([]string{"nullnet", "proxy", "release", "failed"}, 1)
 				r.logger.Warn("could not release use", "lease", l.LeaseID, "attempts", attempt, "error", err)
 				return
@@ -167,7 +169,7 @@ func (r *grpcResolver) Release(l Lease) {
 			case <-time.After(backoff):
 			case <-r.ctx.Done():
 			}
-			backoff *= 2
+			backoff = min(2*backoff, 5*time.Second)
 		}
 	}()
 }

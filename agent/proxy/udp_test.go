@@ -291,3 +291,31 @@ func TestUDPSessionLimit(t *testing.T) {
 		t.Error("no udp_session_limit_reached event")
 	}
 }
+
+// TestUDPQuickReadd: removing a mapping and adding it back at once rebinds cleanly (the old
+// socket is closed before the new bind), unlike upstream where reply pumps kept it bound.
+func TestUDPQuickReadd(t *testing.T) {
+	res := newTestResolver()
+	up := udpUpstream(t, "127.0.0.1:0", udpEcho)
+	res.set("echo", addrOf(t, up.LocalAddr()))
+	tp := startProxy(t, res, nil)
+	port := freePort(t)
+	m := Mapping{Protocol: UDP, Port: port, Service: "echo"}
+	for v := range uint64(5) {
+		tp.apply(2*v+1, m)
+		tp.waitListening(t, UDP, port)
+		if err := exchange(udpClient(t, "", port), []byte("hi"), 3); err != nil {
+			t.Fatal(err)
+		}
+		tp.apply(2*v + 2)
+	}
+	tp.apply(100, m)
+	tp.waitListening(t, UDP, port)
+	if tp.hasEvent(events.UDPListenerBindFailed) {
+		t.Error("a re-add raced the old socket's close")
+	}
+	waitFor(t, 10*time.Second, "sessions of removed listeners released", func() bool {
+		issued, released := res.counts()
+		return issued == 5 && released == 5
+	})
+}
