@@ -140,20 +140,27 @@ func (s *Server) watchStacks(ctx context.Context) {
 		}
 		watched = dir
 	}
-	rewatch()
-
 	s.mu.Lock()
 	debounce := s.agentCfg.Server.ReloadDebounce
 	s.mu.Unlock()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	// A write between the start-up load (or a stacks_dir change) and the watch taking effect
+	// produced no event: compare the directory with what was loaded once the watch is in place.
+	watchAndCatchUp := func() {
+		rewatch()
+		if s.stacksChangedSinceLoad() {
+			timer.Reset(debounce)
+		}
+	}
+	watchAndCatchUp()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.stacks.dirChanged:
-			rewatch()
+			watchAndCatchUp()
 		case ev, ok := <-w.Events:
 			if !ok {
 				return
