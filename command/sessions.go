@@ -51,15 +51,15 @@ type apiSession struct {
 		ID   string `json:"id"`
 		Node string `json:"node"`
 	} `json:"replica"`
-	UpstreamIP   string        `json:"upstream_ip"`
-	UpstreamPort int           `json:"upstream_port"`
-	State        string        `json:"state"`
-	Created      time.Time     `json:"created"`
-	SetupLatency time.Duration `json:"setup_latency"`
-	Uses         int           `json:"uses"`
-	IdleSince    *time.Time    `json:"idle_since"`
-	Timeout      time.Duration `json:"timeout"`
-	Reason       string        `json:"reason"`
+	UpstreamIP     string     `json:"upstream_ip"`
+	UpstreamPort   int        `json:"upstream_port"`
+	State          string     `json:"state"`
+	Created        time.Time  `json:"created"`
+	SetupLatencyMS float64    `json:"setup_latency_ms"`
+	Uses           int        `json:"uses"`
+	IdleSince      *time.Time `json:"idle_since"`
+	TimeoutSecs    float64    `json:"timeout_secs"`
+	Reason         string     `json:"reason"`
 }
 
 func (c *SessionsCommand) Run(args []string) int {
@@ -117,25 +117,25 @@ func (c *SessionsCommand) Run(args []string) int {
 			netID = fmt.Sprint(s.NetID)
 		}
 		if s.IdleSince != nil {
-			idle = now.Sub(*s.IdleSince).Round(time.Second).String() + "/" + timeoutText(s.Timeout)
+			idle = now.Sub(*s.IdleSince).Round(time.Second).String() + "/" + timeoutText(s.TimeoutSecs)
 		}
 		state := s.State
 		if s.Reason != "" {
 			state += " (" + s.Reason + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s:%d\t%s\t%d\t%s\t%s\n", s.ID[:8], s.Service, s.ClientIP, s.ProxyNode,
-			s.Replica.Node, netID, s.UpstreamIP, s.UpstreamPort, state, s.Uses, idle, s.SetupLatency.Round(100*time.Microsecond))
+			s.Replica.Node, netID, s.UpstreamIP, s.UpstreamPort, state, s.Uses, idle, fmt.Sprintf("%.1fms", s.SetupLatencyMS))
 	}
 	_ = tw.Flush()
 	c.UI.Output(strings.TrimRight(b.String(), "\n"))
 	return 0
 }
 
-func timeoutText(d time.Duration) string {
-	if d == 0 {
+func timeoutText(secs float64) string {
+	if secs == 0 {
 		return "never"
 	}
-	return d.String()
+	return (time.Duration(secs * float64(time.Second))).String()
 }
 
 // SessionsDeleteCommand forces the teardown of one session.

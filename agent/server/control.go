@@ -282,11 +282,13 @@ func (c *controlService) ControlChannel(stream pb.Control_ControlChannelServer) 
 		return status.Errorf(codes.InvalidArgument, "node %q sent no underlay_addr: set advertise_addr on that agent", h.NodeName)
 	}
 	conn := reg.connect(h)
+	connectedAt := time.Now()
 	if err := stream.Send(&pb.ServerMessage{Msg: &pb.ServerMessage_Welcome{Welcome: &pb.Welcome{
 		ServerName: c.s.agentConfig().NodeName, Version: version.Version}}}); err != nil {
 		reg.disconnect(h.NodeName, conn, err)
 		return err
 	}
+	c.s.plane.reconcileEnds(h, connectedAt)
 	recvErr := make(chan error, 1)
 	go func() { // ends when the stream does (the handler returning cancels the stream's context)
 		for {

@@ -17,6 +17,9 @@ import (
 	pb "github.com/nullnet/nullnet/proto"
 )
 
+// teardownTimeout is the least time a teardown waits for both acks before it is retried.
+const teardownTimeout = time.Minute
+
 const (
 	networkVXLAN  = config.NetworkVXLAN
 	networkDirect = config.NetworkDirect
@@ -34,15 +37,24 @@ type plane struct {
 	replicas *replicaWatcher // nil without Consul
 	table    *session.Table
 
+	// ctx ends when run returns; wg tracks the plane's own command goroutines.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
 	mu sync.Mutex
 	// healthy is, per service, the replica ids that were candidates at the last look, to emit
 	// replica_removed once per replica leaving.
 	healthy map[string]map[string]bool
+	// teardownSem bounds teardowns in flight per node (see teardownSlot).
+	teardownSem map[string]chan struct{}
 }
 
 func newPlane(s *Server) (*plane, error) {
 	cfg := s.agentConfig().Server
-	p := &plane{s: s, logger: s.logger.Named("plane"), network: cfg.Network, healthy: map[string]map[string]bool{}}
+	p := &plane{s: s, logger: s.logger.Named("plane"), network: cfg.Network, healthy: map[string]map[string]bool{},
+		teardownSem: map[string]chan struct{}{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if p.network == "" {
 		p.network = networkVXLAN
 	}
@@ -89,6 +101,8 @@ func (p *plane) run(ctx context.Context) {
 		case <-changed:
 		case <-ctx.Done():
 			p.nodes.close()
+			p.cancel()
+			p.wg.Wait()
 			wg.Wait()
 			p.table.Close()
 			return
@@ -167,6 +181,70 @@ func (p *plane) reconcileService(service string) {
 		}
 		return v.status(s.Replica) == session.ReasonReplicaGone
 	}, session.ReasonReplicaGone)
+}
+
+// reconcileEnds compares the tunnel ends a (re)connecting node reports in its Hello with the
+// sessions: a session that lost its end on that node is torn down (end_lost), and an end no
+// session holds is stale and removed. Only sessions that were active before this channel
+// opened are judged: anything newer was built through it.
+func (p *plane) reconcileEnds(h *pb.Hello, connectedAt time.Time) {
+	if p.network != networkVXLAN {
+		return
+	}
+	type end struct {
+		id   uint32
+		side pb.OverlaySide
+	}
+	has := map[end]bool{}
+	for _, e := range h.GetActiveEnds() {
+		has[end{e.NetId, e.Side}] = true
+	}
+	node := h.NodeName
+	lost := p.table.TearDownWhere(func(s session.Session) bool {
+		if s.State != session.StateActive || !s.Created.Before(connectedAt) {
+			return false
+		}
+		return (s.Replica.Node == node && !has[end{s.NetID, pb.OverlaySide_OVERLAY_SIDE_SERVICE}]) ||
+			(s.ProxyNode == node && !has[end{s.NetID, pb.OverlaySide_OVERLAY_SIDE_PROXY}])
+	}, session.ReasonEndLost)
+	// An end whose id no session holds is stale; the id is reserved until the end is gone, so
+	// no new session can take it meanwhile. Ids held by a session are that session's business
+	// (a tearing-down one removes the end itself).
+	stale := map[uint32][]pb.OverlaySide{}
+	for e := range has {
+		stale[e.id] = append(stale[e.id], e.side)
+	}
+	for id := range stale {
+		if !p.table.ReserveNetID(id) {
+			delete(stale, id)
+		}
+	}
+	if lost > 0 || len(stale) > 0 {
+		p.logger.Info("node reconnected", "node", node, "sessions_lost_end", lost, "stale_net_ids", len(stale))
+	}
+	for id, sides := range stale {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			// The id goes back either way: should the end survive a failed teardown, a later
+			// setup of that id on this node replaces it (overlay setup is idempotent).
+			defer p.table.ReleaseNetID(id)
+			ctx, cancel := context.WithTimeout(p.ctx, max(p.s.agentConfig().Server.SetupTimeout, teardownTimeout))
+			defer cancel()
+			for _, side := range sides {
+				ack, err := p.nodes.command(ctx, node, func(cid string) *pb.ServerMessage {
+					return &pb.ServerMessage{Msg: &pb.ServerMessage_OverlayTeardown{OverlayTeardown: &pb.OverlayTeardown{
+						CommandId: cid, NetId: id, Side: side, Reason: "stale"}}}
+				})
+				if err == nil && ack.Error != "" {
+					err = errors.New(ack.Error)
+				}
+				if err != nil {
+					p.logger.Warn("removing a stale tunnel end failed", "node", node, "net_id", id, "error", err)
+				}
+			}
+		}()
+	}
 }
 
 // usableNode: in vxlan mode a replica's node must have a live control channel.
@@ -316,8 +394,11 @@ func (c *commander) Teardown(ctx context.Context, s session.Session, reason stri
 	if p.network == networkDirect {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, p.s.agentConfig().Server.SetupTimeout)
-	defer cancel()
+	// A teardown is not on any client's path, and a node works through a burst of them (each
+	// costs the kernel tens of milliseconds) in order: a short deadline would only make the
+	// server resend commands the node has queued already. The deadline starts once the
+	// command is sent (see teardownSlot).
+	ackWait := max(p.s.agentConfig().Server.SetupTimeout, teardownTimeout)
 	ends := []struct {
 		node string
 		side pb.OverlaySide
@@ -328,7 +409,15 @@ func (c *commander) Teardown(ctx context.Context, s session.Session, reason stri
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ack, err := p.nodes.command(ctx, e.node, func(id string) *pb.ServerMessage {
+			release, err := p.teardownSlot(ctx, e.node)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer release()
+			actx, cancel := context.WithTimeout(ctx, ackWait)
+			defer cancel()
+			ack, err := p.nodes.command(actx, e.node, func(id string) *pb.ServerMessage {
 				return &pb.ServerMessage{Msg: &pb.ServerMessage_OverlayTeardown{OverlayTeardown: &pb.OverlayTeardown{
 					CommandId: id, NetId: s.NetID, Side: e.side, Reason: reason}}}
 			})
@@ -345,6 +434,30 @@ func (c *commander) Teardown(ctx context.Context, s session.Session, reason stri
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// teardownsPerNode bounds the teardowns in flight towards one node, so that a burst of idle
+// timeouts (thousands at once) does not fill the node's command queue ahead of the setups
+// clients are waiting for. It is generous on purpose: a node can only remove many ends in one
+// kernel batch (one RTM_DELLINK per device group costs what one device does) if it sees many
+// teardowns at once.
+const teardownsPerNode = 64
+
+// teardownSlot waits for a free teardown slot towards node.
+func (p *plane) teardownSlot(ctx context.Context, node string) (release func(), err error) {
+	p.mu.Lock()
+	sem := p.teardownSem[node]
+	if sem == nil {
+		sem = make(chan struct{}, teardownsPerNode)
+		p.teardownSem[node] = sem
+	}
+	p.mu.Unlock()
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func sideName(s pb.OverlaySide) string {

@@ -217,7 +217,7 @@ type testNode struct {
 	teardowns atomic.Int32
 }
 
-func startNode(t *testing.T, e *planeEnv, name string, host *overlaytest.Host) *testNode {
+func startNode(t *testing.T, e *planeEnv, name string, host *overlaytest.Host, ends ...*pb.OverlayEndRef) *testNode {
 	t.Helper()
 	mgr, err := overlay.New(overlay.Config{NetNS: host.NS})
 	if err != nil {
@@ -232,7 +232,7 @@ func startNode(t *testing.T, e *planeEnv, name string, host *overlaytest.Host) *
 		t.Fatal(err)
 	}
 	if err := stream.Send(&pb.NodeMessage{Msg: &pb.NodeMessage_Hello{Hello: &pb.Hello{NodeName: name,
-		UnderlayAddr: host.Underlay.String(), Roles: []string{"client"}, UnderlayMtu: 1500}}}); err != nil {
+		UnderlayAddr: host.Underlay.String(), Roles: []string{"client"}, UnderlayMtu: 1500, ActiveEnds: ends}}}); err != nil {
 		t.Fatal(err)
 	}
 	if m, err := stream.Recv(); err != nil || m.GetWelcome() == nil {

@@ -37,6 +37,7 @@ func TestProxy_VXLAN(t *testing.T) {
 	nodeA := startNode(t, e, "node-a", hosts[0])
 	nodeB := startNode(t, e, "node-b", hosts[1])
 	proxyNode := startNode(t, e, "proxy-1", hosts[2])
+	parent := t // nodes restarted inside a subtest must outlive it
 	e.waitDefined("web", "proxy-1")
 
 	if _, err := e.proxy("203.0.113.7", "web", "proxy-unknown"); code(err) != codes.FailedPrecondition {
@@ -182,12 +183,42 @@ func TestProxy_VXLAN(t *testing.T) {
 		conn.Close()
 	})
 
+	t.Run("node back within the grace period without its ends: end_lost; stale ends removed", func(t *testing.T) {
+		if len(e.sessions()) != 1 {
+			t.Fatalf("sessions %v", e.sessions())
+		}
+		// node-b restarts: its Hello lists no end (start-up cleanup ran), so the session with
+		// it is broken and torn down on both nodes.
+		nodeB.stop()
+		nodeB = startNode(parent, e, "node-b", hosts[1])
+		eventually(t, 30*time.Second, "end_lost teardown", func() bool { return len(e.sessions()) == 0 })
+		td := e.eventsOf(events.SessionTornDown)
+		if got := td[len(td)-1].Fields["reason"]; got != "end_lost" {
+			t.Fatalf("reason %s", got)
+		}
+		eventually(t, 10*time.Second, "no devices on node-b and proxy-1", func() bool {
+			return len(nodeB.devices(t)) == 0 && len(proxyNode.devices(t)) == 0
+		})
+		// proxy-1 reconnects reporting an end no session knows: the server removes it.
+		if _, err := proxyNode.mgr.Setup(context.Background(), overlay.End{NetID: 4000, Side: overlay.SideProxy,
+			Local: hosts[2].Underlay, Remote: hosts[0].Underlay}); err != nil {
+			t.Fatal(err)
+		}
+		proxyNode.stop()
+		proxyNode = startNode(parent, e, "proxy-1", hosts[2],
+			&pb.OverlayEndRef{NetId: 4000, Side: pb.OverlaySide_OVERLAY_SIDE_PROXY})
+		eventually(t, 10*time.Second, "stale end removed", func() bool { return len(proxyNode.devices(t)) == 0 })
+		if _, err := e.proxy("203.0.113.11", "web", "proxy-1"); err != nil {
+			t.Fatalf("new session after the restarts: %v", err)
+		}
+	})
+
 	t.Run("killed service node agent: teardown after the grace period", func(t *testing.T) {
 		nodeB.stop()
 		eventually(t, 30*time.Second, "teardown", func() bool { return len(e.sessions()) == 0 })
 		td := e.eventsOf(events.SessionTornDown)
 		if got := td[len(td)-1].Fields["reason"]; got != "node_gone" {
-			t.Fatalf("reason %s", got)
+			t.Fatalf("reason %s (all: %+v)", got, td)
 		}
 		if d := proxyNode.devices(t); len(d) != 0 {
 			t.Fatalf("proxy node still has %v", d)

@@ -22,21 +22,36 @@ func newPool(min, max uint32) *pool {
 }
 
 func (p *pool) alloc() (uint32, error) {
-	var id uint32
-	switch {
-	case p.next <= uint64(p.max):
-		id = uint32(p.next)
-		p.next++
-	case len(p.freed) > 0:
-		id = p.freed[0]
-		p.freed[0] = 0
-		p.freed = p.freed[1:]
-	default:
-		return 0, fmt.Errorf("%w: all %d ids (%d-%d) are in use or awaiting a teardown ack",
-			ErrPoolExhausted, uint64(p.max)-uint64(p.min)+1, p.min, p.max)
+	for {
+		var id uint32
+		switch {
+		case p.next <= uint64(p.max):
+			id = uint32(p.next)
+			p.next++
+		case len(p.freed) > 0:
+			id = p.freed[0]
+			p.freed[0] = 0
+			p.freed = p.freed[1:]
+		default:
+			return 0, fmt.Errorf("%w: all %d ids (%d-%d) are in use or awaiting a teardown ack",
+				ErrPoolExhausted, uint64(p.max)-uint64(p.min)+1, p.min, p.max)
+		}
+		if p.inUse[id] {
+			continue // reserved out of order (see reserve); free puts it back later
+		}
+		p.inUse[id] = true
+		return id, nil
+	}
+}
+
+// reserve takes a specific id out of circulation (a stale tunnel end a node still has) and
+// reports whether it was free.
+func (p *pool) reserve(id uint32) bool {
+	if id < p.min || id > p.max || p.inUse[id] {
+		return false
 	}
 	p.inUse[id] = true
-	return id, nil
+	return true
 }
 
 func (p *pool) free(id uint32) {

@@ -50,6 +50,9 @@ const (
 	ReasonServiceRemoved   = "service_removed"
 	ReasonNotEntryPoint    = "not_entry_point"
 	ReasonForced           = "forced"
+	// ReasonEndLost: a node reconnected without one of the session's tunnel ends (it
+	// restarted within its grace period and removed its leftovers).
+	ReasonEndLost = "end_lost"
 	// ReasonSetupFailed is the rollback of a session whose setup failed.
 	ReasonSetupFailed = "setup_failed"
 	// ReasonShutdown is never sent by the table itself; it documents that sessions are left in

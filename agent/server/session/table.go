@@ -437,6 +437,23 @@ func (t *Table) gaugesLocked() {
 	}
 }
 
+// ReserveNetID takes id out of the pool while something outside a session (a stale end a node
+// reported) still uses it; it reports false when the id is held already. ReleaseNetID gives it
+// back.
+func (t *Table) ReserveNetID(id uint32) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.cfg.NetIDs && t.pool.reserve(id)
+}
+
+// ReleaseNetID returns an id taken with ReserveNetID.
+func (t *Table) ReleaseNetID(id uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pool.free(id)
+	t.gaugesLocked()
+}
+
 // List returns every session (tearing-down ones included) oldest first.
 func (t *Table) List() []Session {
 	t.mu.Lock()

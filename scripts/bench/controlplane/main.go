@@ -24,15 +24,18 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/client"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/overlay"
@@ -73,11 +76,25 @@ func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	hosts, cleanupNS, err := buildHosts()
+	hosts, removeNS, err := buildHosts()
+	var once sync.Once
+	cleanupNS := func() { once.Do(removeNS) }
 	defer cleanupNS()
 	if err != nil {
 		return err
 	}
+	// SIGINT/SIGTERM (Ctrl-C, `timeout`, the bench runner giving up) must not leave the
+	// namespaces behind: delete them and exit at once.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(os.Stderr, "controlplane bench: interrupted; removing its network namespaces")
+			cleanupNS()
+			os.Exit(130)
+		}
+	}()
 
 	bin := os.Getenv("NULLNET_CONSUL_BIN")
 	if bin == "" {
@@ -128,19 +145,23 @@ func run() error {
 	g := grpc.NewServer()
 	srv.RegisterGRPC(g)
 	go func() { _ = g.Serve(lis) }()
-	defer g.Stop()
+	// Shutdown is bounded: with thousands of tunnel ends still queued for removal, a graceful
+	// stop could take minutes, and the namespaces (deleted last) must go in any case.
+	defer boundedWait(10*time.Second, g.Stop)
 	srvDone := make(chan struct{})
 	sctx, scancel := context.WithCancel(ctx)
 	go func() { defer close(srvDone); _ = srv.Run(sctx) }()
-	defer func() { scancel(); <-srvDone }()
+	defer boundedWait(20*time.Second, func() { scancel(); <-srvDone })
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 
+	nctx, ncancel := context.WithCancel(ctx)
+	defer ncancel()
 	for _, h := range hosts {
-		if err := startNode(ctx, conn, h); err != nil {
+		if err := startNode(nctx, conn, h); err != nil {
 			return err
 		}
 	}
@@ -250,6 +271,17 @@ func run() error {
 	return cleanupErr
 }
 
+// boundedWait runs f and returns when it did or after d, whichever is first.
+func boundedWait(d time.Duration, f func()) {
+	done := make(chan struct{})
+	go func() { defer close(done); f() }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		fmt.Fprintf(os.Stderr, "controlplane bench: shutdown step still running after %s; moving on\n", d)
+	}
+}
+
 func pct(d []time.Duration, p int) time.Duration {
 	if len(d) == 0 {
 		return 0
@@ -344,52 +376,18 @@ func newNamedNS(name string) (netns.NsHandle, error) {
 	return r.h, r.err
 }
 
-// startNode opens h's control channel and executes setup/teardown commands with overlay.Manager.
+// startNode runs a real client role (agent/client) for h, with its overlay.Manager inside h's
+// namespace: the control channel and command executor are the product's own.
 func startNode(ctx context.Context, conn *grpc.ClientConn, h *host) error {
-	stream, err := pb.NewControlClient(conn).ControlChannel(ctx)
+	cfg := config.Default()
+	cfg.NodeName, cfg.AdvertiseAddr, cfg.Client.Enabled = h.name, h.underlay.String(), true
+	logger := hclog.New(&hclog.LoggerOptions{Name: h.name, Level: hclog.Warn, Output: os.Stderr})
+	c, err := client.New(client.Config{Agent: cfg, Conn: conn, Overlay: h.mgr, Logger: logger,
+		Events: events.NewReporter(h.name, nil, nil, hclog.NewNullLogger())})
 	if err != nil {
 		return err
 	}
-	if err := stream.Send(&pb.NodeMessage{Msg: &pb.NodeMessage_Hello{Hello: &pb.Hello{NodeName: h.name,
-		UnderlayAddr: h.underlay.String(), Roles: []string{"client"}, UnderlayMtu: 1500}}}); err != nil {
-		return err
-	}
-	if _, err := stream.Recv(); err != nil {
-		return err
-	}
-	var sendMu sync.Mutex
-	ack := func(id string, err error) {
-		a := &pb.CommandAck{CommandId: id}
-		if err != nil {
-			a.Error = err.Error()
-		}
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		_ = stream.Send(&pb.NodeMessage{Msg: &pb.NodeMessage_Ack{Ack: a}})
-	}
-	side := func(s pb.OverlaySide) overlay.Side {
-		if s == pb.OverlaySide_OVERLAY_SIDE_SERVICE {
-			return overlay.SideService
-		}
-		return overlay.SideProxy
-	}
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				return
-			}
-			go func() {
-				if s := m.GetOverlaySetup(); s != nil {
-					_, err := h.mgr.Setup(ctx, overlay.End{NetID: s.NetId, Side: side(s.Side),
-						Local: netip.MustParseAddr(s.LocalUnderlay), Remote: netip.MustParseAddr(s.RemoteUnderlay), MTU: int(s.Mtu)})
-					ack(s.CommandId, err)
-				} else if s := m.GetOverlayTeardown(); s != nil {
-					ack(s.CommandId, h.mgr.Teardown(ctx, s.NetId, side(s.Side)))
-				}
-			}()
-		}
-	}()
+	go func() { _ = c.Run(ctx) }()
 	return nil
 }
 
