@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,13 +128,9 @@ func startServer(t *testing.T) *serverEnv {
 }
 
 // writeStack replaces the stack file and waits until the server reloaded it.
-//
-// The server can miss a write that lands between its first load and the start of its directory
-// watch (reported to the server's owner); until that is fixed, a write not followed by a reload
-// within 10 s is repeated, with a log line, so this suite tests the proxy rather than that race.
 func (e *serverEnv) writeStack(services string) {
 	e.t.Helper()
-	for attempt := 1; ; attempt++ {
+	{
 		e.rev++
 		after := e.events.Index()
 		body := fmt.Sprintf("# rev %d\nstack \"nnpx\" {\n%s}\n", e.rev, services)
@@ -153,10 +151,7 @@ func (e *serverEnv) writeStack(services string) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		if attempt == 6 {
-			e.t.Fatalf("the server never reloaded the stacks directory after %d writes", attempt)
-		}
-		e.t.Logf("server did not reload within 10s after stack write %d; writing again", e.rev)
+		e.t.Fatalf("the server did not reload the stacks directory within 10 s of stack write %d", e.rev)
 	}
 }
 
@@ -496,8 +491,13 @@ func TestWithServer(t *testing.T) {
 		if l, ok := tp.listener(TCP, pEcho); !ok || l.State != "listening" {
 			t.Fatalf("listener after the stream was lost: %+v", l)
 		}
+		// The listener still accepts; the proxy may reset the connection at once because it cannot
+		// resolve without a server, and a fast reset can surface in connect itself. Only a
+		// refusal would mean the listener is gone.
 		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", pEcho), 10*time.Second); err != nil {
-			t.Fatalf("new connection during the outage: %v", err)
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("new connection during the outage refused: %v", err)
+			}
 		} else {
 			c.Close()
 		}
