@@ -7,6 +7,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -72,23 +73,25 @@ func (b *bench) dataPlane(ctx context.Context) error {
 		return fmt.Errorf("iperf3 server: %w", err)
 	}
 	defer srv.Stop(2 * time.Second)
-	rr, err := load.StartTCPResponder("127.0.0.1:0")
+	// Backends listen on all addresses: nullnet's client reports a loopback-only host service as
+	// unreachable (critical), since tunnels deliver to the bridge address. Everyone dials 127.0.0.1.
+	rr, err := load.StartTCPResponder(":0")
 	if err != nil {
 		return err
 	}
 	defer rr.Close()
-	echo, err := load.StartUDPEcho("127.0.0.1:0", 2, false)
+	echo, err := load.StartUDPEcho(":0", 2, false)
 	if err != nil {
 		return err
 	}
 	defer echo.Close()
-	sink, err := load.StartUDPEcho("127.0.0.1:0", 1, true)
+	sink, err := load.StartUDPEcho(":0", 1, true)
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
-	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: rr.Addr(),
-		routeEcho: echo.Addr(), routeSink: sink.Addr()}
+	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: loopback(rr.Addr()),
+		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr())}
 
 	targets := []*target{{name: report.Direct, addrs: map[string]string{
 		routeIperf: backends[routeIperf], routeRR: backends[routeRR], routeEcho: backends[routeEcho]}, stop: func() {}}}
@@ -166,7 +169,7 @@ func (b *bench) startAnchor(ctx context.Context, name string, backends map[strin
 func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *target {
 	t := &target{name: report.Nullnet, addrs: map[string]string{}, stop: func() {}}
 	if b.o.consulBin == "" {
-		t.broken = errors.New("NULLNET_CONSUL_BIN is not set (run through make bench, or set it to scripts/install-consul's output)")
+		t.broken = errors.New("no Consul binary: run scripts/install-consul or set NULLNET_CONSUL_BIN")
 		return t
 	}
 	var svcs []nnrun.Service
@@ -205,7 +208,13 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	start := time.Now()
-	if err := nnrun.WaitTCPRelay(wctx, t.addrs[routeRR], probeRR); err != nil {
+	var names []string
+	for _, s := range svcs {
+		names = append(names, s.Name)
+	}
+	if err := a.WaitHealthy(wctx, names); err != nil {
+		t.broken = fmt.Errorf("nullnet backends: %w", err)
+	} else if err := nnrun.WaitTCPRelay(wctx, t.addrs[routeRR], probeRR); err != nil {
 		t.broken = fmt.Errorf("nullnet relay never carried traffic within %s: %w (agent log: %s)", wait, err, a.LogTail(600))
 	} else if err := nnrun.WaitUDPRelay(wctx, t.addrs[routeEcho]); err != nil {
 		t.broken = fmt.Errorf("nullnet UDP relay never echoed within %s: %w (agent log: %s)", wait, err, a.LogTail(600))
@@ -222,9 +231,8 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 func (b *bench) nullnetBin() string { return b.o.nullnetBin }
 
 func probeRR(addr string) error {
-	r := load.ConnRate(context.Background(), addr, 1, 1*time.Millisecond)
-	if r.Ops == 0 {
-		return fmt.Errorf("no complete request/response through %s", addr)
+	if err := load.Probe(addr); err != nil {
+		return fmt.Errorf("no complete request/response through %s: %w", addr, err)
 	}
 	return nil
 }
@@ -232,7 +240,7 @@ func probeRR(addr string) error {
 // measure takes one sample of every data-plane figure for t.
 func (b *bench) measure(ctx context.Context, t *target) {
 	if !b.o.skip["tcp"] {
-		for _, streams := range []int{1, 8} {
+		for _, streams := range b.streams() {
 			thr, cpu := b.figTCP(streams)
 			if t.broken != nil {
 				thr.Fail(t.name, t.broken)
@@ -240,7 +248,11 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			}
 			host, port := splitAddr(t.addrs[routeIperf])
 			u0, uerr := b.usage(t)
+			prof := b.startProfile(ctx, t, "tcp"+strconv.Itoa(streams), b.o.duration)
 			r, err := iperf.Run(ctx, host, port, streams, b.o.duration)
+			if note := prof.finish(ctx); note != "" {
+				thr.Note = joinNote(thr.Note, note)
+			}
 			if err != nil {
 				thr.Fail(t.name, err)
 				continue
@@ -258,7 +270,11 @@ func (b *bench) measure(ctx context.Context, t *target) {
 		if t.broken != nil {
 			rate.Fail(t.name, t.broken)
 		} else {
+			prof := b.startProfile(ctx, t, "connrate", b.o.duration)
 			r := load.ConnRate(ctx, t.addrs[routeRR], connWorkers, b.o.duration)
+			if note := prof.finish(ctx); note != "" {
+				rate.Note = joinNote(rate.Note, note)
+			}
 			if r.Ops == 0 || r.Errors > r.Ops/100 {
 				rate.Fail(t.name, fmt.Errorf("%d connections, %d failed", r.Ops, r.Errors))
 			} else {
@@ -359,5 +375,22 @@ func joinNote(a, b string) string {
 	if a == "" {
 		return b
 	}
+	if strings.Contains(a, b) {
+		return a
+	}
 	return a + "; " + b
+}
+
+// loopback turns a wildcard listen address into the 127.0.0.1 address clients dial.
+func loopback(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return "127.0.0.1:" + port
+}
+
+// streams are the iperf3 stream counts measured; smoke mode keeps one (the code path is the same).
+func (b *bench) streams() []int {
+	if b.o.smoke {
+		return []int{8}
+	}
+	return []int{1, 8}
 }

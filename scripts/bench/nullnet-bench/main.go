@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/scripts/bench/internal/anchor"
 	"github.com/nullnet/nullnet/scripts/bench/internal/report"
 )
@@ -34,6 +35,7 @@ type options struct {
 	consulBin   string
 	skip        map[string]bool
 	keep        bool
+	profile     bool
 }
 
 func main() {
@@ -53,6 +55,7 @@ func run() int {
 	fs.StringVar(&o.nullnetBin, "nullnet", "", "nullnet binary (default <root>/bin/nullnet)")
 	fs.StringVar(&skip, "skip", "", "comma-separated parts to leave out: nullnet, anchors, tcp, connrate, udp, sessions, overlay, controlplane")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and process logs)")
+	fs.BoolVar(&o.profile, "profile", false, "record each relay with perf(1) during the loopback TCP and connection-rate figures; reports go to the results directory")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
@@ -73,7 +76,8 @@ func run() int {
 	if o.nullnetBin == "" {
 		o.nullnetBin = filepath.Join(o.root, "bin", "nullnet")
 	}
-	o.consulBin = os.Getenv("NULLNET_CONSUL_BIN")
+	// NULLNET_CONSUL_BIN, the install-consul cache, or consul on PATH.
+	o.consulBin, _ = consultest.FindBinary()
 	log := hclog.New(&hclog.LoggerOptions{Name: "bench", Level: hclog.Info, Output: os.Stderr})
 
 	if err := anchor.Installed(); err != nil {

@@ -27,7 +27,7 @@ func (b *bench) overlay(ctx context.Context) error {
 		return fmt.Errorf("overlay topology: %w", err)
 	}
 	defer topo.Remove()
-	srv, err := iperf.StartServerIn(b.work, topo.Service, overlaynet.ServiceAddr, overlayIperfPort)
+	srv, err := iperf.StartServerIn(b.work, topo.Service, overlayIperfPort)
 	if err != nil {
 		return err
 	}
@@ -58,7 +58,7 @@ func (b *bench) overlay(ctx context.Context) error {
 		}
 	}
 	if !b.o.skip["nullnet"] {
-		targets = append(targets, b.startNullnetIn(ctx, topo.Proxy, backend))
+		targets = append(targets, b.startNullnetIn(ctx, topo, backend))
 	}
 	defer func() {
 		for _, t := range targets {
@@ -96,7 +96,7 @@ func (b *bench) overlay(ctx context.Context) error {
 				return ctx.Err()
 			}
 			b.log.Info("measuring overlay", "run", run+1, "of", b.o.runs, "target", t.name)
-			for _, streams := range []int{1, 8} {
+			for _, streams := range b.streams() {
 				s := strconv.Itoa(streams)
 				thr := b.rep.Figure("overlay_tcp_throughput_"+s, "overlay TCP throughput, "+s+" stream(s)", "Gbit/s", true,
 					report.Goal{Against: report.Direct, Ratio: 0.9}, report.Goal{Against: "best", Ratio: 1.0})
@@ -129,17 +129,18 @@ func (b *bench) overlay(ctx context.Context) error {
 	return nil
 }
 
-// startNullnetIn runs Consul and `nullnet agent -dev` on the proxy host, relaying to the
-// service's overlay address: nullnet's relay crosses the same tunnel as the anchors. Building
-// the tunnel on demand is measured by the control-plane figures, not here.
-func (b *bench) startNullnetIn(ctx context.Context, netns, backend string) *target {
+// startNullnetIn runs Consul and `nullnet agent -dev` on the proxy host and a client agent on
+// the service host that registers the iperf3 server, advertising its overlay address. With
+// network = "direct" the proxy then dials that address: nullnet's relay crosses the same tunnel
+// as the anchors. Building tunnels on demand is measured by the control-plane figures.
+func (b *bench) startNullnetIn(ctx context.Context, topo *overlaynet.Topology, backend string) *target {
 	t := &target{name: report.Nullnet, addrs: map[string]string{routeIperf: "127.0.0.1:16203"}, stop: func() {}}
 	if b.nullnetErr != nil {
 		t.broken = fmt.Errorf("not attempted: nullnet did not carry traffic on loopback either")
 		return t
 	}
 	if b.o.consulBin == "" {
-		t.broken = fmt.Errorf("NULLNET_CONSUL_BIN is not set")
+		t.broken = fmt.Errorf("no Consul binary: run scripts/install-consul or set NULLNET_CONSUL_BIN")
 		return t
 	}
 	dir := filepath.Join(b.work, "overlay-nullnet")
@@ -148,8 +149,9 @@ func (b *bench) startNullnetIn(ctx context.Context, netns, backend string) *targ
 		return t
 	}
 	host, port := splitAddr(backend)
-	a, err := nnrun.Start(ctx, nnrun.Config{Binary: b.o.nullnetBin, ConsulBin: b.o.consulBin, Dir: dir, Netns: netns,
-		Services: []nnrun.Service{{Name: "bench-iperf", Protocol: "tcp", ListenPort: 16203, BackendPort: port, BackendAddr: host, Timeout: "0"}}})
+	a, err := nnrun.Start(ctx, nnrun.Config{Binary: b.o.nullnetBin, ConsulBin: b.o.consulBin, Dir: dir, Netns: topo.Proxy,
+		Remote:   &nnrun.Remote{Netns: topo.Service, ProxyHostAddr: overlaynet.UnderlayProxy, AdvertiseAddr: host},
+		Services: []nnrun.Service{{Name: "bench-iperf", Protocol: "tcp", ListenPort: 16203, BackendPort: port, Timeout: "0"}}})
 	if err != nil {
 		t.broken = err
 		return t

@@ -20,6 +20,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Figure is one control-plane figure.
@@ -37,6 +38,9 @@ type Output struct {
 	Figures []Figure
 	Raw     string
 }
+
+// quantiles matches Go durations after a quantile name on one line: "p50 12ms  p99 41ms".
+var quantiles = regexp.MustCompile(`\b(p[0-9]+|max|mean|avg)[ :=]+([0-9]+(?:\.[0-9]+)?(?:ns|µs|us|ms|s|m)(?:[0-9]+(?:\.[0-9]+)?(?:ns|µs|us|ms|s))*)\b`)
 
 var textLine = regexp.MustCompile(`^\s*([A-Za-z][\w ./()-]*?)\s*[:=]\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|µs|us|ns|/s|%|[A-Za-z/]+)?\s*$`)
 
@@ -60,6 +64,12 @@ func Parse(out []byte) Output {
 		if m := textLine.FindStringSubmatch(line); m != nil {
 			v, _ := strconv.ParseFloat(m[2], 64)
 			text = append(text, Figure{Name: m[1], Title: m[1], Unit: m[3], Value: v})
+			continue
+		}
+		for _, m := range quantiles.FindAllStringSubmatch(line, -1) {
+			if d, err := time.ParseDuration(m[2]); err == nil {
+				text = append(text, Figure{Name: m[1], Title: m[1], Unit: "ms", Value: float64(d) / float64(time.Millisecond)})
+			}
 		}
 	}
 	if len(o.Figures) == 0 {
@@ -85,10 +95,20 @@ func ParseGoBench(out []byte) Output {
 		}
 		for i := 2; i+1 < len(f); i += 2 {
 			v, err := strconv.ParseFloat(f[i], 64)
-			if err != nil {
-				continue
+			metric := f[i+1]
+			if err != nil || strings.HasSuffix(metric, "/op") {
+				continue // the harness's own per-op figures say nothing the metrics do not
 			}
-			o.Figures = append(o.Figures, Figure{Name: name + " " + f[i+1], Title: name + " " + f[i+1], Unit: f[i+1], Value: v})
+			// "setup-p50-ms" is the setup p50 in ms; "tunnels/s" a rate (higher is better).
+			unit, title := metric, metric
+			for _, u := range []string{"ms", "us", "ns", "s"} {
+				if t, ok := strings.CutSuffix(metric, "-"+u); ok {
+					unit, title = u, strings.ReplaceAll(t, "-", " ")
+					break
+				}
+			}
+			o.Figures = append(o.Figures, Figure{Name: name + " " + metric, Title: title, Unit: unit, Value: v,
+				Higher: strings.HasSuffix(metric, "/s")})
 		}
 	}
 	return o

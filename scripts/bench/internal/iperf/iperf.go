@@ -13,9 +13,10 @@ import (
 	"github.com/nullnet/nullnet/scripts/bench/internal/proc"
 )
 
-// StartServer runs `iperf3 -s` on 127.0.0.1:port until stopped.
+// StartServer runs `iperf3 -s` on port (all addresses, as a nullnet host service must listen)
+// until stopped.
 func StartServer(ctx context.Context, logDir string, port int) (*proc.Process, error) {
-	p, err := proc.Start("iperf3-server", logDir, nil, "iperf3", "-s", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
+	p, err := proc.Start("iperf3-server", logDir, nil, "iperf3", "-s", "-p", strconv.Itoa(port))
 	if err != nil {
 		return nil, err
 	}
@@ -53,11 +54,11 @@ func Run(ctx context.Context, host string, port, streams int, d time.Duration) (
 	return RunIn(ctx, "", host, port, streams, d)
 }
 
-// StartServerIn runs `iperf3 -s` bound to bind:port inside network namespace netns. It cannot be
-// probed from here; callers warm up with RunIn.
-func StartServerIn(logDir, netns, bind string, port int) (*proc.Process, error) {
+// StartServerIn runs `iperf3 -s` on port (all addresses) inside network namespace netns. It
+// cannot be probed from here; callers warm up with RunIn.
+func StartServerIn(logDir, netns string, port int) (*proc.Process, error) {
 	return proc.Start("iperf3-server-"+netns, logDir, nil, "ip", "netns", "exec", netns,
-		"iperf3", "-s", "-B", bind, "-p", strconv.Itoa(port))
+		"iperf3", "-s", "-p", strconv.Itoa(port))
 }
 
 // RunIn is Run from inside network namespace netns ("" = this one).

@@ -93,6 +93,12 @@ func ConnRate(ctx context.Context, addr string, workers int, d time.Duration) Re
 	return r
 }
 
+// Probe makes one short connection to addr and checks the whole answer came back.
+func Probe(addr string) error {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	return oneConn(&d, addr, make([]byte, RequestSize), make([]byte, ResponseSize+1))
+}
+
 func oneConn(d *net.Dialer, addr string, req, resp []byte) error {
 	c, err := d.Dial("tcp", addr)
 	if err != nil {

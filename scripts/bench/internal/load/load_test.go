@@ -21,6 +21,9 @@ func TestConnRateAgainstResponder(t *testing.T) {
 	if r.P50 <= 0 || r.P99 < r.P50 {
 		t.Errorf("latency p50=%v p99=%v", r.P50, r.P99)
 	}
+	if err := Probe(s.Addr()); err != nil {
+		t.Errorf("Probe: %v", err)
+	}
 }
 
 func TestConnRateCountsFailures(t *testing.T) {

@@ -15,12 +15,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/scripts/bench/internal/proc"
 )
 
-// Service is one relayed service: the proxy listens on ListenPort and relays to BackendPort on
-// 127.0.0.1, where the bench's backend runs.
+// Service is one relayed service: the proxy listens on ListenPort and relays to BackendPort,
+// where the bench's backend runs (listening on all addresses, as host services must).
 type Service struct {
 	Name        string
 	Protocol    string // tcp or udp
@@ -41,13 +42,29 @@ type Config struct {
 	// Netns, when set, runs Consul and the agent inside that network namespace. Nothing there
 	// can be dialled from here, so readiness is probed with curl inside the namespace.
 	Netns string
+	// Remote, when set (with Netns), runs the host services on a second agent (client role only)
+	// in another namespace, as on a separate service host.
+	Remote *Remote
+}
+
+// Remote is the service host of a two-host run.
+type Remote struct {
+	Netns string
+	// ProxyHostAddr is the proxy host's address as seen from the service host (Consul and the
+	// server's gRPC port are reached there).
+	ProxyHostAddr string
+	// AdvertiseAddr is the service host's address the proxy dials (with network = "direct").
+	AdvertiseAddr string
 }
 
 // Agent is a running Consul plus nullnet agent.
 type Agent struct {
 	*proc.Process
+	remote     *proc.Process
 	stopConsul func()
 	HTTPAddr   string
+	// ConsulAddr is Consul's HTTP address, reachable from here only without Netns.
+	ConsulAddr string
 }
 
 // Start launches Consul and the nullnet agent and returns once the agent runs. It does not wait
@@ -78,7 +95,15 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		return fail(err)
 	}
 	agentCfg := filepath.Join(cfg.Dir, "agent.hcl")
-	if err := os.WriteFile(agentCfg, []byte(AgentConfig(cfg.Dir, consulAddr, ports, cfg.Services)), 0o644); err != nil {
+	local := cfg.Services
+	if cfg.Remote != nil {
+		local = nil
+	}
+	hcl := AgentConfig(cfg.Dir, consulAddr, ports, local)
+	if cfg.Remote != nil {
+		hcl += "bind_addr = \"0.0.0.0\"\n" // the service host's agent dials our gRPC port
+	}
+	if err := os.WriteFile(agentCfg, []byte(hcl), 0o644); err != nil {
 		return fail(err)
 	}
 	name, args := wrap(cfg.Netns, cfg.Binary, "agent", "-dev", "-config-file", agentCfg, "-log-level", "warn")
@@ -86,7 +111,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return fail(err)
 	}
-	a := &Agent{Process: p, stopConsul: stopConsul, HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0])}
+	a := &Agent{Process: p, stopConsul: stopConsul, HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), ConsulAddr: consulAddr}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if cfg.Netns != "" {
@@ -98,7 +123,46 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		a.Stop()
 		return nil, fmt.Errorf("nullnet agent: %w", err)
 	}
+	if cfg.Remote != nil {
+		if a.remote, err = startRemote(wctx, cfg, ports[1]); err != nil {
+			a.Stop()
+			return nil, fmt.Errorf("nullnet agent on the service host: %w", err)
+		}
+	}
 	return a, nil
+}
+
+// startRemote runs the service host's agent: client role only, its host services registered in
+// the proxy host's Consul, advertising the address the proxy dials.
+func startRemote(ctx context.Context, cfg Config, serverGRPC int) (*proc.Process, error) {
+	r := cfg.Remote
+	dir := filepath.Join(cfg.Dir, "remote")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "node_name = \"nnbench-sv\"\ndata_dir = %q\nbind_addr = \"0.0.0.0\"\nadvertise_addr = %q\n", filepath.Join(dir, "data"), r.AdvertiseAddr)
+	fmt.Fprintf(&b, "ports {\n  http = 4700\n  grpc = 4701\n}\nconsul {\n  address = \"%s:8500\"\n}\n", r.ProxyHostAddr)
+	fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = [\"%s:%d\"]\n", r.ProxyHostAddr, serverGRPC)
+	for _, s := range cfg.Services {
+		fmt.Fprintf(&b, "  service %q {\n    stack          = \"bench\"\n    port           = %d\n    protocol       = %q\n    check_interval = \"5s\"\n  }\n",
+			s.Name, s.BackendPort, s.Protocol)
+	}
+	b.WriteString("}\n")
+	path := filepath.Join(dir, "agent.hcl")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	name, args := wrap(r.Netns, cfg.Binary, "agent", "-config-file", path, "-log-level", "warn")
+	p, err := proc.Start("nullnet-remote", dir, nil, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := probeIn(ctx, p, r.Netns, "http://127.0.0.1:4700/v1/agent/self"); err != nil {
+		p.Stop(5 * time.Second)
+		return nil, err
+	}
+	return p, nil
 }
 
 // startConsul runs a Consul dev agent, in cfg.Netns when set, and returns its HTTP address.
@@ -110,8 +174,9 @@ func startConsul(ctx context.Context, cfg Config) (string, func(), error) {
 		}
 		return c.HTTPAddr, c.Stop, nil
 	}
-	// The same flags as consultest.Launch; ports are free in a fresh namespace.
-	hcl := "ports {\n  grpc_tls = -1\n}\n"
+	// The same flags as consultest.Launch; ports are free in a fresh namespace. The HTTP API
+	// listens on every address of the namespace so that a service host's agent can reach it.
+	hcl := "ports {\n  grpc_tls = -1\n}\naddresses {\n  http = \"0.0.0.0\"\n}\n"
 	cfgFile := filepath.Join(cfg.Dir, "consul.hcl")
 	if err := os.WriteFile(cfgFile, []byte(hcl), 0o644); err != nil {
 		return "", nil, err
@@ -160,6 +225,9 @@ func probeIn(ctx context.Context, p *proc.Process, netns, url string) error {
 
 // Stop stops the agent, then Consul.
 func (a *Agent) Stop() {
+	if a.remote != nil {
+		a.remote.Stop(10 * time.Second)
+	}
 	a.Process.Stop(10 * time.Second)
 	a.stopConsul()
 }
@@ -189,11 +257,13 @@ func AgentConfig(dir, consulAddr string, ports []int, svcs []Service) string {
 	fmt.Fprintf(&b, "proxy {\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n}\n", grpc, ports[2])
 	fmt.Fprintf(&b, "client {\n  servers = %s\n", grpc)
 	for _, s := range svcs {
-		addr := s.BackendAddr
-		if addr == "" {
-			addr = "127.0.0.1"
+		// No address: the service listens on all addresses, as the client requires of a host
+		// service (a loopback-only listener is reported unreachable over the overlay).
+		addr := ""
+		if s.BackendAddr != "" {
+			addr = fmt.Sprintf("    address        = %q\n", s.BackendAddr)
 		}
-		fmt.Fprintf(&b, "  service %q {\n    stack          = \"bench\"\n    port           = %d\n    protocol       = %q\n    address        = %q\n    check_interval = \"1s\"\n  }\n",
+		fmt.Fprintf(&b, "  service %q {\n    stack          = \"bench\"\n    port           = %d\n    protocol       = %q\n%s    check_interval = \"5s\"\n  }\n",
 			s.Name, s.BackendPort, s.Protocol, addr)
 	}
 	b.WriteString("}\n")
@@ -234,4 +304,29 @@ func WaitUDPRelay(ctx context.Context, addr string) error {
 			return fmt.Errorf("no UDP echo through %s: %w", addr, ctx.Err())
 		}
 	}
+}
+
+// WaitHealthy polls Consul until every named service has a passing instance: the proxy refuses
+// connections for a service without a healthy replica, and checks run every check_interval.
+func (a *Agent) WaitHealthy(ctx context.Context, names []string) error {
+	cfg := api.DefaultConfig()
+	cfg.Address = a.ConsulAddr
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return fmt.Errorf("consul client: %w", err)
+	}
+	for _, name := range names {
+		for {
+			entries, _, err := c.Health().Service(name, "", true, (&api.QueryOptions{}).WithContext(ctx))
+			if err == nil && len(entries) > 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("service %s never healthy in Consul (last error: %v)", name, err)
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }

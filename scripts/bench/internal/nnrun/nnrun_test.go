@@ -23,10 +23,10 @@ func TestRenderedConfigLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := config.Load([]config.Source{{Path: path}}, true)
-	if res.Diags.HasErrors() {
+	if len(res.Diags) > 0 {
 		var b strings.Builder
 		_ = config.WriteDiagnostics(&b, res.Files, res.Diags)
-		t.Fatalf("agent config does not load:\n%s\n%s", b.String(), hcl)
+		t.Fatalf("agent config does not load cleanly:\n%s\n%s", b.String(), hcl)
 	}
 	c := res.Config
 	if c.Ports.HTTP != 14700 || c.Ports.GRPC != 14701 || c.Consul.Address != "127.0.0.1:8500" {
@@ -36,8 +36,8 @@ func TestRenderedConfigLoads(t *testing.T) {
 		t.Fatalf("host services = %d, want 2", len(c.Client.Services))
 	}
 	for _, s := range c.Client.Services {
-		if s.Stack != "bench" || s.Address != "127.0.0.1" {
-			t.Errorf("host service %+v: want stack bench on 127.0.0.1", s)
+		if s.Stack != "bench" {
+			t.Errorf("host service %+v: want stack bench", s)
 		}
 	}
 }

@@ -18,18 +18,21 @@ import (
 // Plan addresses for net id 101 (10.0.0.0/8 + 101×8 = 10.0.3.40/29): +2 service-side bridge,
 // +4 proxy-side bridge. The underlay is a private /24 that exists only between the namespaces.
 const (
-	NetID        = 101
-	ServiceAddr  = "10.0.3.42"
-	ProxyAddr    = "10.0.3.44"
-	underlayA    = "192.168.213.1"
-	underlayB    = "192.168.213.2"
-	underlayMTU  = 1500
-	overlayMTU   = underlayMTU - 50
-	vxlanPort    = "4789"
-	bridgeDev    = "br_101"
-	vxlanDev     = "vx_101"
-	underlayDevA = "nnbn-ua"
-	underlayDevB = "nnbn-ub"
+	NetID       = 101
+	ServiceAddr = "10.0.3.42"
+	ProxyAddr   = "10.0.3.44"
+	// UnderlayProxy is the proxy host's underlay address (the service host reaches the proxy
+	// host's Consul and nullnet server there).
+	UnderlayProxy = "192.168.213.1"
+	underlayA     = UnderlayProxy
+	underlayB     = "192.168.213.2"
+	underlayMTU   = 1500
+	overlayMTU    = underlayMTU - 50
+	vxlanPort     = "4789"
+	bridgeDev     = "br_101"
+	vxlanDev      = "vx_101"
+	underlayDevA  = "nnbn-ua"
+	underlayDevB  = "nnbn-ub"
 )
 
 // Topology is a built pair of namespaces.

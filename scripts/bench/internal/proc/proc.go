@@ -206,3 +206,23 @@ func FreePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// GroupPids lists the processes of process group pgid.
+func GroupPids(pgid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		if f, err := statFields(string(stat)); err == nil && f.pgrp == pgid {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
