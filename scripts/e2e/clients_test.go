@@ -62,6 +62,16 @@ func dialRedis(addr string) (*redisConn, error) {
 	return &redisConn{c: c, r: bufio.NewReader(c)}, nil
 }
 
+// dialRedisFromRoot connects from the root namespace (client address 10.99.0.1): a second,
+// distinct client for the server's sessions and replica choice.
+func dialRedisFromRoot(addr string) (*redisConn, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &redisConn{c: c, r: bufio.NewReader(c)}, nil
+}
+
 // do sends one inline command and returns the reply as text (bulk strings unwrapped).
 func (rc *redisConn) do(cmd string) (string, error) {
 	_ = rc.c.SetDeadline(time.Now().Add(15 * time.Second))

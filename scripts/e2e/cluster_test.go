@@ -105,9 +105,14 @@ func startCluster(t *testing.T) (*cluster, error) {
 	if err := ensurePackages(t); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "nne-e2e-")
+	dir, err := os.MkdirTemp("", tempDirPrefix)
 	if err != nil {
 		return nil, err
+	}
+	if os.Getenv("NULLNET_E2E_KEEP") != "" {
+		if err := os.WriteFile(filepath.Join(dir, keepMarker), nil, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	registry.add("temp dir", func() {
 		if os.Getenv("NULLNET_E2E_KEEP") == "" {

@@ -8,11 +8,13 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func TestMain(m *testing.M) {
@@ -35,6 +37,19 @@ func TestMain(m *testing.M) {
 		registry.teardownAll()
 		os.Exit(130)
 	}()
+
+	// `go test -timeout` ends the binary with a panic that skips every cleanup path; tear the
+	// cluster down shortly before that happens, so even a hung run leaves nothing behind.
+	flag.Parse()
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if d, err := time.ParseDuration(f.Value.String()); err == nil && d > 0 {
+			margin := min(60*time.Second, d/5)
+			time.AfterFunc(d-margin, func() {
+				fmt.Fprintf(os.Stderr, "e2e: the -timeout (%v) is near: tearing the cluster down\n", d)
+				registry.teardownAll()
+			})
+		}
+	}
 
 	code := m.Run()
 	registry.teardownAll()

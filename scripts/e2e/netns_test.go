@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -13,6 +15,10 @@ const (
 	bridgeAddr = "10.99.0.1"
 	prefixLen  = 24
 	namePrefix = "nne-"
+	// tempDirPrefix names the suite's directory under os.TempDir.
+	tempDirPrefix = "nne-e2e-"
+	// keepMarker in a temp dir says NULLNET_E2E_KEEP asked to keep it.
+	keepMarker = "KEPT"
 )
 
 // host is one network namespace standing for a machine.
@@ -62,7 +68,12 @@ func addHost(h *host) error {
 		return fmt.Errorf("host %s: %w", h.name, err)
 	}
 	ns := h.ns
-	registry.add("namespace "+ns, func() { deleteNamespace(ns) })
+	registry.add("namespace "+ns, func() {
+		deleteNamespace(ns)
+		// The kernel dismantles a deleted namespace asynchronously (minutes on a loaded machine),
+		// and the root end of the veth lives until then: delete the pair now.
+		_, _ = run(nil, "ip", "link", "del", veth)
+	})
 	cmds := [][]string{
 		{"ip", "link", "add", veth, "type", "veth", "peer", "name", peer},
 		{"ip", "link", "set", peer, "netns", h.ns},
@@ -97,8 +108,18 @@ func deleteNamespace(ns string) {
 	}
 }
 
-// removeLeftovers deletes every nne-* namespace and root-namespace link an interrupted run left.
+// removeLeftovers deletes every nne-* namespace and root-namespace link an interrupted run left,
+// and its temp dir unless that run was asked to keep it (NULLNET_E2E_KEEP leaves a marker).
 func removeLeftovers(logf func(string, ...any)) {
+	if dirs, err := filepath.Glob(filepath.Join(os.TempDir(), tempDirPrefix+"*")); err == nil {
+		for _, d := range dirs {
+			if _, err := os.Stat(filepath.Join(d, keepMarker)); err == nil {
+				continue
+			}
+			logf("removing leftover directory %s", d)
+			os.RemoveAll(d)
+		}
+	}
 	if out, err := run(nil, "ip", "netns", "list"); err == nil {
 		for _, line := range strings.Split(out, "\n") {
 			f := strings.Fields(line)

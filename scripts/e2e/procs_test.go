@@ -22,33 +22,72 @@ var registry teardowns
 type teardowns struct {
 	mu    sync.Mutex
 	steps []teardownStep
+	// running serialises whole teardowns: a signal arriving during the normal one waits for it
+	// instead of deleting namespaces under processes still being stopped.
+	running sync.Mutex
 }
 
 type teardownStep struct {
 	name string
 	fn   func()
+	// concurrent steps next to each other run together: stopping a dozen daemons one after the
+	// other, each with a grace period, would take minutes.
+	concurrent bool
 }
 
-func (r *teardowns) add(name string, fn func()) {
+func (r *teardowns) add(name string, fn func()) { r.push(teardownStep{name: name, fn: fn}) }
+
+// addProcess registers a process stop, which may run alongside other process stops.
+func (r *teardowns) addProcess(name string, fn func()) {
+	r.push(teardownStep{name: name, fn: fn, concurrent: true})
+}
+
+func (r *teardowns) push(s teardownStep) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.steps = append(r.steps, teardownStep{name, fn})
+	r.steps = append(r.steps, s)
 }
 
 // teardownAll runs every step once, newest first (processes before the namespaces they live in,
 // namespaces before the bridge). Safe to call from several paths.
 func (r *teardowns) teardownAll() {
+	r.running.Lock()
+	defer r.running.Unlock()
 	for {
-		r.mu.Lock()
-		if len(r.steps) == 0 {
-			r.mu.Unlock()
+		batch := r.popBatch()
+		if len(batch) == 0 {
 			return
 		}
-		s := r.steps[len(r.steps)-1]
-		r.steps = r.steps[:len(r.steps)-1]
-		r.mu.Unlock()
-		s.fn()
+		var wg sync.WaitGroup
+		for _, s := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.fn()
+			}()
+		}
+		wg.Wait()
 	}
+}
+
+// popBatch removes the newest step, with every concurrent step directly below it if it is
+// concurrent itself.
+func (r *teardowns) popBatch() []teardownStep {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var batch []teardownStep
+	for len(r.steps) > 0 {
+		s := r.steps[len(r.steps)-1]
+		if len(batch) > 0 && (!s.concurrent || !batch[0].concurrent) {
+			break
+		}
+		batch = append(batch, s)
+		r.steps = r.steps[:len(r.steps)-1]
+		if !s.concurrent {
+			break
+		}
+	}
+	return batch
 }
 
 // proc is one daemon the suite started inside a namespace, in its own process group, its output
@@ -88,7 +127,7 @@ func startProc(ns, name, logDir string, argv ...string) (*proc, error) {
 		f.Close()
 		close(p.done)
 	}()
-	registry.add("process "+name, func() { p.stop(5 * time.Second) })
+	registry.addProcess("process "+name, func() { p.stop(5 * time.Second) })
 	return p, nil
 }
 
