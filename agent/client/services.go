@@ -234,8 +234,19 @@ func registration(node, addr string, s config.HostService) *api.AgentServiceRegi
 		Timeout:  min(interval, 2*time.Second).String(),
 		Notes:    "Probed at the node's advertise address, the address tunnels reach it at.",
 	}
+	listener := &api.AgentServiceCheck{
+		CheckID: listenerCheckID(id),
+		Name:    "listener reachable over the overlay",
+		Notes:   "The nullnet agent reads the host's socket table: a listener on 127.0.0.1 only cannot be reached through a tunnel.",
+		TTL:     (3 * interval).String(),
+		Status:  api.HealthCritical,
+	}
+	checks := api.AgentServiceChecks{port, listener}
 	if s.Protocol == "udp" {
-		port.UDP = checkTarget(addr, s)
+		// No UDP probe: Consul's UDP check waits for a reply to an empty datagram, which most
+		// UDP services (DNS among them) never send, so it would stay critical forever. The
+		// socket-table check says whether a UDP socket is bound on a reachable address.
+		checks = api.AgentServiceChecks{listener}
 	} else {
 		port.TCP = checkTarget(addr, s)
 	}
@@ -246,13 +257,7 @@ func registration(node, addr string, s config.HostService) *api.AgentServiceRegi
 		Port:    s.Port,
 		Address: addr,
 		Meta:    map[string]string{MetaStack: s.Stack, MetaNode: node, MetaProtocol: s.Protocol},
-		Checks: api.AgentServiceChecks{port, {
-			CheckID: listenerCheckID(id),
-			Name:    "listener reachable over the overlay",
-			Notes:   "The nullnet agent reads the host's socket table: a listener on 127.0.0.1 only cannot be reached through a tunnel.",
-			TTL:     (3 * interval).String(),
-			Status:  api.HealthCritical,
-		}},
+		Checks:  checks,
 	}
 }
 

@@ -179,3 +179,39 @@ func describe(ch map[string]*api.AgentCheck) string {
 	}
 	return b.String()
 }
+
+// TestUDPHostServiceHealth: a UDP service that never answers an empty datagram (as DNS servers
+// do) is healthy once a socket is bound on the port on all addresses, and critical before.
+func TestUDPHostServiceHealth(t *testing.T) {
+	srv := consultest.Start(t)
+	cc := srv.Client(t)
+	port := freePort(t)
+	svc := config.HostService{Name: "nnov-dns", Stack: "infra", Port: port, Protocol: "udp", CheckInterval: time.Second}
+	cfg := &config.Config{NodeName: "nnov-udp", AdvertiseAddr: hostAddr(t), Client: config.Client{Enabled: true,
+		Services: []config.HostService{svc}}}
+	c, err := New(Config{Agent: cfg, Consul: cc, Overlay: &fakeOverlay{j: &journal{}}, Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	id := ServiceID("nnov-udp", "nnov-dns")
+
+	eventually(t, "a critical listener check and no UDP probe", func() (bool, string) {
+		ch := checks(t, cc, id)
+		l := ch[id+":listener"]
+		return len(ch) == 1 && l != nil && l.Status == api.HealthCritical && strings.Contains(l.Output, "nothing listens"), describe(ch)
+	})
+	// A bound socket that never replies.
+	conn, err := net.ListenPacket("udp", net.JoinHostPort("0.0.0.0", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	eventually(t, "the service passing once a socket is bound", func() (bool, string) {
+		hs, _, err := cc.Health().Service("nnov-dns", "", true, nil)
+		return err == nil && len(hs) == 1, describe(checks(t, cc, id))
+	})
+}
