@@ -52,14 +52,21 @@ func selfRegistration(cfg *config.Config) *api.AgentServiceRegistration {
 			MetaGRPCPort: strconv.Itoa(cfg.Ports.GRPC),
 			MetaVersion:  version.Version,
 		},
-		Check: &api.AgentServiceCheck{
-			Name:                           "nullnet agent HTTP API",
-			HTTP:                           fmt.Sprintf("http://%s/v1/agent/self", net.JoinHostPort(checkHost, strconv.Itoa(cfg.Ports.HTTP))),
-			Interval:                       "10s",
-			Timeout:                        "2s",
-			DeregisterCriticalServiceAfter: "10m",
-		},
+		Check: selfCheck(cfg, net.JoinHostPort(checkHost, strconv.Itoa(cfg.Ports.HTTP))),
 	}
+}
+
+// selfCheck is the agent's health check in Consul: its HTTP API answering. With TLS the API
+// wants a client certificate Consul's checker does not have, so a TCP check stands in.
+func selfCheck(cfg *config.Config, addr string) *api.AgentServiceCheck {
+	c := &api.AgentServiceCheck{Name: "nullnet agent HTTP API", Interval: "10s", Timeout: "2s",
+		DeregisterCriticalServiceAfter: "10m"}
+	if cfg.TLS.CertFile != "" {
+		c.TCP = addr
+	} else {
+		c.HTTP = fmt.Sprintf("http://%s/v1/agent/self", addr)
+	}
+	return c
 }
 
 // keepRegistered registers the agent in its local Consul agent and re-registers whenever the

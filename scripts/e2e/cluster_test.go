@@ -145,6 +145,9 @@ func startCluster(t *testing.T) (*cluster, error) {
 	if err := os.WriteFile(filepath.Join(c.stacksDir, stackFileName), []byte(baseStack), 0o644); err != nil {
 		return c, err
 	}
+	if err := c.makePKI(); err != nil {
+		return c, err
+	}
 	for _, h := range []*host{hostCtl, hostN1, hostN2, hostEdge} {
 		if err := c.writeAgentConfig(h); err != nil {
 			return c, err
@@ -340,6 +343,7 @@ func (c *cluster) agentConfig(h *host) string {
 		h.name, filepath.Join(c.dir, "nullnet-"+h.name), h.ip)
 	fmt.Fprintf(&b, "ports {\n  http = %d\n  grpc = %d\n}\n", apiPort, grpcPort)
 	fmt.Fprintf(&b, "consul {\n  address = \"127.0.0.1:%d\"\n}\n", consulHTTP)
+	b.WriteString(c.tlsBlock(h.name))
 	servers := fmt.Sprintf("[\"%s:%d\"]", hostCtl.ip, grpcPort)
 	switch h {
 	case hostCtl:
@@ -390,7 +394,7 @@ func (c *cluster) startAgent(h *host) error {
 	c.mu.Lock()
 	c.agents[h.name] = p
 	c.mu.Unlock()
-	url := fmt.Sprintf("http://%s:%d/v1/agent/self", h.ip, apiPort)
+	url := apiURL(h, "/v1/agent/self")
 	return poll(30*time.Second, func() error {
 		if !p.running() {
 			return fmt.Errorf("nullnet agent on %s exited: %v\n%s", h.name, p.waitErr, p.logTail(4000))
@@ -429,7 +433,7 @@ func (c *cluster) dumpLogs(t *testing.T) {
 }
 
 // apiURL is a host's nullnet HTTP API.
-func apiURL(h *host, path string) string { return fmt.Sprintf("http://%s:%d%s", h.ip, apiPort, path) }
+func apiURL(h *host, path string) string { return fmt.Sprintf("https://%s:%d%s", h.ip, apiPort, path) }
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
 
