@@ -64,7 +64,6 @@ func tokenFor(t *testing.T, mgmt *api.Client, file string) string {
 	return tok.SecretID
 }
 
-
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
