@@ -30,10 +30,16 @@ var procNetFiles = []struct{ proto, path string }{
 	{"udp", "/proc/thread-self/net/udp"}, {"udp", "/proc/thread-self/net/udp6"},
 }
 
-// scanListeners lists listening sockets. A missing file (IPv6 disabled) is skipped.
+// scanListeners lists listening sockets: from a kernel-filtered sock_diag dump (sockdiag.go),
+// or, where the kernel lacks inet_diag, from /proc (a missing file, IPv6 disabled, is skipped).
 func scanListeners() ([]socket, error) {
-	runtime.LockOSThread() // one thread, one namespace, for all four files
+	runtime.LockOSThread() // one thread, one namespace, for every read
 	defer runtime.UnlockOSThread()
+	if tcp, err := diagListeners("tcp"); err == nil {
+		if udp, err := diagListeners("udp"); err == nil {
+			return append(tcp, udp...), nil
+		}
+	}
 	var out []socket
 	for _, f := range procNetFiles {
 		fh, err := os.Open(f.path)
