@@ -69,23 +69,14 @@ func (c *EventsCommand) Run(args []string) int {
 	fs.StringVar(&kind, "kind", "", "")
 	fs.StringVar(&severity, "severity", "", "")
 	hf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		c.UI.Error(fmt.Sprintf("%v\n\n%s", err, c.Help()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		c.UI.Error("This command takes no arguments.\n\n" + c.Help())
-		return 2
+	client, code := parseAPICommand(c.UI, fs, &hf, args, c.Help())
+	if code != 0 {
+		return code
 	}
 	switch severity {
 	case "", "info", "warning", "error":
 	default:
 		c.UI.Error(fmt.Sprintf("invalid -severity %q: want info, warning or error", severity))
-		return 2
-	}
-	client, err := hf.client()
-	if err != nil {
-		c.UI.Error(err.Error())
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"flag"
+
 	"fmt"
+	"github.com/hashicorp/cli"
 	"io"
 	"net/http"
 	"net/url"
@@ -157,3 +159,23 @@ func (c *apiClient) get(ctx context.Context, path string, query url.Values, out 
 
 // requestTimeout bounds one non-blocking API call from the CLI.
 const requestTimeout = 30 * time.Second
+
+// parseAPICommand parses the flags of a command that talks to the HTTP API and takes no
+// positional arguments, and builds its client. A non-zero code is the exit code to return
+// (2: usage error), the error already shown.
+func parseAPICommand(ui cli.Ui, fs *flag.FlagSet, hf *httpFlags, args []string, help string) (*apiClient, int) {
+	if err := fs.Parse(args); err != nil {
+		ui.Error(fmt.Sprintf("%v\n\n%s", err, help))
+		return nil, 2
+	}
+	if fs.NArg() > 0 {
+		ui.Error("This command takes no arguments.\n\n" + help)
+		return nil, 2
+	}
+	client, err := hf.client()
+	if err != nil {
+		ui.Error(err.Error())
+		return nil, 2
+	}
+	return client, 0
+}

@@ -70,18 +70,9 @@ func (c *SessionsCommand) Run(args []string) int {
 	fs.BoolVar(&asJSON, "json", false, "")
 	fs.StringVar(&service, "service", "", "")
 	hf.register(fs)
-	if err := fs.Parse(args); err != nil {
-		c.UI.Error(fmt.Sprintf("%v\n\n%s", err, c.Help()))
-		return 2
-	}
-	if fs.NArg() > 0 {
-		c.UI.Error("This command takes no arguments.\n\n" + c.Help())
-		return 2
-	}
-	client, err := hf.client()
-	if err != nil {
-		c.UI.Error(err.Error())
-		return 2
+	client, code := parseAPICommand(c.UI, fs, &hf, args, c.Help())
+	if code != 0 {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()

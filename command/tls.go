@@ -27,7 +27,7 @@ Usage: nullnet tls <subcommand> [options]
 `)
 }
 
-func (c *TLSCommand) Synopsis() string { return "Creates a CA and node certificates for mutual TLS" }
+func (c *TLSCommand) Synopsis() string      { return "Creates a CA and node certificates for mutual TLS" }
 func (c *TLSCommand) Run(args []string) int { return cli.RunResultHelp }
 
 // TLSCACreateCommand writes a new CA.
