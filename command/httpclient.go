@@ -6,9 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"flag"
-
 	"fmt"
-	"github.com/hashicorp/cli"
 	"io"
 	"net/http"
 	"net/url"
@@ -16,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/cli"
 )
 
 // The CLI's HTTP API client, shared by every command that talks to a running agent (stacks,
