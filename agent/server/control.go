@@ -14,8 +14,6 @@ import (
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/version"
 	pb "github.com/nullnet/nullnet/proto"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // Errors of the node registry.
@@ -275,11 +273,8 @@ func (c *controlService) ControlChannel(stream pb.Control_ControlChannelServer) 
 		return err
 	}
 	h := first.GetHello()
-	if h == nil || h.NodeName == "" {
-		return status.Error(codes.InvalidArgument, "the first message on a control channel must be a Hello with node_name")
-	}
-	if h.UnderlayAddr == "" && c.s.network() == networkVXLAN {
-		return status.Errorf(codes.InvalidArgument, "node %q sent no underlay_addr: set advertise_addr on that agent", h.NodeName)
+	if err := validateHello(h, c.s.network() == networkVXLAN); err != nil {
+		return err
 	}
 	conn := reg.connect(h)
 	connectedAt := time.Now()
@@ -297,7 +292,15 @@ func (c *controlService) ControlChannel(stream pb.Control_ControlChannelServer) 
 				recvErr <- err
 				return
 			}
-			if ack := m.GetAck(); ack != nil && !conn.deliver(ack) {
+			ack := m.GetAck()
+			if ack == nil {
+				continue
+			}
+			if err := validateAck(ack); err != nil {
+				reg.logger.Warn("malformed ack ignored", "node", h.NodeName, "error", err)
+				continue
+			}
+			if !conn.deliver(ack) {
 				reg.logger.Debug("ack for an unknown or expired command", "node", h.NodeName, "command_id", ack.CommandId)
 			}
 		}
@@ -321,8 +324,8 @@ func (c *controlService) ControlChannel(stream pb.Control_ControlChannelServer) 
 
 // ReportEvent stores an event an agent reported.
 func (c *controlService) ReportEvent(_ context.Context, e *pb.AgentEvent) (*pb.ReportEventResponse, error) {
-	if e.GetKind() == "" {
-		return nil, status.Error(codes.InvalidArgument, "event kind is required")
+	if err := validateEvent(e); err != nil {
+		return nil, err
 	}
 	c.s.events.Emit(events.FromProto(e))
 	return &pb.ReportEventResponse{}, nil

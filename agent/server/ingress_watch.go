@@ -72,6 +72,9 @@ func (p *portTable) wait(ctx context.Context, after uint64, wait time.Duration) 
 // every change, each with its version. Nothing is sent before the first answer from Consul, so
 // a proxy never mistakes "unknown" for "empty" and closes its listeners.
 func (i *ingressService) WatchPortMappings(req *pb.WatchPortMappingsRequest, stream pb.Ingress_WatchPortMappingsServer) error {
+	if err := validateWatch(req); err != nil {
+		return err
+	}
 	ctx := stream.Context()
 	logger := i.s.logger.With("proxy_node", req.GetProxyNode())
 	logger.Debug("port table subscriber connected")

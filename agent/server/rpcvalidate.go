@@ -95,16 +95,19 @@ func validateWatch(r *pb.WatchPortMappingsRequest) error {
 	return nil
 }
 
-// validateHello checks the first message of a control channel.
-func validateHello(h *pb.Hello) error {
+// validateHello checks the first message of a control channel. Tunnels need the node's
+// underlay address; without tunnels (network = "direct") it may be absent.
+func validateHello(h *pb.Hello, needUnderlay bool) error {
 	if h == nil {
-		return invalid("the first message on a control channel must be a Hello")
+		return invalid("the first message on a control channel must be a Hello with node_name")
 	}
 	if err := checkNodeName("hello.node_name", h.GetNodeName()); err != nil {
 		return err
 	}
-	if _, err := netip.ParseAddr(h.GetUnderlayAddr()); err != nil {
-		return invalid("node %q: underlay_addr %.64q is not an IP address (set advertise_addr on that agent)", h.GetNodeName(), h.GetUnderlayAddr())
+	if h.GetUnderlayAddr() != "" || needUnderlay {
+		if _, err := netip.ParseAddr(h.GetUnderlayAddr()); err != nil {
+			return invalid("node %q: underlay_addr %.64q is not an IP address (set advertise_addr on that agent)", h.GetNodeName(), h.GetUnderlayAddr())
+		}
 	}
 	for _, r := range h.GetRoles() {
 		if r != "client" && r != "proxy" && r != "server" {

@@ -36,12 +36,14 @@ func TestValidateProxyRequest(t *testing.T) {
 
 func TestValidateHello(t *testing.T) {
 	ok := &pb.Hello{NodeName: "node1", UnderlayAddr: "10.99.0.21", Roles: []string{"client"}}
-	checkInvalid(t, validateHello(ok), "")
-	checkInvalid(t, validateHello(nil), "must be a Hello")
-	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "x"}), "underlay_addr")
-	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "10.0.0.1", UnderlayMtu: 10}), "underlay_mtu")
+	checkInvalid(t, validateHello(ok, true), "")
+	checkInvalid(t, validateHello(nil, true), "must be a Hello")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "x"}, true), "underlay_addr")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "10.0.0.1", UnderlayMtu: 10}, true), "underlay_mtu")
 	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "10.0.0.1",
-		ActiveEnds: []*pb.OverlayEndRef{{NetId: 5, Side: pb.OverlaySide_OVERLAY_SIDE_PROXY}}}), "net id 5 is out of range")
+		ActiveEnds: []*pb.OverlayEndRef{{NetId: 5, Side: pb.OverlaySide_OVERLAY_SIDE_PROXY}}}, true), "net id 5 is out of range")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n"}, false), "")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n"}, true), "underlay_addr")
 	checkInvalid(t, validateEvent(&pb.AgentEvent{Kind: "Bad-Kind"}), "snake_case")
 	checkInvalid(t, validateEvent(&pb.AgentEvent{Kind: "tcp_listener_bind_failed", Node: "edge1"}), "")
 	checkInvalid(t, validateAck(&pb.CommandAck{CommandId: ""}), "command_id is required")
@@ -93,7 +95,7 @@ func FuzzServerMessages(f *testing.F) {
 		}
 		var nm pb.NodeMessage
 		if proto.Unmarshal(b, &nm) == nil {
-			if h := nm.GetHello(); h != nil && validateHello(h) == nil {
+			if h := nm.GetHello(); h != nil && validateHello(h, true) == nil {
 				for _, e := range h.ActiveEnds {
 					if e.NetId < 101 {
 						t.Fatalf("accepted net id %d", e.NetId)
