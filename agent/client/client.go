@@ -158,6 +158,9 @@ func (c *Client) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	exec := newExecutor(ctx, c.parallel(), c.runCommand)
+	if _, ok := c.overlay.(batchTeardowner); ok {
+		exec.enableBatching(batchLinger, batchMax, c.runTeardowns)
+	}
 	c.mu.Lock()
 	c.exec = exec
 	c.mu.Unlock()

@@ -106,6 +106,11 @@ func (c *Client) execute(ctx context.Context, cmd command) *pb.CommandAck {
 	} else {
 		err = c.teardown(ctx, cmd)
 	}
+	return c.finish(cmd, start, detail, err)
+}
+
+// finish turns a command's outcome into its ack, and records its metric and event.
+func (c *Client) finish(cmd command, start time.Time, detail []string, err error) *pb.CommandAck {
 	took := time.Since(start)
 	ack := &pb.CommandAck{CommandId: cmd.id, DurationMicros: uint64(took.Microseconds())}
 
@@ -175,10 +180,14 @@ func (c *Client) teardown(ctx context.Context, cmd command) error {
 	if err := c.overlay.Teardown(ctx, cmd.netID, cmd.side); err != nil {
 		return err
 	}
+	c.forgetEnd(cmd)
+	return nil
+}
+
+func (c *Client) forgetEnd(cmd command) {
 	c.mu.Lock()
 	delete(c.ends, endKey{cmd.netID, cmd.side})
 	c.mu.Unlock()
-	return nil
 }
 
 // underlayAddr is the command's local underlay address, or the node's advertise_addr when the
@@ -220,6 +229,23 @@ func (c *Client) teardownAll(ctx context.Context) {
 		keys = append(keys, k)
 	}
 	c.mu.Unlock()
+	if bt, ok := c.overlay.(batchTeardowner); ok && len(keys) > 1 {
+		// One batched delete instead of one per end (see batch.go).
+		refs := make([]overlay.EndRef, len(keys))
+		for i, k := range keys {
+			refs[i] = overlay.EndRef{NetID: k.netID, Side: k.side}
+		}
+		errs := bt.TeardownBatch(ctx, refs)
+		for i, k := range keys {
+			if errs[i] != nil {
+				c.logger.Warn("removing a tunnel end at shutdown failed", "net_id", k.netID, "side", k.side, "error", errs[i])
+				continue
+			}
+			c.forgetEnd(command{netID: k.netID, side: k.side})
+		}
+		c.logger.Info("removed tunnel ends at shutdown", "count", len(keys))
+		return
+	}
 	for _, k := range keys {
 		if err := c.overlay.Teardown(ctx, k.netID, k.side); err != nil {
 			c.logger.Warn("removing a tunnel end at shutdown failed", "net_id", k.netID, "side", k.side, "error", err)

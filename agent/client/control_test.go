@@ -135,7 +135,7 @@ func teardownMsg(id string, net uint32) *pb.ServerMessage {
 		CommandId: id, NetId: net, Side: pb.OverlaySide_OVERLAY_SIDE_SERVICE}}}
 }
 
-func startProtocolTest(t *testing.T, fake *fakeOverlay, j *journal) (*testServer, context.CancelFunc, chan error) {
+func startProtocolTest(t *testing.T, fake Overlay, j *journal) (*testServer, context.CancelFunc, chan error) {
 	t.Helper()
 	srv := &testServer{j: j, hellos: make(chan *pb.Hello, 10), acks: make(chan *pb.CommandAck, 100), sessions: make(chan *testSession, 10)}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -7,7 +7,8 @@ import (
 
 // executor runs commands with one ordering rule: commands for one net id run one at a time, in
 // the order they arrived (a teardown never overtakes the setup before it); commands for
-// different net ids run concurrently, at most `parallel` at once. Upstream handled every message
+// different net ids run concurrently, at most `parallel` at once (teardowns, when batched, run
+// in batches outside that limit: see batch.go). Upstream handled every message
 // in its own task, so a teardown could run before its setup.
 //
 // A net id has a worker goroutine only while it has queued work; the worker exits when its
@@ -19,6 +20,8 @@ type executor struct {
 	wg   sync.WaitGroup
 	mu   sync.Mutex
 	busy map[uint32][]command // pending commands per net id; present while a worker runs
+
+	batch *teardownBatcher // nil: teardowns run like setups (see enableBatching)
 }
 
 func newExecutor(ctx context.Context, parallel int, run func(context.Context, command)) *executor {
@@ -53,6 +56,11 @@ func (e *executor) work(id uint32) {
 		cmd := q[0]
 		e.busy[id] = q[1:]
 		e.mu.Unlock()
+
+		if cmd.teardown != nil && e.batch != nil {
+			e.park(cmd) // outside the slots: setups never wait behind teardowns
+			continue
+		}
 
 		select {
 		case e.sem <- struct{}{}:

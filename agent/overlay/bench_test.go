@@ -2,6 +2,7 @@ package overlay_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sort"
 	"testing"
@@ -80,4 +81,50 @@ func BenchmarkCleanup(b *testing.B) {
 		b.Fatalf("removed %d devices, %v; want %d", len(removed), err, 2*b.N)
 	}
 	b.ReportMetric(float64(took)/float64(time.Millisecond), "cleanup-total-ms")
+}
+
+// BenchmarkBatchTeardown removes ends with one TeardownBatch per 8, 16 or 64 ends (64 = what
+// one node holds in flight under churn), or 64 ends with one Teardown each ("serial"), and
+// reports milliseconds per end. The ends are rebuilt, untimed, before each iteration.
+func BenchmarkBatchTeardown(b *testing.B) {
+	const n = 64
+	for _, size := range []int{8, 16, 64, 1} {
+		name := fmt.Sprintf("batch-%d", size)
+		if size == 1 {
+			name = "serial"
+		}
+		b.Run(name, func(b *testing.B) {
+			h := overlaytest.Hosts(b, batchPrefix, 1)[0]
+			m := manager(b, h)
+			ctx := context.Background()
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				ends := setupEnds(b, m, h, 0, n)
+				b.StartTimer()
+				t0 := time.Now()
+				for len(ends) > 0 {
+					k := min(size, len(ends))
+					if size == 1 {
+						if err := m.Teardown(ctx, ends[0].NetID, ends[0].Side); err != nil {
+							b.Fatal(err)
+						}
+					} else {
+						for j, err := range m.TeardownBatch(ctx, ends[:k]) {
+							if err != nil {
+								b.Fatalf("end %d: %v", j, err)
+							}
+						}
+					}
+					ends = ends[k:]
+				}
+				total += time.Since(t0)
+			}
+			b.StopTimer()
+			if left := devices(b, h); len(left) != 0 {
+				b.Fatalf("devices left: %v", left)
+			}
+			b.ReportMetric(float64(total)/float64(b.N*n)/float64(time.Millisecond), "ms/end")
+		})
+	}
 }

@@ -204,28 +204,14 @@ func (m *Manager) Teardown(ctx context.Context, id uint32, side Side) error {
 // nullnet's is left alone and reported. The caller holds the net id's lock.
 func (m *Manager) teardown(id uint32, side Side) error {
 	n := NamesFor(id, side)
-	var errs []error
-	var ours []netlink.Link
-	for _, name := range []string{n.VXLAN, n.Veth, n.Bridge} {
-		l, err := m.linkByName(name)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if l == nil {
-			continue
-		}
-		if !owned(l, id, side) {
-			errs = append(errs, opErr("delete", name, fmt.Errorf("alias %q: %w", l.Attrs().Alias, ErrNotOurs)))
-			continue
-		}
-		ours = append(ours, l)
-	}
+	ours, lookupErr := m.endLinks(id, side)
+	errs := []error{lookupErr}
 	if len(ours) > 0 {
 		if err := m.deleteGroup(GroupFor(id, side)); err != nil {
 			errs = append(errs, opErr("delete", n.Bridge+" and its ports", err))
 		}
-		// A device whose group was changed by hand is not in the batch; delete it by name.
+		// A device whose group was changed (by hand, or by a failed TeardownBatch) is not in
+		// the end's group; delete it by name.
 		for _, l := range ours {
 			if l.Attrs().Group != GroupFor(id, side) {
 				if err := m.delLink(l); err != nil {
@@ -313,7 +299,7 @@ func owned(l netlink.Link, id uint32, side Side) bool {
 		return true
 	}
 	nid, nside, ok := ParseName(a.Name)
-	return a.Alias == "" && ok && nid == id && nside == side && a.Group == GroupFor(id, side)
+	return a.Alias == "" && ok && nid == id && nside == side && (a.Group == GroupFor(id, side) || isBatchGroup(a.Group))
 }
 
 // ownedAny reports whether l is any device nullnet made.
@@ -323,7 +309,7 @@ func ownedAny(l netlink.Link) bool {
 		return true
 	}
 	id, side, ok := ParseName(a.Name)
-	return a.Alias == "" && ok && (a.Group == GroupFor(id, side) || a.Group == cleanupGroup)
+	return a.Alias == "" && ok && (a.Group == GroupFor(id, side) || a.Group == cleanupGroup || isBatchGroup(a.Group))
 }
 
 func linkOK(l netlink.Link, mtu, master int) bool {
