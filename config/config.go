@@ -65,6 +65,9 @@ type Server struct {
 	// NodeGracePeriod is how long a node's control channel may be gone before its sessions are
 	// torn down (and, for a proxy node, its uses released).
 	NodeGracePeriod time.Duration `json:"node_grace_period"`
+	// OrphanGrace is how long tunnel ends that reconnecting nodes report but no session holds
+	// (a restarted server) are kept for proxies to adopt before they are removed as stale.
+	OrphanGrace time.Duration `json:"orphan_grace"`
 	// ReloadDebounce is the quiet time after the last change in stacks_dir before a reload.
 	ReloadDebounce time.Duration `json:"reload_debounce"`
 	// EventBufferSize is the size of the in-memory event ring.
@@ -160,6 +163,7 @@ const (
 	DefaultProxyHTTPAddr   = ":80"
 	DefaultSetupTimeout    = 10 * time.Second
 	DefaultNodeGrace       = 15 * time.Second
+	DefaultOrphanGrace     = 60 * time.Second
 	DefaultReloadDebounce  = 100 * time.Millisecond
 	DefaultEventBufferSize = 4096
 	DefaultNetIDMin        = 101

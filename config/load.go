@@ -193,6 +193,7 @@ func applyDefaults(c *Config) {
 	setStr(&c.Server.Network, NetworkVXLAN)
 	setDur(&c.Server.SetupTimeout, DefaultSetupTimeout)
 	setDur(&c.Server.NodeGracePeriod, DefaultNodeGrace)
+	setDur(&c.Server.OrphanGrace, DefaultOrphanGrace)
 	setDur(&c.Server.ReloadDebounce, DefaultReloadDebounce)
 	setInt(&c.Server.EventBufferSize, DefaultEventBufferSize)
 	if c.Server.NetIDMin == 0 {

@@ -98,6 +98,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		}
 		diags = append(diags, pickDur(&c.Server.SetupTimeout, s.SetupTimeout)...)
 		diags = append(diags, pickDur(&c.Server.NodeGracePeriod, s.NodeGracePeriod)...)
+		diags = append(diags, pickDur(&c.Server.OrphanGrace, s.OrphanGrace)...)
 		diags = append(diags, pickDur(&c.Server.ReloadDebounce, s.ReloadDebounce)...)
 		pick(&c.Server.EventBufferSize, s.EventBufferSize)
 		pick(&c.Server.NetIDMin, s.NetIDMin)

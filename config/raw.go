@@ -44,6 +44,7 @@ type rawServer struct {
 	Network         *hcl.Attribute `hcl:"network,optional"`
 	SetupTimeout    *hcl.Attribute `hcl:"setup_timeout,optional"`
 	NodeGracePeriod *hcl.Attribute `hcl:"node_grace_period,optional"`
+	OrphanGrace     *hcl.Attribute `hcl:"orphan_grace,optional"`
 	ReloadDebounce  *hcl.Attribute `hcl:"reload_debounce,optional"`
 	EventBufferSize *int           `hcl:"event_buffer_size,optional"`
 	NetIDMin        *uint32        `hcl:"net_id_min,optional"`

@@ -1093,7 +1093,10 @@ type ProxyRequest struct {
 	// The proxy agent's node name: the tunnel's proxy side is built there.
 	ProxyNode string `protobuf:"bytes,3,opt,name=proxy_node,json=proxyNode,proto3" json:"proxy_node,omitempty"`
 	// Protocol of the use (for events and metrics).
-	Protocol      ServiceProtocol `protobuf:"varint,4,opt,name=protocol,proto3,enum=nullnet.v1.ServiceProtocol" json:"protocol,omitempty"`
+	Protocol ServiceProtocol `protobuf:"varint,4,opt,name=protocol,proto3,enum=nullnet.v1.ServiceProtocol" json:"protocol,omitempty"`
+	// Set when the proxy re-announces a use it already relays (after its port-table stream
+	// reconnected): a restarted server adopts the live tunnel instead of building a new one.
+	Adopt         *AdoptUse `protobuf:"bytes,5,opt,name=adopt,proto3" json:"adopt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1156,6 +1159,76 @@ func (x *ProxyRequest) GetProtocol() ServiceProtocol {
 	return ServiceProtocol_SERVICE_PROTOCOL_HTTP
 }
 
+func (x *ProxyRequest) GetAdopt() *AdoptUse {
+	if x != nil {
+		return x.Adopt
+	}
+	return nil
+}
+
+// AdoptUse: "I (the proxy) have a live use of this service for this client over this tunnel".
+type AdoptUse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The net id of the tunnel the use runs over (0 in direct network mode).
+	NetId uint32 `protobuf:"varint,1,opt,name=net_id,json=netId,proto3" json:"net_id,omitempty"`
+	// The upstream the proxy is connected to.
+	UpstreamIp    string `protobuf:"bytes,2,opt,name=upstream_ip,json=upstreamIp,proto3" json:"upstream_ip,omitempty"`
+	UpstreamPort  uint32 `protobuf:"varint,3,opt,name=upstream_port,json=upstreamPort,proto3" json:"upstream_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdoptUse) Reset() {
+	*x = AdoptUse{}
+	mi := &file_nullnet_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdoptUse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdoptUse) ProtoMessage() {}
+
+func (x *AdoptUse) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdoptUse.ProtoReflect.Descriptor instead.
+func (*AdoptUse) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AdoptUse) GetNetId() uint32 {
+	if x != nil {
+		return x.NetId
+	}
+	return 0
+}
+
+func (x *AdoptUse) GetUpstreamIp() string {
+	if x != nil {
+		return x.UpstreamIp
+	}
+	return ""
+}
+
+func (x *AdoptUse) GetUpstreamPort() uint32 {
+	if x != nil {
+		return x.UpstreamPort
+	}
+	return 0
+}
+
 type ProxyResponse struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	UpstreamIp   string                 `protobuf:"bytes,1,opt,name=upstream_ip,json=upstreamIp,proto3" json:"upstream_ip,omitempty"`
@@ -1172,7 +1245,7 @@ type ProxyResponse struct {
 
 func (x *ProxyResponse) Reset() {
 	*x = ProxyResponse{}
-	mi := &file_nullnet_proto_msgTypes[14]
+	mi := &file_nullnet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1257,7 @@ func (x *ProxyResponse) String() string {
 func (*ProxyResponse) ProtoMessage() {}
 
 func (x *ProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[14]
+	mi := &file_nullnet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1270,7 @@ func (x *ProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyResponse.ProtoReflect.Descriptor instead.
 func (*ProxyResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{14}
+	return file_nullnet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProxyResponse) GetUpstreamIp() string {
@@ -1252,7 +1325,7 @@ type ReleaseProxyRequest struct {
 
 func (x *ReleaseProxyRequest) Reset() {
 	*x = ReleaseProxyRequest{}
-	mi := &file_nullnet_proto_msgTypes[15]
+	mi := &file_nullnet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1264,7 +1337,7 @@ func (x *ReleaseProxyRequest) String() string {
 func (*ReleaseProxyRequest) ProtoMessage() {}
 
 func (x *ReleaseProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[15]
+	mi := &file_nullnet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1277,7 +1350,7 @@ func (x *ReleaseProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProxyRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseProxyRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{15}
+	return file_nullnet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReleaseProxyRequest) GetLeaseId() string {
@@ -1302,7 +1375,7 @@ type ReleaseProxyResponse struct {
 
 func (x *ReleaseProxyResponse) Reset() {
 	*x = ReleaseProxyResponse{}
-	mi := &file_nullnet_proto_msgTypes[16]
+	mi := &file_nullnet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1387,7 @@ func (x *ReleaseProxyResponse) String() string {
 func (*ReleaseProxyResponse) ProtoMessage() {}
 
 func (x *ReleaseProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[16]
+	mi := &file_nullnet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1400,7 @@ func (x *ReleaseProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProxyResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseProxyResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{16}
+	return file_nullnet_proto_rawDescGZIP(), []int{17}
 }
 
 var File_nullnet_proto protoreflect.FileDescriptor
@@ -1406,13 +1479,19 @@ const file_nullnet_proto_rawDesc = "" +
 	"\x05stack\x18\x05 \x01(\tR\x05stack\"b\n" +
 	"\x11PortMappingBundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
-	"\bmappings\x18\x02 \x03(\v2\x17.nullnet.v1.PortMappingR\bmappings\"\x9d\x01\n" +
+	"\bmappings\x18\x02 \x03(\v2\x17.nullnet.v1.PortMappingR\bmappings\"\xc9\x01\n" +
 	"\fProxyRequest\x12\x1b\n" +
 	"\tclient_ip\x18\x01 \x01(\tR\bclientIp\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
 	"\n" +
 	"proxy_node\x18\x03 \x01(\tR\tproxyNode\x127\n" +
-	"\bprotocol\x18\x04 \x01(\x0e2\x1b.nullnet.v1.ServiceProtocolR\bprotocol\"\xbe\x01\n" +
+	"\bprotocol\x18\x04 \x01(\x0e2\x1b.nullnet.v1.ServiceProtocolR\bprotocol\x12*\n" +
+	"\x05adopt\x18\x05 \x01(\v2\x14.nullnet.v1.AdoptUseR\x05adopt\"g\n" +
+	"\bAdoptUse\x12\x15\n" +
+	"\x06net_id\x18\x01 \x01(\rR\x05netId\x12\x1f\n" +
+	"\vupstream_ip\x18\x02 \x01(\tR\n" +
+	"upstreamIp\x12#\n" +
+	"\rupstream_port\x18\x03 \x01(\rR\fupstreamPort\"\xbe\x01\n" +
 	"\rProxyResponse\x12\x1f\n" +
 	"\vupstream_ip\x18\x01 \x01(\tR\n" +
 	"upstreamIp\x12#\n" +
@@ -1461,7 +1540,7 @@ func file_nullnet_proto_rawDescGZIP() []byte {
 }
 
 var file_nullnet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_nullnet_proto_goTypes = []any{
 	(OverlaySide)(0),                 // 0: nullnet.v1.OverlaySide
 	(Severity)(0),                    // 1: nullnet.v1.Severity
@@ -1480,10 +1559,11 @@ var file_nullnet_proto_goTypes = []any{
 	(*PortMapping)(nil),              // 14: nullnet.v1.PortMapping
 	(*PortMappingBundle)(nil),        // 15: nullnet.v1.PortMappingBundle
 	(*ProxyRequest)(nil),             // 16: nullnet.v1.ProxyRequest
-	(*ProxyResponse)(nil),            // 17: nullnet.v1.ProxyResponse
-	(*ReleaseProxyRequest)(nil),      // 18: nullnet.v1.ReleaseProxyRequest
-	(*ReleaseProxyResponse)(nil),     // 19: nullnet.v1.ReleaseProxyResponse
-	nil,                              // 20: nullnet.v1.AgentEvent.FieldsEntry
+	(*AdoptUse)(nil),                 // 17: nullnet.v1.AdoptUse
+	(*ProxyResponse)(nil),            // 18: nullnet.v1.ProxyResponse
+	(*ReleaseProxyRequest)(nil),      // 19: nullnet.v1.ReleaseProxyRequest
+	(*ReleaseProxyResponse)(nil),     // 20: nullnet.v1.ReleaseProxyResponse
+	nil,                              // 21: nullnet.v1.AgentEvent.FieldsEntry
 }
 var file_nullnet_proto_depIdxs = []int32{
 	4,  // 0: nullnet.v1.NodeMessage.hello:type_name -> nullnet.v1.Hello
@@ -1496,25 +1576,26 @@ var file_nullnet_proto_depIdxs = []int32{
 	0,  // 7: nullnet.v1.OverlaySetup.side:type_name -> nullnet.v1.OverlaySide
 	0,  // 8: nullnet.v1.OverlayTeardown.side:type_name -> nullnet.v1.OverlaySide
 	1,  // 9: nullnet.v1.AgentEvent.severity:type_name -> nullnet.v1.Severity
-	20, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
+	21, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
 	2,  // 11: nullnet.v1.PortMapping.protocol:type_name -> nullnet.v1.ServiceProtocol
 	14, // 12: nullnet.v1.PortMappingBundle.mappings:type_name -> nullnet.v1.PortMapping
 	2,  // 13: nullnet.v1.ProxyRequest.protocol:type_name -> nullnet.v1.ServiceProtocol
-	3,  // 14: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
-	11, // 15: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
-	13, // 16: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
-	16, // 17: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
-	18, // 18: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
-	7,  // 19: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
-	12, // 20: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
-	15, // 21: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
-	17, // 22: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
-	19, // 23: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
-	19, // [19:24] is the sub-list for method output_type
-	14, // [14:19] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	17, // 14: nullnet.v1.ProxyRequest.adopt:type_name -> nullnet.v1.AdoptUse
+	3,  // 15: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
+	11, // 16: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
+	13, // 17: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
+	16, // 18: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
+	19, // 19: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
+	7,  // 20: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
+	12, // 21: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
+	15, // 22: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
+	18, // 23: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
+	20, // 24: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_nullnet_proto_init() }
@@ -1537,7 +1618,7 @@ func file_nullnet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nullnet_proto_rawDesc), len(file_nullnet_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

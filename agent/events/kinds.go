@@ -18,6 +18,7 @@ const (
 	NodeDisconnected    = "node_disconnected"
 	SessionCreated      = "session_created"
 	SessionTornDown     = "session_torn_down"
+	SessionAdopted      = "session_adopted"
 	SessionReused       = "session_reused"
 	SetupFailed         = "setup_failed"
 	SetupTimedOut       = "setup_timed_out"

@@ -82,7 +82,10 @@ type Proxy struct {
 	streamErr    string
 
 	conns connSet // live TCP connections, closed at shutdown
-	http  *httpRouter
+	uses  useSet  // live TCP connections and UDP sessions with their leases (adopt.go)
+	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
+	reannounceKick chan struct{}
+	http           *httpRouter
 }
 
 // New builds the proxy role.
@@ -97,8 +100,8 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Events = events.New(256, cfg.Logger)
 	}
 	p := &Proxy{cfg: cfg, logger: cfg.Logger, events: cfg.Events, slots: map[listenerKey]*slot{},
-		closing: map[listenerKey]chan struct{}{},
-		stream:  "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
+		closing: map[listenerKey]chan struct{}{}, reannounceKick: make(chan struct{}, 1),
+		stream: "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
 		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax}
 	if p.bindRetryMin <= 0 {
 		p.bindRetryMin = 250 * time.Millisecond
@@ -218,6 +221,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.cfg.Conn != nil {
 		bg.Add(1)
 		go func() { defer bg.Done(); p.watch(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
 	}
 
 	var err error

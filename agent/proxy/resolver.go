@@ -107,10 +107,23 @@ func newGRPCResolver(conn grpc.ClientConnInterface, node string, logger hclog.Lo
 }
 
 func (r *grpcResolver) Resolve(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error) {
+	return r.call(ctx, &pb.ProxyRequest{ClientIp: client.String(), Service: service,
+		ProxyNode: r.node, Protocol: proto.proto()})
+}
+
+// Adopt re-announces a live use (see adopt.go).
+func (r *grpcResolver) Adopt(ctx context.Context, client netip.Addr, service string, proto Protocol, netID uint32,
+	upstream netip.AddrPort) (Lease, error) {
+	return r.call(ctx, &pb.ProxyRequest{ClientIp: client.String(), Service: service,
+		ProxyNode: r.node, Protocol: proto.proto(), Adopt: &pb.AdoptUse{NetId: netID,
+			UpstreamIp: upstream.Addr().String(), UpstreamPort: uint32(upstream.Port())}})
+}
+
+func (r *grpcResolver) call(ctx context.Context, req *pb.ProxyRequest) (Lease, error) {
+	service := req.Service
 	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 	defer cancel()
-	resp, err := r.client.Proxy(ctx, &pb.ProxyRequest{ClientIp: client.String(), Service: service,
-		ProxyNode: r.node, Protocol: proto.proto()})
+	resp, err := r.client.Proxy(ctx, req)
 	if err != nil {
 		return Lease{}, classify(service, err)
 	}
@@ -159,7 +172,13 @@ func (r *grpcResolver) Release(l Lease) {
 				return
 			}
 			// NotFound: the server already forgot the use (e.g. it restarted); nothing to retry.
-			if code := status.Code(err); code == codes.NotFound || code == codes.InvalidArgument ||
+			if status.Code(err) == codes.NotFound {
+				// The server forgot the use: it restarted (a re-announced use's old lease) or
+				// the session was torn down. Nothing to give back.
+				r.logger.Debug("use already unknown to the server", "lease", l.LeaseID, "error", err)
+				return
+			}
+			if code := status.Code(err); code == codes.InvalidArgument ||
 				time.Now().After(giveUp) || r.ctx.Err() != nil {
 				metrics.IncrCounter([]string{"nullnet", "proxy", "release", "failed"}, 1)
 				r.logger.Warn("could not release use", "lease", l.LeaseID, "attempts", attempt, "error", err)

@@ -122,7 +122,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
 		log.Warn("tcp connection refused", "reason", kind, "error", err, "duration", time.Since(start))
 	}
 
-	lease, err := p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, TCP)
+	lease, err := p.resolveUse(p.runCtx, client.Addr(), m.Service, TCP)
 	if err != nil {
 		kind := failureKind(err)
 		p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
@@ -132,7 +132,8 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
 		fail(kind, err)
 		return
 	}
-	defer p.resolver.Release(lease)
+	use := p.startUse(client.Addr(), m.Service, TCP, lease)
+	defer p.endUse(use)
 	log = log.With("upstream", lease.Upstream.String())
 	log.Debug("upstream resolved", "lease", lease.LeaseID, "reused", lease.Reused, "took", time.Since(start))
 

@@ -38,6 +38,7 @@ type udpSession struct {
 	fd    int
 	queue [][]byte // datagrams waiting for resolution (bounded by udp_queue_length)
 	lease Lease
+	use   *liveUse // set with lease; releases it (adopt.go)
 
 	dgToUp, dgToClient, bytesToUp, bytesToClient atomic.Uint64
 	refused                                      atomic.Uint64
@@ -129,7 +130,7 @@ func (s *udpSession) countToClient(n int) {
 // the queue in order and hands the socket to the reply poller.
 func (s *udpSession) resolve(ctx context.Context) {
 	l := s.l
-	lease, err := l.p.resolver.Resolve(ctx, s.client.Addr(), s.service, UDP)
+	lease, err := l.p.resolveUse(ctx, s.client.Addr(), s.service, UDP)
 	if err != nil {
 		l.p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
 			Message: fmt.Sprintf("no upstream for %q (udp)", s.service),
@@ -156,6 +157,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		return
 	}
 	s.lease, s.fd = lease, fd
+	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease)
 	s.state = stateReady
 	for _, d := range s.queue {
 		if err := s.writeUpstreamLocked(d); err != nil {
@@ -192,7 +194,7 @@ func (s *udpSession) end(reason string) {
 		return
 	}
 	s.state = stateClosed
-	fd, lease := s.fd, s.lease
+	fd, lease, use := s.fd, s.lease, s.use
 	s.fd, s.queue = -1, nil
 	s.mu.Unlock()
 
@@ -200,7 +202,7 @@ func (s *udpSession) end(reason string) {
 	if lease.LeaseID != "" { // ready: it had a socket
 		l.poller.remove(fd)
 		syscall.Close(fd)
-		l.p.resolver.Release(lease)
+		l.p.endUse(use)
 	}
 	m := l.slot.mapping.Load()
 	metricsSessions(m, l.active.Add(-1))

@@ -23,9 +23,13 @@ const (
 func (p *Proxy) watch(ctx context.Context) {
 	client := pb.NewIngressClient(p.cfg.Conn)
 	backoff := watchBackoffMin
+	// broken: a stream was lost before; the next table that arrives is a reconnection, after
+	// which the live uses are re-announced (the server may have restarted).
+	broken := false
 	for ctx.Err() == nil {
 		p.setStream("connecting", "")
-		gotTable, err := p.watchOnce(ctx, client)
+		gotTable, err := p.watchOnce(ctx, client, broken)
+		broken = true
 		if ctx.Err() != nil {
 			return
 		}
@@ -43,7 +47,7 @@ func (p *Proxy) watch(ctx context.Context) {
 }
 
 // watchOnce runs one stream until it fails; it reports whether at least one table arrived.
-func (p *Proxy) watchOnce(ctx context.Context, client pb.IngressClient) (bool, error) {
+func (p *Proxy) watchOnce(ctx context.Context, client pb.IngressClient, reconnect bool) (bool, error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.WatchPortMappings(sctx, &pb.WatchPortMappingsRequest{ProxyNode: p.cfg.Agent.NodeName})
@@ -64,8 +68,11 @@ func (p *Proxy) watchOnce(ctx context.Context, client pb.IngressClient) (bool, e
 		if !got {
 			p.setStream("connected", "")
 		}
-		got = true
 		p.applyBundle(b)
+		if !got && reconnect {
+			p.kickReannounce()
+		}
+		got = true
 	}
 }
 

@@ -60,6 +60,12 @@ func (p *plane) proxy(ctx context.Context, req *pb.ProxyRequest) (*pb.ProxyRespo
 			"service %q (stack %q) is a backend only: set a timeout on it to make it reachable through the proxy",
 			def.Service, def.Stack)
 	}
+	key := session.Key{Service: req.Service, ClientIP: ip.String(), ProxyNode: req.ProxyNode}
+	if req.GetAdopt() != nil {
+		if resp := p.tryAdopt(ctx, req, key, def); resp != nil {
+			return resp, nil
+		}
+	}
 	if p.network == networkVXLAN && !p.usableNode(req.ProxyNode) {
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"proxy node %q has no control channel to this server, so its end of the tunnel cannot be built; "+
@@ -84,7 +90,7 @@ func (p *plane) proxy(ctx context.Context, req *pb.ProxyRequest) (*pb.ProxyRespo
 		return nil, status.Errorf(codes.Unavailable, "no healthy replica of %q: %s", req.Service, why)
 	}
 	res, err := p.table.Acquire(ctx, session.Request{
-		Key:        session.Key{Service: req.Service, ClientIP: ip.String(), ProxyNode: req.ProxyNode},
+		Key:        key,
 		Timeout:    def.Timeout,
 		Candidates: cands,
 	})

@@ -36,6 +36,8 @@ type plane struct {
 	nodes    *registry
 	replicas *replicaWatcher // nil without Consul
 	table    *session.Table
+	orphans  *orphanSet
+	started  time.Time // adoptions wait for nodes only within server.orphan_grace of it
 
 	// ctx ends when run returns; wg tracks the plane's own command goroutines.
 	ctx    context.Context
@@ -53,7 +55,7 @@ type plane struct {
 func newPlane(s *Server) (*plane, error) {
 	cfg := s.agentConfig().Server
 	p := &plane{s: s, logger: s.logger.Named("plane"), network: cfg.Network, healthy: map[string]map[string]bool{},
-		teardownSem: map[string]chan struct{}{}}
+		teardownSem: map[string]chan struct{}{}, orphans: newOrphanSet(), started: time.Now()}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if p.network == "" {
 		p.network = networkVXLAN
@@ -101,6 +103,7 @@ func (p *plane) run(ctx context.Context) {
 		case <-changed:
 		case <-ctx.Done():
 			p.nodes.close()
+			p.orphans.close()
 			p.cancel()
 			p.wg.Wait()
 			wg.Wait()
@@ -185,7 +188,8 @@ func (p *plane) reconcileService(service string) {
 
 // reconcileEnds compares the tunnel ends a (re)connecting node reports in its Hello with the
 // sessions: a session that lost its end on that node is torn down (end_lost), and an end no
-// session holds is stale and removed. Only sessions that were active before this channel
+// session holds becomes an orphan (adoptable until server.orphan_grace ends, then removed as
+// stale; orphans.go). Only sessions that were active before this channel
 // opened are judged: anything newer was built through it.
 func (p *plane) reconcileEnds(h *pb.Hello, connectedAt time.Time) {
 	if p.network != networkVXLAN {
@@ -207,43 +211,18 @@ func (p *plane) reconcileEnds(h *pb.Hello, connectedAt time.Time) {
 		return (s.Replica.Node == node && !has[end{s.NetID, pb.OverlaySide_OVERLAY_SIDE_SERVICE}]) ||
 			(s.ProxyNode == node && !has[end{s.NetID, pb.OverlaySide_OVERLAY_SIDE_PROXY}])
 	}, session.ReasonEndLost)
-	// An end whose id no session holds is stale; the id is reserved until the end is gone, so
-	// no new session can take it meanwhile. Ids held by a session are that session's business
-	// (a tearing-down one removes the end itself).
-	stale := map[uint32][]pb.OverlaySide{}
+	// An end whose id no session holds is an orphan: its id is reserved (no new session can
+	// take it) and it is kept for server.orphan_grace for a proxy to adopt (orphans.go), then
+	// removed as stale. Ids held by a session are that session's business (a tearing-down one
+	// removes the end itself).
+	reported := map[uint32][]pb.OverlaySide{}
 	for e := range has {
-		stale[e.id] = append(stale[e.id], e.side)
+		reported[e.id] = append(reported[e.id], e.side)
 	}
-	for id := range stale {
-		if !p.table.ReserveNetID(id) {
-			delete(stale, id)
-		}
-	}
-	if lost > 0 || len(stale) > 0 {
-		p.logger.Info("node reconnected", "node", node, "sessions_lost_end", lost, "stale_net_ids", len(stale))
-	}
-	for id, sides := range stale {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			// The id goes back either way: should the end survive a failed teardown, a later
-			// setup of that id on this node replaces it (overlay setup is idempotent).
-			defer p.table.ReleaseNetID(id)
-			ctx, cancel := context.WithTimeout(p.ctx, max(p.s.agentConfig().Server.SetupTimeout, teardownTimeout))
-			defer cancel()
-			for _, side := range sides {
-				ack, err := p.nodes.command(ctx, node, func(cid string) *pb.ServerMessage {
-					return &pb.ServerMessage{Msg: &pb.ServerMessage_OverlayTeardown{OverlayTeardown: &pb.OverlayTeardown{
-						CommandId: cid, NetId: id, Side: side, Reason: "stale"}}}
-				})
-				if err == nil && ack.Error != "" {
-					err = errors.New(ack.Error)
-				}
-				if err != nil {
-					p.logger.Warn("removing a stale tunnel end failed", "node", node, "net_id", id, "error", err)
-				}
-			}
-		}()
+	orphaned := p.noteOrphans(node, reported)
+	if lost > 0 || orphaned > 0 {
+		p.logger.Info("node reconnected", "node", node, "sessions_lost_end", lost, "orphaned_net_ids", orphaned,
+			"orphan_grace", p.s.agentConfig().Server.OrphanGrace)
 	}
 }
 
@@ -293,6 +272,12 @@ func (p *plane) hooks() session.Hooks {
 			f["upstream"] = s.UpstreamIP + ":" + strconv.Itoa(s.UpstreamPort)
 			f["setup_latency_ms"] = ms(s.SetupLatency)
 			p.s.events.Emit(events.Event{Kind: events.SessionCreated, Fields: f})
+		},
+		Adopted: func(s session.Session) {
+			f := fields(s)
+			f["upstream"] = s.UpstreamIP + ":" + strconv.Itoa(s.UpstreamPort)
+			f["setup_latency_ms"] = ms(0)
+			p.s.events.Emit(events.Event{Kind: events.SessionAdopted, Fields: f})
 		},
 		SetupFailed: func(s session.Session, err error) {
 			kind, sev := events.SetupFailed, events.Error

@@ -33,6 +33,7 @@ func TestProxy_VXLAN(t *testing.T) {
 	hosts := overlaytest.Hosts(t, "nnss", 3)
 	e := newPlaneEnv(t, config.NetworkVXLAN, vxlanStack, func(c *config.Config) {
 		c.Server.NodeGracePeriod = time.Second
+		c.Server.OrphanGrace = time.Second // unknown ends are kept this long for adoption
 	})
 	nodeA := startNode(t, e, "node-a", hosts[0])
 	nodeB := startNode(t, e, "node-b", hosts[1])

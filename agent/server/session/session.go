@@ -56,8 +56,8 @@ const (
 	// ReasonSetupFailed is the rollback of a session whose setup failed.
 	ReasonSetupFailed = "setup_failed"
 	// ReasonShutdown is never sent by the table itself; it documents that sessions are left in
-	// place when the server stops (nodes keep their tunnels; a restarted server does not know
-	// them and nodes remove leftovers when they restart).
+	// place when the server stops (nodes keep their tunnels; a restarted server learns them from
+	// the nodes as orphans and adopts them when proxies re-announce their uses, see Adopt).
 	ReasonShutdown = "shutdown"
 )
 

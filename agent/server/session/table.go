@@ -23,6 +23,8 @@ type Hooks struct {
 	TeardownFailed  func(s Session, reason string, err error)
 	PoolExhausted   func(key Key, err error)
 	ReplicaSelected func(s Session) // optional, for logs
+	// Adopted: a session was created by Adopt (no setup ran).
+	Adopted func(s Session)
 }
 
 // Config for New.

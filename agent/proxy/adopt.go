@@ -1,0 +1,222 @@
+package proxy
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"time"
+
+	metrics "github.com/hashicorp/go-metrics"
+)
+
+// Sessions live in the server's memory. When the port-table stream comes back after a break the
+// proxy cannot tell a restarted server from a network blip, so it re-announces every live TCP
+// connection and UDP session with a Proxy call carrying "adopt": a restarted server adopts the
+// tunnel the use still runs over (no teardown, no setup), a server that never went away simply
+// adds a use to the session it has. Either way the returned lease replaces the use's lease.
+
+// reannounceParallel bounds the Proxy calls in flight during a re-announcement.
+const reannounceParallel = 8
+
+// reannounceAttempts bounds the Proxy calls per use in one re-announcement (1s, 2s, 4s apart).
+const reannounceAttempts = 4
+
+// Adopter is implemented by resolvers that can re-announce a live use (grpcResolver). Resolvers
+// without it (tests, embedding) skip re-announcement.
+type Adopter interface {
+	// Adopt re-announces a use already relayed to upstream over the tunnel netID and returns
+	// the lease that now stands for it.
+	Adopt(ctx context.Context, client netip.Addr, service string, proto Protocol, netID uint32,
+		upstream netip.AddrPort) (Lease, error)
+}
+
+// liveUse is one TCP connection or UDP session with a lease. Its tunnel and upstream never
+// change (the connection is bound to them); its lease does, on re-announcement.
+type liveUse struct {
+	client   netip.Addr
+	service  string
+	proto    Protocol
+	netID    uint32
+	upstream netip.AddrPort
+
+	mu    sync.Mutex
+	lease Lease
+	ended bool
+}
+
+// useKey is what a session is per proxy: a client of a service.
+type useKey struct {
+	client  netip.Addr
+	service string
+}
+
+// useSet holds the live uses, also by client and service.
+type useSet struct {
+	mu    sync.Mutex
+	m     map[*liveUse]struct{}
+	byKey map[useKey]map[*liveUse]struct{}
+}
+
+// resolveUse resolves a new connection or UDP session. When a live use of the same client and
+// service exists, the call carries that use's tunnel as adopt: after a server restart the first
+// call for the client, whichever it is, then adopts the tunnel the live use runs over (the new
+// connection joins it) rather than building a second session and leaving the live use's tunnel
+// to be removed. A server that knows the session just reuses it.
+func (p *Proxy) resolveUse(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error) {
+	if ad, ok := p.resolver.(Adopter); ok {
+		var live *liveUse
+		p.uses.mu.Lock()
+		for u := range p.uses.byKey[useKey{client, service}] {
+			live = u
+			break
+		}
+		p.uses.mu.Unlock()
+		if live != nil {
+			return ad.Adopt(ctx, client, service, proto, live.netID, live.upstream)
+		}
+	}
+	return p.resolver.Resolve(ctx, client, service, proto)
+}
+
+// startUse registers a resolved use. Its lease belongs to the set from now on: endUse releases
+// whichever lease the use holds then, exactly once.
+func (p *Proxy) startUse(client netip.Addr, service string, proto Protocol, l Lease) *liveUse {
+	u := &liveUse{client: client, service: service, proto: proto, netID: l.NetID, upstream: l.Upstream, lease: l}
+	p.uses.mu.Lock()
+	if p.uses.m == nil {
+		p.uses.m = map[*liveUse]struct{}{}
+		p.uses.byKey = map[useKey]map[*liveUse]struct{}{}
+	}
+	p.uses.m[u] = struct{}{}
+	k := useKey{client, service}
+	if p.uses.byKey[k] == nil {
+		p.uses.byKey[k] = map[*liveUse]struct{}{}
+	}
+	p.uses.byKey[k][u] = struct{}{}
+	p.uses.mu.Unlock()
+	return u
+}
+
+// endUse ends a use and releases its current lease.
+func (p *Proxy) endUse(u *liveUse) {
+	p.uses.mu.Lock()
+	delete(p.uses.m, u)
+	k := useKey{u.client, u.service}
+	if delete(p.uses.byKey[k], u); len(p.uses.byKey[k]) == 0 {
+		delete(p.uses.byKey, k)
+	}
+	p.uses.mu.Unlock()
+	u.mu.Lock()
+	u.ended = true
+	l := u.lease
+	u.lease = Lease{}
+	u.mu.Unlock()
+	p.resolver.Release(l)
+}
+
+// kickReannounce asks the re-announce loop for a pass; it never blocks (a pass pending covers
+// any number of kicks).
+func (p *Proxy) kickReannounce() {
+	select {
+	case p.reannounceKick <- struct{}{}:
+	default:
+	}
+}
+
+// reannounceLoop runs re-announcement passes until ctx ends. Owned by Run.
+func (p *Proxy) reannounceLoop(ctx context.Context) {
+	ad, ok := p.resolver.(Adopter)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.reannounceKick:
+		}
+		if ok {
+			p.reannounce(ctx, ad)
+		}
+	}
+}
+
+// reannounce re-announces every live use once.
+func (p *Proxy) reannounce(ctx context.Context, ad Adopter) {
+	p.uses.mu.Lock()
+	all := make([]*liveUse, 0, len(p.uses.m))
+	for u := range p.uses.m {
+		all = append(all, u)
+	}
+	p.uses.mu.Unlock()
+	if len(all) == 0 {
+		return
+	}
+	p.logger.Info("port table stream reconnected; re-announcing live uses to the server", "uses", len(all))
+	sem := make(chan struct{}, reannounceParallel)
+	var wg sync.WaitGroup
+	var failed, moved int
+	var mu sync.Mutex
+	for _, u := range all {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			ok, same := p.reannounceOne(ctx, ad, u)
+			mu.Lock()
+			defer mu.Unlock()
+			if !ok {
+				failed++
+			} else if !same {
+				moved++
+			}
+		}()
+	}
+	wg.Wait()
+	metrics.IncrCounter([]string{"nullnet", "proxy", "reannounced"}, float32(len(all)-failed))
+	p.logger.Info("live uses re-announced", "uses", len(all), "failed", failed, "other_tunnel", moved)
+}
+
+// reannounceOne swaps one use's lease for the one the server returns and releases the old one
+// (a restarted server does not know it: the release then fails with NotFound, which is fine).
+func (p *Proxy) reannounceOne(ctx context.Context, ad Adopter, u *liveUse) (ok, sameTunnel bool) {
+	var l Lease
+	var err error
+	// A server that just started may not have read the stacks or heard from Consul yet:
+	// retry a few times before the use keeps its old lease.
+	for attempt, delay := 1, time.Second; ; attempt, delay = attempt+1, 2*delay {
+		if l, err = ad.Adopt(ctx, u.client, u.service, u.proto, u.netID, u.upstream); err == nil ||
+			attempt == reannounceAttempts || !sleepCtx(ctx, delay) {
+			break
+		}
+	}
+	if err != nil {
+		p.logger.Warn("re-announcing a live use failed; it keeps its old lease", "service", u.service,
+			"client", u.client, "protocol", u.proto, "error", err)
+		return false, false
+	}
+	u.mu.Lock()
+	if u.ended {
+		u.mu.Unlock()
+		p.resolver.Release(l)
+		return true, true
+	}
+	old := u.lease
+	u.lease = l
+	u.mu.Unlock()
+	if old.LeaseID != l.LeaseID {
+		p.resolver.Release(old)
+	}
+	same := l.NetID == u.netID && l.Upstream == u.upstream
+	if !same {
+		// The server could not adopt the tunnel: this connection keeps running on the old one
+		// until the server removes it; new connections use the new one.
+		p.logger.Warn("live use not adopted; it runs on its old tunnel until that is removed", "service", u.service,
+			"client", u.client, "net_id", u.netID, "upstream", u.upstream, "new_net_id", l.NetID, "new_upstream", l.Upstream)
+	}
+	return true, same
+}
