@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/config"
 )
 
 // httpRouter serves proxy.http_addr: the Host header names the service, every request is
@@ -134,6 +135,13 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if service == "" {
 		errorPage(sw, http.StatusBadRequest, "Missing Host header",
 			"This proxy routes by the Host header, and the request has none.")
+		return
+	}
+	if !config.ValidServiceName(service) {
+		// An address or a malformed name can never be a stack service: answer without asking
+		// the server (scanners send such Hosts all day).
+		errorPage(sw, http.StatusNotFound, "Unknown host",
+			fmt.Sprintf("No service is named %q: Host must be the name of a stack service.", service))
 		return
 	}
 	client := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)

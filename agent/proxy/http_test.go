@@ -101,6 +101,8 @@ func TestHTTPRouter(t *testing.T) {
 		text string
 	}{
 		{"nosuch.example", 404, "No service named <code>nosuch.example</code>"},
+		{"203.0.113.7:8080", 404, "<code>203.0.113.7</code>"},
+		{"bad_name!", 404, "Unknown host"},
 		{"down", 503, "no healthy replica"},
 		{"broken", 502, "did not answer"},
 	} {

@@ -267,9 +267,11 @@ func TestTCPMappingRemovedKeepsConnections(t *testing.T) {
 	})
 	roundTrip("still alive after the mapping went away")
 	c.Close()
-	waitFor(t, 10*time.Second, "lease released", func() bool {
+	// Every lease is released: the long-lived connection's, and those of any probe connection
+	// that was accepted just before the listener closed.
+	waitFor(t, 10*time.Second, "leases released", func() bool {
 		issued, released := res.counts()
-		return issued == 1 && released == 1
+		return issued >= 1 && released == issued
 	})
 }
 

@@ -38,16 +38,10 @@ func (i *ingressService) Proxy(ctx context.Context, req *pb.ProxyRequest) (*pb.P
 }
 
 func (p *plane) proxy(ctx context.Context, req *pb.ProxyRequest) (*pb.ProxyResponse, error) {
-	if req.GetService() == "" {
-		return nil, status.Error(codes.InvalidArgument, "service is required")
+	if err := validateProxyRequest(req); err != nil {
+		return nil, err
 	}
-	if req.GetProxyNode() == "" {
-		return nil, status.Error(codes.InvalidArgument, "proxy_node is required")
-	}
-	ip, err := netip.ParseAddr(req.GetClientIp())
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "client_ip %q is not an IP address", req.GetClientIp())
-	}
+	ip := netip.MustParseAddr(req.GetClientIp()) // validated above
 	if _, version, _ := p.s.defs.All(); version == 0 {
 		return nil, status.Error(codes.Unavailable, "the server has not read the stack definitions from Consul yet; retry shortly")
 	}
@@ -122,8 +116,8 @@ func proxyStatus(service string, err error) error {
 
 // ReleaseProxy ends one use of a session.
 func (i *ingressService) ReleaseProxy(_ context.Context, req *pb.ReleaseProxyRequest) (*pb.ReleaseProxyResponse, error) {
-	if req.GetLeaseId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "lease_id is required")
+	if err := validateRelease(req); err != nil {
+		return nil, err
 	}
 	if err := i.s.plane.table.Release(req.LeaseId, req.ProxyNode); err != nil {
 		// Already released, or the session was torn down (which drops its leases): nothing to do,

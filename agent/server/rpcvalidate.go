@@ -73,6 +73,17 @@ func validateProxyRequest(r *pb.ProxyRequest) error {
 	if _, ok := pb.ServiceProtocol_name[int32(r.GetProtocol())]; !ok {
 		return invalid("protocol %d is not http, tcp or udp", r.GetProtocol())
 	}
+	if a := r.GetAdopt(); a != nil {
+		if err := checkNetID(a.GetNetId()); err != nil {
+			return invalid("adopt: %s", status.Convert(err).Message())
+		}
+		if _, err := netip.ParseAddr(a.GetUpstreamIp()); err != nil {
+			return invalid("adopt.upstream_ip %.64q is not an IP address", a.GetUpstreamIp())
+		}
+		if a.GetUpstreamPort() < 1 || a.GetUpstreamPort() > 65535 {
+			return invalid("adopt.upstream_port %d is out of range 1-65535", a.GetUpstreamPort())
+		}
+	}
 	return nil
 }
 

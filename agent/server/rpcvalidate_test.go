@@ -25,6 +25,12 @@ func TestValidateProxyRequest(t *testing.T) {
 		{"no proxy node", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com"}, "proxy_node is required"},
 		{"long proxy node", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: strings.Repeat("a", 200)}, "not a node name"},
 		{"bad protocol", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e", Protocol: 9}, "protocol 9"},
+		{"adopt ok", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
+			Adopt: &pb.AdoptUse{NetId: 101, UpstreamIp: "10.0.3.42", UpstreamPort: 6379}}, ""},
+		{"adopt bad id", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
+			Adopt: &pb.AdoptUse{NetId: 7, UpstreamIp: "10.0.3.42", UpstreamPort: 6379}}, "adopt: net id 7"},
+		{"adopt bad port", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
+			Adopt: &pb.AdoptUse{NetId: 101, UpstreamIp: "10.0.3.42", UpstreamPort: 70000}}, "upstream_port 70000"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
