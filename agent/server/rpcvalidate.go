@@ -24,6 +24,7 @@ const (
 	maxFieldValue   = 1024
 	maxAckError     = 4096
 	maxActiveEnds   = 65536
+	maxUnderlayMTU  = 1 << 18
 )
 
 var (
@@ -125,8 +126,9 @@ func validateHello(h *pb.Hello, needUnderlay bool) error {
 			return invalid("node %q: unknown role %.32q", h.GetNodeName(), r)
 		}
 	}
-	if m := h.GetUnderlayMtu(); m != 0 && (m < 576 || m > 65535) {
-		return invalid("node %q: underlay_mtu %d is out of range 576-65535", h.GetNodeName(), m)
+	// Loopback reports 65536; jumbo-frame and virtual links stay well below the cap.
+	if m := h.GetUnderlayMtu(); m != 0 && (m < 576 || m > maxUnderlayMTU) {
+		return invalid("node %q: underlay_mtu %d is out of range 576-%d", h.GetNodeName(), m, maxUnderlayMTU)
 	}
 	if len(h.GetActiveEnds()) > maxActiveEnds {
 		return invalid("node %q: %d active ends is more than %d", h.GetNodeName(), len(h.GetActiveEnds()), maxActiveEnds)

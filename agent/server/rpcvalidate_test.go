@@ -49,6 +49,8 @@ func TestValidateHello(t *testing.T) {
 	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "10.0.0.1",
 		ActiveEnds: []*pb.OverlayEndRef{{NetId: 5, Side: pb.OverlaySide_OVERLAY_SIDE_PROXY}}}, true), "net id 5 is out of range")
 	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n"}, false), "")
+	// Loopback's MTU (make dev, single-host tests).
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "127.0.0.1", UnderlayMtu: 65536}, true), "")
 	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n"}, true), "underlay_addr")
 	checkInvalid(t, validateEvent(&pb.AgentEvent{Kind: "Bad-Kind"}), "snake_case")
 	checkInvalid(t, validateEvent(&pb.AgentEvent{Kind: "tcp_listener_bind_failed", Node: "edge1"}), "")
