@@ -75,8 +75,11 @@ func validateProxyRequest(r *pb.ProxyRequest) error {
 		return invalid("protocol %d is not http, tcp or udp", r.GetProtocol())
 	}
 	if a := r.GetAdopt(); a != nil {
-		if err := checkNetID(a.GetNetId()); err != nil {
-			return invalid("adopt: %s", status.Convert(err).Message())
+		// Net id 0 is a use without a tunnel (network = "direct").
+		if id := a.GetNetId(); id != 0 {
+			if err := checkNetID(id); err != nil {
+				return invalid("adopt: %s", status.Convert(err).Message())
+			}
 		}
 		if _, err := netip.ParseAddr(a.GetUpstreamIp()); err != nil {
 			return invalid("adopt.upstream_ip %.64q is not an IP address", a.GetUpstreamIp())

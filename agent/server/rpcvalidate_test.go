@@ -27,6 +27,8 @@ func TestValidateProxyRequest(t *testing.T) {
 		{"bad protocol", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e", Protocol: 9}, "protocol 9"},
 		{"adopt ok", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
 			Adopt: &pb.AdoptUse{NetId: 101, UpstreamIp: "10.0.3.42", UpstreamPort: 6379}}, ""},
+		{"adopt direct", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
+			Adopt: &pb.AdoptUse{UpstreamIp: "127.0.0.1", UpstreamPort: 6379}}, ""},
 		{"adopt bad id", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
 			Adopt: &pb.AdoptUse{NetId: 7, UpstreamIp: "10.0.3.42", UpstreamPort: 6379}}, "adopt: net id 7"},
 		{"adopt bad port", &pb.ProxyRequest{ClientIp: "203.0.113.5", Service: "web.com", ProxyNode: "e",
