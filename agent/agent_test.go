@@ -124,6 +124,9 @@ func TestAgentLifecycle(t *testing.T) {
 	if code, _ := get(t, base+"/v1/nope"); code != 404 {
 		t.Fatalf("unknown route: %d", code)
 	}
+	if code, _ := get(t, base+"/debug/pprof/"); code != 404 {
+		t.Fatalf("/debug/pprof/ must be off unless enable_debug: %d", code)
+	}
 
 	// The agent registers itself as service "nullnet" tagged with its roles.
 	c := srv.Client(t)
@@ -180,4 +183,23 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// TestAgentEnableDebug: enable_debug serves Go's profiler on the HTTP API.
+func TestAgentEnableDebug(t *testing.T) {
+	srv := consultest.Start(t)
+	cfg := testConfig(t, srv.HTTPAddr, "enable_debug = true\n")
+	a, err := New(cfg, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for _, path := range []string{"/debug/pprof/", "/debug/pprof/heap?debug=1", "/debug/pprof/goroutine?debug=1"} {
+		if code, body := get(t, "http://"+a.HTTPAddr()+path); code != 200 || len(body) == 0 {
+			t.Fatalf("GET %s: %d", path, code)
+		}
+	}
 }

@@ -10,20 +10,23 @@ import (
 // Config is the agent configuration in effect, after every file was merged and defaults applied.
 // Field tags name the HCL keys; see website/docs/agent-config.md for every field.
 type Config struct {
-	NodeName      string    `json:"node_name"`
-	Datacenter    string    `json:"datacenter"`
-	DataDir       string    `json:"data_dir"`
-	BindAddr      string    `json:"bind_addr"`
-	AdvertiseAddr string    `json:"advertise_addr"`
-	LogLevel      string    `json:"log_level"`
-	LogJSON       bool      `json:"log_json"`
-	Ports         Ports     `json:"ports"`
-	Consul        Consul    `json:"consul"`
-	Server        Server    `json:"server"`
-	Proxy         Proxy     `json:"proxy"`
-	Client        Client    `json:"client"`
-	Telemetry     Telemetry `json:"telemetry"`
-	TLS           TLS       `json:"tls"`
+	NodeName      string `json:"node_name"`
+	Datacenter    string `json:"datacenter"`
+	DataDir       string `json:"data_dir"`
+	BindAddr      string `json:"bind_addr"`
+	AdvertiseAddr string `json:"advertise_addr"`
+	LogLevel      string `json:"log_level"`
+	LogJSON       bool   `json:"log_json"`
+	// EnableDebug serves Go's profiler under /debug/pprof/ on the HTTP API, as Consul's
+	// enable_debug does. Off by default: profiles expose internals.
+	EnableDebug bool      `json:"enable_debug"`
+	Ports       Ports     `json:"ports"`
+	Consul      Consul    `json:"consul"`
+	Server      Server    `json:"server"`
+	Proxy       Proxy     `json:"proxy"`
+	Client      Client    `json:"client"`
+	Telemetry   Telemetry `json:"telemetry"`
+	TLS         TLS       `json:"tls"`
 
 	// DevMode is set by `nullnet agent -dev`, never from a file.
 	DevMode bool `json:"dev_mode"`

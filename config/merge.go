@@ -74,6 +74,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 	pick(&c.AdvertiseAddr, r.AdvertiseAddr)
 	pick(&c.LogLevel, r.LogLevel)
 	pick(&c.LogJSON, r.LogJSON)
+	pick(&c.EnableDebug, r.EnableDebug)
 	if p := r.Ports; p != nil {
 		pick(&c.Ports.HTTP, p.HTTP)
 		pick(&c.Ports.GRPC, p.GRPC)

@@ -13,6 +13,7 @@ type rawConfig struct {
 	AdvertiseAddr *string       `hcl:"advertise_addr,optional"`
 	LogLevel      *string       `hcl:"log_level,optional"`
 	LogJSON       *bool         `hcl:"log_json,optional"`
+	EnableDebug   *bool         `hcl:"enable_debug,optional"`
 	Ports         *rawPorts     `hcl:"ports,block"`
 	Consul        *rawConsul    `hcl:"consul,block"`
 	Server        *rawServer    `hcl:"server,block"`
