@@ -3,8 +3,6 @@ package server_test
 import (
 	"context"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,16 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/overlay"
 	"github.com/nullnet/nullnet/agent/overlay/overlaytest"
-	"github.com/nullnet/nullnet/agent/server"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 const adoptStack = `stack "nnad" {
@@ -33,61 +27,6 @@ const adoptStack = `stack "nnad" {
   }
 }
 `
-
-// startServerRole starts one server role on the env's Consul and points the env's clients at
-// it; the returned stop ends it (its sessions are left in place, as a killed server's are).
-func startServerRole(t *testing.T, e *planeEnv, dir string, tune func(*config.Config)) (stop func()) {
-	t.Helper()
-	cfg := config.Default()
-	cfg.NodeName = "nnad-server"
-	cfg.Server.Enabled = true
-	cfg.Server.StacksDir = dir
-	cfg.Server.Network = config.NetworkVXLAN
-	cfg.Server.NodeGracePeriod = 30 * time.Second
-	if tune != nil {
-		tune(cfg)
-	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "server", Level: hclog.Debug, Output: testWriter{t}})
-	e.events = events.New(10000, logger)
-	srv, err := server.New(server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger,
-		LockKey: "nullnet/nnad-leader"})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	e.srv = srv
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	srv.RegisterGRPC(g)
-	go func() { _ = g.Serve(lis) }()
-	mux := http.NewServeMux()
-	srv.RegisterHTTP(mux)
-	e.http = httptest.NewServer(mux)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Run(ctx) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.grpc, e.ingress = conn, pb.NewIngressClient(conn)
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		_ = conn.Close()
-		e.http.Close()
-		g.Stop()
-		cancel()
-		<-done
-	}
-	t.Cleanup(stop)
-	return stop
-}
 
 // A restarted server adopts the tunnel a proxy still relays a live connection over: no
 // teardown, no setup, an Active session with one use; a tunnel nobody adopts is removed once
@@ -101,7 +40,11 @@ func TestProxy_AdoptAfterServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	const grace = 6 * time.Second
-	tune := func(c *config.Config) { c.Server.OrphanGrace = grace }
+	tune := func(c *config.Config) {
+		c.NodeName = "nnad-server"
+		c.Server.NodeGracePeriod = 30 * time.Second
+		c.Server.OrphanGrace = grace
+	}
 	stop := startServerRole(t, e, dir, tune)
 	nodeA := startNode(t, e, "node-a", hosts[0])
 	proxyNode := startNode(t, e, "proxy-1", hosts[1])

@@ -52,11 +52,24 @@ func newPlaneEnv(t *testing.T, network, stack string, tune func(*config.Config))
 	if err := os.WriteFile(filepath.Join(dir, "app.hcl"), []byte(stack), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	startServerRole(t, e, dir, func(cfg *config.Config) {
+		cfg.Server.Network = network
+		if tune != nil {
+			tune(cfg)
+		}
+	})
+	return e
+}
+
+// startServerRole starts one server role on the env's Consul and points the env's clients at
+// it; the returned stop ends it (its sessions are left in place, as a killed server's are).
+func startServerRole(t *testing.T, e *planeEnv, dir string, tune func(*config.Config)) (stop func()) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.NodeName = "nnss-server"
 	cfg.Server.Enabled = true
 	cfg.Server.StacksDir = dir
-	cfg.Server.Network = network
+	cfg.Server.Network = config.NetworkVXLAN
 	cfg.Server.NodeGracePeriod = time.Second
 	if tune != nil {
 		tune(cfg)
@@ -64,7 +77,7 @@ func newPlaneEnv(t *testing.T, network, stack string, tune func(*config.Config))
 	logger := hclog.New(&hclog.LoggerOptions{Name: "server", Level: hclog.Debug, Output: testWriter{t}})
 	e.events = events.New(10000, logger)
 	srv, err := server.New(server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger,
-		LockKey: "nullnet/nnss-leader"})
+		LockKey: "nullnet/" + cfg.NodeName + "-leader"})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
@@ -87,14 +100,20 @@ func newPlaneEnv(t *testing.T, network, stack string, tune func(*config.Config))
 		t.Fatal(err)
 	}
 	e.grpc, e.ingress = conn, pb.NewIngressClient(conn)
-	t.Cleanup(func() {
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		_ = conn.Close()
 		e.http.Close()
 		g.Stop()
 		cancel()
 		<-done
-	})
-	return e
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // waitDefined polls until the server knows service (any answer but NotFound / "not read").
