@@ -27,7 +27,6 @@ import (
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -76,44 +75,10 @@ func startServerRole(t *testing.T, e *planeEnv, dir string, tune func(*config.Co
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "server", Level: hclog.Debug, Output: testWriter{t}})
 	e.events = events.New(10000, logger)
-	srv, err := server.New(server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger,
+	rs := runServer(t, server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger,
 		LockKey: "nullnet/" + cfg.NodeName + "-leader"})
-	if err != nil {
-		t.Fatalf("server.New: %v", err)
-	}
-	e.srv = srv
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	srv.RegisterGRPC(g)
-	go func() { _ = g.Serve(lis) }()
-	mux := http.NewServeMux()
-	srv.RegisterHTTP(mux)
-	e.http = httptest.NewServer(mux)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Run(ctx) }()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.grpc, e.ingress = conn, pb.NewIngressClient(conn)
-	stopped := false
-	stop = func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		_ = conn.Close()
-		e.http.Close()
-		g.Stop()
-		cancel()
-		<-done
-	}
-	t.Cleanup(stop)
-	return stop
+	e.srv, e.http, e.grpc, e.ingress = rs.srv, rs.http, rs.conn, pb.NewIngressClient(rs.conn)
+	return rs.stop
 }
 
 // waitDefined polls until the server knows service (any answer but NotFound / "not read").

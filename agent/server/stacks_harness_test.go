@@ -53,12 +53,27 @@ func newStackEnv(t *testing.T, consulSrv *consultest.Server, files map[string]st
 	cfg.Server.ReloadDebounce = 50 * time.Millisecond
 	logger := hclog.New(&hclog.LoggerOptions{Name: "server", Level: hclog.LevelFromString(os.Getenv("NULLNET_TEST_LOG")), Output: testWriter{t}})
 	e.events = events.New(1000, logger)
-	srv, err := server.New(server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger})
+	rs := runServer(t, server.Config{Agent: cfg, Consul: e.client, Events: e.events, Logger: logger})
+	e.srv, e.http, e.grpc = rs.srv, rs.http, rs.conn
+	return e
+}
+
+// runningServer is one server role on real sockets: gRPC on 127.0.0.1:0, its HTTP API on an
+// httptest server, and a gRPC client connection to it.
+type runningServer struct {
+	srv  *server.Server
+	conn *grpc.ClientConn
+	http *httptest.Server
+	// stop ends it (idempotent; also run at the end of the test).
+	stop func()
+}
+
+func runServer(t *testing.T, cfg server.Config) *runningServer {
+	t.Helper()
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
-	e.srv = srv
-
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -68,25 +83,23 @@ func newStackEnv(t *testing.T, consulSrv *consultest.Server, files map[string]st
 	go func() { _ = g.Serve(lis) }()
 	mux := http.NewServeMux()
 	srv.RegisterHTTP(mux)
-	e.http = httptest.NewServer(mux)
-
+	hs := httptest.NewServer(mux)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Run(ctx) }()
-
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.grpc = conn
-	t.Cleanup(func() {
+	stop := sync.OnceFunc(func() {
 		_ = conn.Close()
-		e.http.Close()
+		hs.Close()
 		g.Stop()
 		cancel()
 		<-done
 	})
-	return e
+	t.Cleanup(stop)
+	return &runningServer{srv: srv, conn: conn, http: hs, stop: stop}
 }
 
 // testWriter sends logs to t.Log, so they show only for failing tests.
