@@ -95,7 +95,7 @@ func New(cfg Config) (*Client, error) {
 		c.reconnectMax = DefaultReconnectMax
 	}
 	if c.overlay == nil {
-		m, err := overlay.New(overlay.Config{Logger: logger.Named("overlay")})
+		m, err := overlay.New(overlay.Config{Logger: logger.Named("overlay"), SpareBridges: overlay.DefaultSpareBridges})
 		if err != nil {
 			return nil, fmt.Errorf("client: %w", err)
 		}
@@ -185,9 +185,16 @@ func (c *Client) Run(ctx context.Context) error {
 	exec.wait()
 
 	tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	c.teardownAll(tctx)
-	cancel()
 	if c.ownsOverlay != nil {
+		// Spare bridges are kept for reuse while the agent runs; a stopped agent leaves none
+		// (what a deadline cuts short, the next start-up cleanup removes).
+		if n, err := c.ownsOverlay.DeleteSpares(tctx); err != nil {
+			c.logger.Warn("deleting spare bridges at shutdown failed", "deleted", n, "error", err)
+		} else if n > 0 {
+			c.logger.Info("deleted spare bridges at shutdown", "count", n)
+		}
 		c.ownsOverlay.Close()
 	}
 	return nil

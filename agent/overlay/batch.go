@@ -69,6 +69,8 @@ func (m *Manager) TeardownBatch(ctx context.Context, ends []EndRef) []error {
 	// Teardown hold one lock at a time.
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	ids = dedupe(ids)
+	m.gate.Lock() // see Manager.gate
+	defer m.gate.Unlock()
 	for _, id := range ids {
 		unlock := m.lock(id)
 		defer unlock()
@@ -104,11 +106,20 @@ func (m *Manager) teardownLocked(ctx context.Context, first map[EndRef]int, errs
 	g := nextBatchGroup()
 	start := time.Now()
 	var batched []EndRef // ends whose devices are all in g
+	var parked []*spare  // their bridges, to pool once the batch is gone
 	moved := 0
 	for e, i := range first {
 		links, lookupErr := m.endLinks(e.NetID, e.Side)
 		ok := true
 		for _, l := range links {
+			if l.Attrs().Name == NamesFor(e.NetID, e.Side).Bridge && l.Type() == "bridge" && m.reserveSpare() {
+				// Parked instead of deleted (spare.go); its ports go with the batch, and it
+				// becomes a spare after that.
+				s, err := m.park(l)
+				lookupErr = errors.Join(lookupErr, err)
+				parked = append(parked, s)
+				continue
+			}
 			err := m.h.LinkSetGroup(l, int(g))
 			if err == nil {
 				moved++
@@ -126,10 +137,12 @@ func (m *Manager) teardownLocked(ctx context.Context, first map[EndRef]int, errs
 		}
 	}
 	if moved == 0 {
+		m.logIfErr(m.pool(parked, nil))
 		return
 	}
 	prepared := time.Now()
 	err := m.deleteGroup(g)
+	m.logIfErr(m.pool(parked, err))
 	m.logger.Debug("batched teardown", "ends", len(first), "devices", moved, "group", fmt.Sprintf("%#x", g),
 		"prepare", prepared.Sub(start), "delete", time.Since(prepared))
 	if err != nil {
@@ -139,6 +152,12 @@ func (m *Manager) teardownLocked(ctx context.Context, first map[EndRef]int, errs
 			i := first[e]
 			errs[i] = errors.Join(errs[i], m.teardown(e.NetID, e.Side))
 		}
+	}
+}
+
+func (m *Manager) logIfErr(err error) {
+	if err != nil {
+		m.logger.Warn("deleting bridges that could not become spares failed", "error", err)
 	}
 }
 

@@ -41,19 +41,9 @@ func (m *Manager) create(ctx context.Context, e End, bridgeAddr netip.Prefix) (e
 		return opErr("mark", l.Attrs().Name, m.h.LinkSetAlias(l, marker))
 	}
 
-	br := &netlink.Bridge{LinkAttrs: attrs(n.Bridge, 0)}
-	br.MTU = 0 // set below, see there
-	if err := m.h.LinkAdd(br); err != nil {
-		return opErr("create bridge", n.Bridge, err)
-	}
-	if err := mark(br); err != nil {
+	br, err := m.bridge(e, n.Bridge, marker, attrs(n.Bridge, 0))
+	if err != nil {
 		return err
-	}
-	// An MTU set through a change request pins it (the create request's MTU does not, and a
-	// change to the current value is ignored): otherwise the bridge follows its ports and falls
-	// back to 1500 whenever it has none (e.g. after the same-host peer left).
-	if err := m.h.LinkSetMTU(br, e.MTU); err != nil {
-		return opErr(fmt.Sprintf("set MTU %d on", e.MTU), n.Bridge, err)
 	}
 	addr := &netlink.Addr{IPNet: ipNet(bridgeAddr)}
 	if err := m.h.AddrAdd(br, addr); err != nil {
@@ -65,7 +55,7 @@ func (m *Manager) create(ctx context.Context, e End, bridgeAddr netip.Prefix) (e
 
 	if !e.SameHost() {
 		vx := &netlink.Vxlan{
-			LinkAttrs: attrs(n.VXLAN, br.Index),
+			LinkAttrs: attrs(n.VXLAN, br.Attrs().Index),
 			VxlanId:   int(e.NetID),
 			SrcAddr:   net.IP(e.Local.AsSlice()),
 			Group:     net.IP(e.Remote.AsSlice()),
@@ -101,7 +91,7 @@ func (m *Manager) create(ctx context.Context, e End, bridgeAddr netip.Prefix) (e
 			return err
 		}
 	}
-	vp := &netlink.Veth{LinkAttrs: attrs(n.Veth, br.Index), PeerName: pn.Veth, PeerMTU: uint32(e.MTU), PeerTxQLen: -1}
+	vp := &netlink.Veth{LinkAttrs: attrs(n.Veth, br.Attrs().Index), PeerName: pn.Veth, PeerMTU: uint32(e.MTU), PeerTxQLen: -1}
 	if err := m.h.LinkAdd(vp); err != nil {
 		return opErr("create veth pair to "+pn.Veth+" from", n.Veth, err)
 	}
@@ -125,6 +115,30 @@ func (m *Manager) create(ctx context.Context, e End, bridgeAddr netip.Prefix) (e
 		return opErr("bring up", pn.Veth, err)
 	}
 	return nil
+}
+
+// bridge makes the end's bridge, up, marked, with the end's MTU pinned: a spare renamed into
+// the end when there is one (one request), otherwise a new one.
+func (m *Manager) bridge(e End, name, marker string, attrs netlink.LinkAttrs) (netlink.Link, error) {
+	if br, ok := m.unpark(name, marker, attrs.Group, e.MTU); ok {
+		return br, nil
+	}
+	br := &netlink.Bridge{LinkAttrs: attrs}
+	br.MTU = 0 // set below, see there
+	if err := m.h.LinkAdd(br); err != nil {
+		return nil, opErr("create bridge", name, err)
+	}
+	if err := m.h.LinkSetAlias(br, marker); err != nil {
+		return br, opErr("mark", name, err)
+	}
+	// An MTU set through a change request pins it (the create request's MTU does not, and a
+	// change to the current value is ignored): otherwise the bridge follows its ports and falls
+	// back to 1500 whenever it has none (e.g. after the same-host peer left). A spare keeps the
+	// pin and takes the new MTU in the request that renames it.
+	if err := m.h.LinkSetMTU(br, e.MTU); err != nil {
+		return br, opErr(fmt.Sprintf("set MTU %d on", e.MTU), name, err)
+	}
+	return br, nil
 }
 
 // linkByName returns nil, nil when the device does not exist.

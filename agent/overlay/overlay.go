@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
@@ -23,6 +25,11 @@ type Config struct {
 	NetNS netns.NsHandle
 	// Logger defaults to a null logger.
 	Logger hclog.Logger
+	// SpareBridges is how many bridges of torn-down ends are kept, down and detached, for
+	// later setups to reuse (see spare.go); 0 deletes every bridge at teardown.
+	SpareBridges int
+	// SpareIdle is how long a spare waits for reuse before it is deleted; 0 = DefaultSpareIdle.
+	SpareIdle time.Duration
 }
 
 // Manager builds and removes tunnel ends in one network namespace. It is safe for concurrent
@@ -35,6 +42,21 @@ type Manager struct {
 
 	mu    sync.Mutex
 	locks map[uint32]*idLock
+
+	// gate gives teardowns priority over setups. The kernel serializes both under RTNL and
+	// grants the lock to whichever request asks first, so the executor's parallel setups
+	// would starve the one teardown batch in a churn: the ends waiting for teardown pile up
+	// (and overflow the spare pool into slow deletes). Setups share the gate, a teardown takes
+	// it alone; sync.RWMutex stops new setups as soon as a teardown waits.
+	gate sync.RWMutex
+
+	spareMax     int
+	spareMu      sync.Mutex
+	spares       []spare // oldest first
+	sparePending int     // bridges being parked
+
+	stop context.CancelFunc // ends the spare reaper
+	wg   sync.WaitGroup
 }
 
 type idLock struct {
@@ -69,11 +91,26 @@ func New(cfg Config) (*Manager, error) {
 		h.Close()
 		return nil, fmt.Errorf("overlay: opening a netlink socket: %w", err)
 	}
-	return &Manager{h: h, sh: &nl.SocketHandle{Socket: s}, logger: logger, locks: map[uint32]*idLock{}}, nil
+	m := &Manager{h: h, sh: &nl.SocketHandle{Socket: s}, logger: logger, locks: map[uint32]*idLock{},
+		spareMax: cfg.SpareBridges, stop: func() {}}
+	if m.spareMax > 0 {
+		idle := cfg.SpareIdle
+		if idle <= 0 {
+			idle = DefaultSpareIdle
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		m.stop = cancel
+		m.wg.Add(1)
+		go m.reapLoop(ctx, idle)
+	}
+	return m, nil
 }
 
-// Close releases the netlink sockets. Devices stay.
+// Close stops the spare reaper and releases the netlink sockets. Devices stay, spares too:
+// the next start-up Cleanup removes them.
 func (m *Manager) Close() {
+	m.stop()
+	m.wg.Wait()
 	m.h.Close()
 	m.sh.Close()
 }
@@ -152,6 +189,8 @@ func (m *Manager) Setup(ctx context.Context, e End) (Result, error) {
 		e.MTU = OverlayMTU(m.UnderlayMTU(e.Local))
 	}
 	res := Result{Bridge: plan.Bridge(e.Side), MTU: e.MTU}
+	m.gate.RLock()
+	defer m.gate.RUnlock()
 	unlock := m.lock(e.NetID)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
@@ -188,6 +227,8 @@ func (m *Manager) Teardown(ctx context.Context, id uint32, side Side) error {
 	if !side.Valid() {
 		return fmt.Errorf("overlay: teardown: invalid side %d", int(side))
 	}
+	m.gate.Lock()
+	defer m.gate.Unlock()
 	unlock := m.lock(id)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
@@ -205,22 +246,34 @@ func (m *Manager) Teardown(ctx context.Context, id uint32, side Side) error {
 func (m *Manager) teardown(id uint32, side Side) error {
 	n := NamesFor(id, side)
 	ours, lookupErr := m.endLinks(id, side)
+	if len(ours) == 0 {
+		return lookupErr
+	}
 	errs := []error{lookupErr}
-	if len(ours) > 0 {
-		if err := m.deleteGroup(GroupFor(id, side)); err != nil {
-			errs = append(errs, opErr("delete", n.Bridge+" and its ports", err))
-		}
-		// A device whose group was changed (by hand, or by a failed TeardownBatch) is not in
-		// the end's group; delete it by name.
-		for _, l := range ours {
-			if l.Attrs().Group != GroupFor(id, side) {
-				if err := m.delLink(l); err != nil {
-					errs = append(errs, err)
-				}
+	// The bridge leaves the end's group when it is parked; its ports go with the group,
+	// and only then does it become a spare.
+	var parked *spare
+	if br := bridgeOf(ours, n.Bridge); br != nil && m.reserveSpare() {
+		var err error
+		parked, err = m.park(br)
+		errs = append(errs, err)
+		ours = slices.DeleteFunc(ours, func(l netlink.Link) bool { return l == br })
+	}
+	var portErrs []error
+	if err := m.deleteGroup(GroupFor(id, side)); err != nil {
+		portErrs = append(portErrs, opErr("delete", n.Bridge+" and its ports", err))
+	}
+	// A device whose group was changed (by hand, or by a failed TeardownBatch) is not in
+	// the end's group; delete it by name.
+	for _, l := range ours {
+		if l.Attrs().Group != GroupFor(id, side) {
+			if err := m.delLink(l); err != nil {
+				portErrs = append(portErrs, err)
 			}
 		}
 	}
-	return errors.Join(errs...)
+	portsErr := errors.Join(portErrs...)
+	return errors.Join(append(errs, portsErr, m.pool([]*spare{parked}, portsErr))...)
 }
 
 // inspect compares what exists for end e with what Setup would build. exists is true when any
@@ -299,13 +352,18 @@ func owned(l netlink.Link, id uint32, side Side) bool {
 		return true
 	}
 	nid, nside, ok := ParseName(a.Name)
-	return a.Alias == "" && ok && nid == id && nside == side && (a.Group == GroupFor(id, side) || isBatchGroup(a.Group))
+	// A spare alias on an end's name: parking was interrupted after its first step.
+	return ok && nid == id && nside == side && (a.Alias == spareAlias ||
+		a.Alias == "" && (a.Group == GroupFor(id, side) || isBatchGroup(a.Group)))
 }
 
 // ownedAny reports whether l is any device nullnet made.
 func ownedAny(l netlink.Link) bool {
 	a := l.Attrs()
 	if _, _, ok := ParseMarker(a.Alias); ok {
+		return true
+	}
+	if isSpare(l) {
 		return true
 	}
 	id, side, ok := ParseName(a.Name)

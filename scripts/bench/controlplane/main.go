@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -248,6 +249,18 @@ func run() error {
 	lastRelease := time.Now()
 	cleanupErr := waitNoDevices(hosts, 300*time.Second)
 	cleanup := time.Since(lastRelease)
+	// Torn-down ends leave their bridges as spares (agent/overlay/spare.go) for later setups;
+	// the agent deletes them after a minute unused. Report how many and what deleting them all
+	// costs, so "no device left" is not bought by hiding devices.
+	spareCount, spareStart := 0, time.Now()
+	for _, h := range hosts {
+		n, err := h.mgr.DeleteSpares(ctx)
+		if err != nil && cleanupErr == nil {
+			cleanupErr = fmt.Errorf("deleting spare bridges: %w", err)
+		}
+		spareCount += n
+	}
+	spareDelete := time.Since(spareStart)
 
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	figs := []figure{
@@ -259,6 +272,10 @@ func run() error {
 		{Name: "churn_call_p99", Title: "churn: Proxy call p99", Unit: "ms", Value: ms(pct(lat, 99))},
 		{Name: "churn_cleanup", Title: "churn: last release until no tunnel device remains (1 s idle timeout included)",
 			Unit: "s", Value: cleanup.Seconds(), Limit: 5},
+		{Name: "churn_spares", Title: "churn: spare bridges kept for reuse when the last end was gone", Unit: "bridges",
+			Value: float64(spareCount)},
+		{Name: "churn_spare_delete", Title: "churn: deleting every spare bridge afterwards (the agent does it after 60 s idle)",
+			Unit: "s", Value: spareDelete.Seconds()},
 	}
 	for _, f := range figs {
 		fmt.Printf("%s: %.2f %s\n", f.Name, f.Value, f.Unit)
@@ -280,6 +297,22 @@ func boundedWait(d time.Duration, f func()) {
 	case <-time.After(d):
 		fmt.Fprintf(os.Stderr, "controlplane bench: shutdown step still running after %s; moving on\n", d)
 	}
+}
+
+// benchSpares is NULLNET_BENCH_SPARES (spare bridges per node), default the agent's.
+func benchSpares() int {
+	if n, err := strconv.Atoi(os.Getenv("NULLNET_BENCH_SPARES")); err == nil && n >= 0 {
+		return n
+	}
+	return overlay.DefaultSpareBridges
+}
+
+// benchLogLevel is NULLNET_BENCH_LOG_LEVEL (e.g. debug, to see batch timings), default warn.
+func benchLogLevel() hclog.Level {
+	if l := hclog.LevelFromString(os.Getenv("NULLNET_BENCH_LOG_LEVEL")); l != hclog.NoLevel {
+		return l
+	}
+	return hclog.Warn
 }
 
 func pct(d []time.Duration, p int) time.Duration {
@@ -354,7 +387,8 @@ func buildHosts() ([]*host, func(), error) {
 			}
 		}
 		nh.Close()
-		if h.mgr, err = overlay.New(overlay.Config{NetNS: h.ns}); err != nil {
+		if h.mgr, err = overlay.New(overlay.Config{NetNS: h.ns, SpareBridges: benchSpares(),
+			Logger: hclog.New(&hclog.LoggerOptions{Name: h.name + ".overlay", Level: benchLogLevel(), Output: os.Stderr})}); err != nil {
 			return hosts, cleanup, err
 		}
 	}
@@ -391,25 +425,40 @@ func startNode(ctx context.Context, conn *grpc.ClientConn, h *host) error {
 	return nil
 }
 
+// waitNoDevices waits until neither host has a device named like a tunnel end (bridge, VXLAN
+// or veth of any net id, marked or not).
 func waitNoDevices(hosts []*host, limit time.Duration) error {
+	handles := make([]*netlink.Handle, len(hosts))
+	for i, h := range hosts {
+		nh, err := netlink.NewHandleAt(h.ns)
+		if err != nil {
+			return err
+		}
+		defer nh.Close()
+		handles[i] = nh
+	}
 	deadline := time.Now().Add(limit)
 	for {
 		left := 0
-		for _, h := range hosts {
-			ends, err := h.mgr.Ends()
+		for _, nh := range handles {
+			links, err := nh.LinkList()
 			if err != nil {
-				// A dump interrupted by concurrent changes (EINTR-like) is normal while
-				// teardowns run: count it as "not empty yet" and look again.
+				// A dump interrupted by concurrent changes is normal while teardowns run:
+				// count it as "not empty yet" and look again.
 				left++
 				continue
 			}
-			left += len(ends)
+			for _, l := range links {
+				if _, _, ok := overlay.ParseName(l.Attrs().Name); ok {
+					left++
+				}
+			}
 		}
 		if left == 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%d tunnel ends remain after %s", left, limit)
+			return fmt.Errorf("%d tunnel devices remain after %s", left, limit)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
