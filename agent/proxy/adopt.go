@@ -63,6 +63,9 @@ type useSet struct {
 // connection joins it) rather than building a second session and leaving the live use's tunnel
 // to be removed. A server that knows the session just reuses it.
 func (p *Proxy) resolveUse(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error) {
+	if p.shares != nil && p.shares.has(shareKey{client, service, proto}) {
+		return p.resolver.Resolve(ctx, client, service, proto) // joins the share: no round trip
+	}
 	if ad, ok := p.resolver.(Adopter); ok {
 		var live *liveUse
 		p.uses.mu.Lock()
@@ -148,6 +151,11 @@ func (p *Proxy) reannounce(ctx context.Context, ad Adopter) {
 	p.uses.mu.Unlock()
 	if len(all) == 0 {
 		return
+	}
+	if p.shares != nil {
+		// The server may have restarted: its shares' leases may be unknown to it. New uses
+		// start new shares (adopting the live tunnel when a live use has one).
+		p.shares.ForgetAll()
 	}
 	p.logger.Info("port table stream reconnected; re-announcing live uses to the server", "uses", len(all))
 	sem := make(chan struct{}, reannounceParallel)

@@ -39,6 +39,9 @@ type Config struct {
 	BindRetryMin, BindRetryMax time.Duration
 	// DisableHTTP skips the HTTP router (its address is often privileged in tests).
 	DisableHTTP bool
+	// UseLinger is how long the gRPC resolver keeps a (client, service) lease after its last
+	// local use (share.go); 0 means DefaultUseLinger, negative turns use sharing off.
+	UseLinger time.Duration
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -62,7 +65,8 @@ type Proxy struct {
 	logger   hclog.Logger
 	events   events.Emitter
 	resolver Resolver
-	grpcRes  *grpcResolver // nil when Config.Resolver was given
+	grpcRes  *grpcResolver   // nil when Config.Resolver was given
+	shares   *sharedResolver // wraps grpcRes unless sharing is off
 	set      atomic.Pointer[settings]
 	httpAddr string
 
@@ -118,6 +122,13 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		p.grpcRes = newGRPCResolver(cfg.Conn, cfg.Agent.NodeName, cfg.Logger.Named("resolver"))
 		p.resolver = p.grpcRes
+		if linger := cfg.UseLinger; linger >= 0 {
+			if linger == 0 {
+				linger = DefaultUseLinger
+			}
+			p.shares = newSharedResolver(p.grpcRes, linger, cfg.Logger.Named("resolver"))
+			p.resolver = p.shares
+		}
 	}
 	p.conns.m = map[any]func(){}
 	p.http = newHTTPRouter(p)
@@ -234,6 +245,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	bg.Wait()
 	p.conns.closeAll()
 	p.wg.Wait()
+	if p.shares != nil {
+		p.shares.Close()
+	}
 	if p.grpcRes != nil {
 		p.grpcRes.Close(5 * time.Second)
 	}

@@ -3,8 +3,36 @@ package proxy
 import (
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 )
+
+// firstChunk buffers the first read of each direction (see copyConn).
+var firstChunk = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// copyConn copies src to dst until EOF (nil error) like io.Copy, but moves the first chunk
+// with read and write: most connections through a proxy are short (one request, one reply),
+// and for a few hundred bytes splice's pipe round trip costs more syscalls than it saves.
+// Everything after the first chunk goes through io.Copy, which splices.
+func copyConn(dst, src *net.TCPConn) (int64, error) {
+	bp := firstChunk.Get().(*[]byte)
+	n, rerr := src.Read(*bp)
+	var werr error
+	if n > 0 {
+		_, werr = dst.Write((*bp)[:n])
+	}
+	firstChunk.Put(bp)
+	switch {
+	case werr != nil:
+		return 0, werr
+	case rerr == io.EOF:
+		return int64(n), nil
+	case rerr != nil:
+		return int64(n), rerr
+	}
+	rest, err := io.Copy(dst, src)
+	return int64(n) + rest, err
+}
 
 // halfResult is the outcome of one copy direction.
 type halfResult struct {
@@ -24,7 +52,7 @@ func relay(client, upstream *net.TCPConn) (toUp, toClient int64, reason string) 
 	var aborted atomic.Bool
 	var firstEOF atomic.Int32 // 0 none, 1 client, 2 upstream
 	pipe := func(dst, src *net.TCPConn, toUp bool) halfResult {
-		n, err := io.Copy(dst, src)
+		n, err := copyConn(dst, src)
 		if err == nil {
 			who := int32(2)
 			if toUp {

@@ -44,6 +44,8 @@ type Lease struct {
 	SessionID string
 	NetID     uint32
 	Reused    bool
+
+	share *share // set when the lease stands for a share's (share.go)
 }
 
 // Resolver turns (client, service) into an upstream. The relays depend on this interface only,
@@ -58,6 +60,7 @@ type Resolver interface {
 
 // Resolution failures the data path tells apart (HTTP status pages, metrics, events).
 var (
+	errNoAdopter      = errors.New("resolver cannot re-announce uses")
 	ErrUnknownService = errors.New("unknown service")
 	ErrNotEntryPoint  = errors.New("service is not an entry point")
 	ErrNoReplica      = errors.New("no healthy replica")

@@ -20,6 +20,33 @@ type tcpListener struct {
 	slot   *slot
 	ln     *net.TCPListener
 	active atomic.Int64
+
+	// Per-connection metrics are counted here and handed to go-metrics once a second
+	// (flushMetrics): labelled metric calls cost more than the rest of a short connection's
+	// user-space work.
+	accepted, toUp, toClient atomic.Uint64
+	closed                   atomic.Bool // serve returned: connections flush as they end
+}
+
+// metricsFlushEvery is how often a TCP listener reports its connection metrics.
+const metricsFlushEvery = time.Second
+
+// flushMetrics reports what was counted since the last flush, and the active gauge.
+func (l *tcpListener) flushMetrics() {
+	labels := listenerLabels(l.slot.mapping.Load())
+	if n := l.accepted.Swap(0); n > 0 {
+		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "accepted"}, float32(n), labels)
+	}
+	for _, d := range []struct {
+		n   *atomic.Uint64
+		dir string
+	}{{&l.toUp, "to_upstream"}, {&l.toClient, "to_client"}} {
+		if n := d.n.Swap(0); n > 0 {
+			metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "bytes"}, float32(n),
+				append(labels, metrics.Label{Name: "direction", Value: d.dir}))
+		}
+	}
+	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "tcp", "active"}, float32(l.active.Load()), labels)
 }
 
 func (p *Proxy) openTCP(s *slot) (server, error) {
@@ -40,6 +67,24 @@ func (l *tcpListener) serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { l.ln.Close() })
 	defer stop()
 	defer l.ln.Close()
+	flusher := time.NewTicker(metricsFlushEvery)
+	defer flusher.Stop()
+	flushDone := make(chan struct{})
+	go func() { // owned by serve: stops with it
+		for {
+			select {
+			case <-flusher.C:
+				l.flushMetrics()
+			case <-flushDone:
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(flushDone)
+		l.closed.Store(true)
+		l.flushMetrics()
+	}()
 	var delay time.Duration
 	for {
 		c, err := l.ln.AcceptTCP()
@@ -64,13 +109,16 @@ func (l *tcpListener) serve(ctx context.Context) error {
 		}
 		delay = 0
 		m := l.slot.mapping.Load()
-		labels := listenerLabels(m)
-		metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "tcp", "active"}, float32(l.active.Add(1)), labels)
+		l.active.Add(1)
+		l.accepted.Add(1)
 		l.p.wg.Add(1)
 		go func() {
 			defer l.p.wg.Done()
-			l.p.handleTCP(c, m)
-			metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "tcp", "active"}, float32(l.active.Add(-1)), labels)
+			l.p.handleTCP(c, m, l)
+			l.active.Add(-1)
+			if l.closed.Load() {
+				l.flushMetrics()
+			}
 		}()
 	}
 }
@@ -91,10 +139,8 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 
 // handleTCP resolves, dials and relays one accepted connection. It releases the lease exactly
 // once and writes one log line when the connection ends.
-func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
+func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	start := time.Now()
-	labels := listenerLabels(m)
-	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "accepted"}, 1, labels)
 
 	var up atomic.Pointer[net.TCPConn]
 	if !p.conns.add(c, func() {
@@ -113,7 +159,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
 	log.Debug("tcp connection accepted")
 	fail := func(kind string, err error) {
 		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "failures"}, 1,
-			append(labels, metrics.Label{Name: "kind", Value: kind}))
+			append(listenerLabels(m), metrics.Label{Name: "kind", Value: kind}))
 		// A reset tells the client at once that nothing is behind the port, rather than an
 		// accepted connection that just closes.
 		_ = c.SetLinger(0)
@@ -131,14 +177,22 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
 		fail(kind, err)
 		return
 	}
-	use := p.startUse(client.Addr(), m.Service, TCP, lease)
-	defer p.endUse(use)
-	log = log.With("upstream", lease.Upstream.String())
-	log.Debug("upstream resolved", "lease", lease.LeaseID, "reused", lease.Reused, "took", time.Since(start))
-
 	d := net.Dialer{Timeout: p.settings().DialTimeout}
 	uc, err := d.DialContext(p.runCtx, "tcp", lease.Upstream.String())
+	if err != nil && lease.share != nil && p.runCtx.Err() == nil {
+		// A shared upstream may be stale (the server replaced or removed the session while
+		// other connections kept the share): stop sharing it and ask the server once more.
+		log.Debug("shared upstream failed; resolving again", "upstream", lease.Upstream.String(), "error", err)
+		p.shares.Forget(lease)
+		p.resolver.Release(lease)
+		if lease, err = p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, TCP); err != nil {
+			fail(failureKind(err), err)
+			return
+		}
+		uc, err = d.DialContext(p.runCtx, "tcp", lease.Upstream.String())
+	}
 	if err != nil {
+		p.resolver.Release(lease)
 		p.events.Emit(events.Event{Kind: events.TCPUpstreamConnectFailed, Severity: events.Warning,
 			Message: fmt.Sprintf("cannot connect to %s for %q", lease.Upstream, m.Service),
 			Fields: map[string]string{"service": m.Service, "upstream": lease.Upstream.String(),
@@ -146,6 +200,10 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
 		fail("connect", err)
 		return
 	}
+	use := p.startUse(client.Addr(), m.Service, TCP, lease)
+	defer p.endUse(use)
+	log = log.With("upstream", lease.Upstream.String())
+	log.Debug("upstream resolved", "lease", lease.LeaseID, "reused", lease.Reused, "took", time.Since(start))
 	u := uc.(*net.TCPConn)
 	up.Store(u)
 	if p.runCtx.Err() != nil { // shutdown raced with the dial
@@ -158,10 +216,8 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping) {
 	if p.runCtx.Err() != nil {
 		reason = "proxy shutdown"
 	}
-	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "bytes"}, float32(toUp),
-		append(labels, metrics.Label{Name: "direction", Value: "to_upstream"}))
-	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "bytes"}, float32(toClient),
-		append(labels, metrics.Label{Name: "direction", Value: "to_client"}))
+	l.toUp.Add(uint64(toUp))
+	l.toClient.Add(uint64(toClient))
 	log.Info("tcp connection closed", "bytes_to_upstream", toUp, "bytes_to_client", toClient,
 		"duration", time.Since(start).Round(time.Microsecond), "reason", reason)
 }
