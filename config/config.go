@@ -96,6 +96,9 @@ type Proxy struct {
 	UDPMaxSessions int `json:"udp_max_sessions"`
 	// UDPQueueLength caps datagrams held for a session that is still resolving.
 	UDPQueueLength int `json:"udp_queue_length"`
+	// UseLinger is how long the proxy keeps a client's shared server use after its last
+	// connection, session or request ended; 0 turns use sharing off (one use per connection).
+	UseLinger time.Duration `json:"use_linger"`
 }
 
 // Client is the node role: tunnel ends and host services.
@@ -175,6 +178,7 @@ const (
 	DefaultUDPIdleTimeout  = 60 * time.Second
 	DefaultUDPMaxSessions  = 200000
 	DefaultUDPQueueLength  = 64
+	DefaultUseLinger       = time.Second
 	DefaultCheckInterval   = 5 * time.Second
 	DefaultPromRetention   = 60 * time.Second
 )

@@ -160,8 +160,16 @@ func Load(sources []Source, dev bool) *Result {
 // Default returns a configuration with every default applied and no role enabled.
 func Default() *Config {
 	var c Config
+	presetDefaults(&c)
 	applyDefaults(&c)
 	return &c
+}
+
+// presetDefaults sets the defaults of fields whose zero value is a setting of its own
+// (proxy.use_linger = 0 turns use sharing off). They are set before any file is merged, so an
+// explicit 0 in a file survives; applyDefaults, which fills zero values, cannot tell them apart.
+func presetDefaults(c *Config) {
+	c.Proxy.UseLinger = DefaultUseLinger
 }
 
 // applyDefaults is the single place defaults are set (documented in website/docs/agent-config.md).

@@ -14,7 +14,11 @@ type merger struct {
 	ranges map[string]*hcl.Range
 }
 
-func newMerger() *merger { return &merger{ranges: map[string]*hcl.Range{}} }
+func newMerger() *merger {
+	m := &merger{ranges: map[string]*hcl.Range{}}
+	presetDefaults(&m.cfg)
+	return m
+}
 
 // applyDev sets the -dev defaults before any file, so files still override them.
 func (m *merger) applyDev() {
@@ -114,6 +118,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		diags = append(diags, pickDur(&c.Proxy.UDPIdleTimeout, p.UDPIdleTimeout)...)
 		pick(&c.Proxy.UDPMaxSessions, p.UDPMaxSessions)
 		pick(&c.Proxy.UDPQueueLength, p.UDPQueueLength)
+		diags = append(diags, pickDur(&c.Proxy.UseLinger, p.UseLinger)...)
 	}
 	if cl := r.Client; cl != nil {
 		pick(&c.Client.Enabled, cl.Enabled)

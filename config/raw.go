@@ -61,6 +61,7 @@ type rawProxy struct {
 	UDPIdleTimeout *hcl.Attribute `hcl:"udp_idle_timeout,optional"`
 	UDPMaxSessions *int           `hcl:"udp_max_sessions,optional"`
 	UDPQueueLength *int           `hcl:"udp_queue_length,optional"`
+	UseLinger      *hcl.Attribute `hcl:"use_linger,optional"`
 }
 
 type rawClient struct {

@@ -39,9 +39,6 @@ type Config struct {
 	BindRetryMin, BindRetryMax time.Duration
 	// DisableHTTP skips the HTTP router (its address is often privileged in tests).
 	DisableHTTP bool
-	// UseLinger is how long the gRPC resolver keeps a (client, service) lease after its last
-	// local use (share.go); 0 means DefaultUseLinger, negative turns use sharing off.
-	UseLinger time.Duration
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -51,12 +48,13 @@ type settings struct {
 	UDPIdleTimeout time.Duration
 	UDPMaxSessions int
 	UDPQueueLength int
+	UseLinger      time.Duration
 }
 
 func settingsFrom(c *config.Config) *settings {
 	p := c.Proxy
 	return &settings{BindAddr: p.BindAddr, DialTimeout: p.DialTimeout, UDPIdleTimeout: p.UDPIdleTimeout,
-		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength}
+		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength, UseLinger: p.UseLinger}
 }
 
 // Proxy is the ingress role.
@@ -121,14 +119,10 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, errors.New("proxy: no server connection")
 		}
 		p.grpcRes = newGRPCResolver(cfg.Conn, cfg.Agent.NodeName, cfg.Logger.Named("resolver"))
-		p.resolver = p.grpcRes
-		if linger := cfg.UseLinger; linger >= 0 {
-			if linger == 0 {
-				linger = DefaultUseLinger
-			}
-			p.shares = newSharedResolver(p.grpcRes, linger, cfg.Logger.Named("resolver"))
-			p.resolver = p.shares
-		}
+		// Always wrapped: proxy.use_linger = 0 (sharing off) passes calls through, and a
+		// reload can turn sharing on or off.
+		p.shares = newSharedResolver(p.grpcRes, cfg.Agent.Proxy.UseLinger, cfg.Logger.Named("resolver"))
+		p.resolver = p.shares
 	}
 	p.conns.m = map[any]func(){}
 	p.http = newHTTPRouter(p)
@@ -254,8 +248,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 	return err
 }
 
-// Reload applies a new agent configuration: timeouts and UDP bounds apply to new connections
-// and sessions at once; bind_addr and http_addr changes need a restart (logged).
+// Reload applies a new agent configuration: timeouts, UDP bounds and use_linger apply to new
+// connections and sessions at once; bind_addr and http_addr changes need a restart (logged).
 func (p *Proxy) Reload(cfg *config.Config) error {
 	old := p.settings()
 	next := settingsFrom(cfg)
@@ -268,6 +262,10 @@ func (p *Proxy) Reload(cfg *config.Config) error {
 		p.logger.Warn("proxy.http_addr changed; takes effect after restart", "old", p.httpAddr, "new", cfg.Proxy.HTTPAddr)
 	}
 	p.set.Store(next)
+	if p.shares != nil && next.UseLinger != old.UseLinger {
+		p.shares.setLinger(next.UseLinger)
+		p.logger.Info("proxy.use_linger changed", "old", old.UseLinger, "new", next.UseLinger)
+	}
 	return nil
 }
 

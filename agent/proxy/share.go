@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -16,9 +17,6 @@ import (
 // its local uses is open, and a short linger after the last one ends: a client opening many
 // short connections pays the round trips once. The server still sees a use for as long as the
 // client has something open, so its idle timeout is unchanged, only shifted by the linger.
-
-// DefaultUseLinger is how long a share outlives its last local use.
-const DefaultUseLinger = time.Second
 
 // shareKey is a share's identity: the session's key on the server, minus the proxy node.
 type shareKey struct {
@@ -42,7 +40,7 @@ type share struct {
 // a re-announced use gets a lease of its own, and its share then only releases the old one.
 type sharedResolver struct {
 	inner  Resolver
-	linger time.Duration
+	linger atomic.Int64 // time.Duration: proxy.use_linger, reloadable; <= 0 turns sharing off
 	logger hclog.Logger
 
 	mu     sync.Mutex
@@ -50,13 +48,24 @@ type sharedResolver struct {
 }
 
 func newSharedResolver(inner Resolver, linger time.Duration, logger hclog.Logger) *sharedResolver {
-	return &sharedResolver{inner: inner, linger: linger, logger: logger, shares: map[shareKey]*share{}}
+	r := &sharedResolver{inner: inner, logger: logger, shares: map[shareKey]*share{}}
+	r.setLinger(linger)
+	return r
 }
+
+// setLinger applies a (reloaded) proxy.use_linger. 0 turns sharing off for new uses; shares
+// already held end with their last use.
+func (r *sharedResolver) setLinger(d time.Duration) { r.linger.Store(int64(d)) }
+
+func (r *sharedResolver) on() bool { return r.linger.Load() > 0 }
 
 // Resolve joins the key's share, or starts one with the inner Resolve. Callers arriving while
 // that call runs wait for it and share its result; an error is returned to all of them and
-// not kept.
+// not kept. With sharing off every call is passed through and gets a lease of its own.
 func (r *sharedResolver) Resolve(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error) {
+	if !r.on() {
+		return r.inner.Resolve(ctx, client, service, proto)
+	}
 	k := shareKey{client, service, proto}
 	r.mu.Lock()
 	s := r.shares[k]
@@ -153,11 +162,12 @@ func (r *sharedResolver) unref(s *share) {
 	if s.refs > 0 {
 		return
 	}
-	if s.dead || r.linger <= 0 {
+	linger := time.Duration(r.linger.Load())
+	if s.dead || linger <= 0 {
 		r.dropLocked(s)
 		return
 	}
-	s.timer = time.AfterFunc(r.linger, func() {
+	s.timer = time.AfterFunc(linger, func() {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		if s.refs == 0 && s.timer != nil {

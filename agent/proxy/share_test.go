@@ -43,6 +43,33 @@ func TestSharedResolver(t *testing.T) {
 		inner.checkNoDoubleRelease(t)
 	})
 
+	t.Run("use_linger 0 turns sharing off, and a reload turns it back on", func(t *testing.T) {
+		r, inner := newShared(0)
+		for i := 0; i < 3; i++ {
+			l, err := r.Resolve(ctx, client, "redis", TCP)
+			if err != nil || l.Reused {
+				t.Fatalf("use %d with sharing off: %+v, %v", i, l, err)
+			}
+			r.Release(l)
+		}
+		if issued, released := inner.counts(); issued != 3 || released != 3 {
+			t.Fatalf("sharing off: issued %d released %d; want 3 and 3 (a lease per use, released at once)", issued, released)
+		}
+		r.setLinger(time.Hour)
+		a, _ := r.Resolve(ctx, client, "redis", TCP)
+		b, _ := r.Resolve(ctx, client, "redis", TCP)
+		if !b.Reused {
+			t.Fatalf("after turning sharing on the second use did not join the first: %+v", b)
+		}
+		r.setLinger(0) // off again: the held share ends with its last use, without a linger
+		r.Release(a)
+		r.Release(b)
+		if issued, released := inner.counts(); issued != 4 || released != 4 {
+			t.Fatalf("issued %d released %d; want the share released with its last use", issued, released)
+		}
+		inner.checkNoDoubleRelease(t)
+	})
+
 	t.Run("a use during the linger revives the share", func(t *testing.T) {
 		r, inner := newShared(300 * time.Millisecond)
 		l, _ := r.Resolve(ctx, client, "redis", TCP)
@@ -157,7 +184,7 @@ func TestUseSharingWithServer(t *testing.T) {
 	tp := startProxy(t, nil, func(a *config.Config, c *Config) {
 		a.NodeName = "nnpx-proxy"
 		c.Conn = e.conn
-		c.UseLinger = 500 * time.Millisecond
+		a.Proxy.UseLinger = 500 * time.Millisecond
 	})
 	tp.waitListening(t, TCP, port)
 

@@ -1,0 +1,67 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// proxy.use_linger defaults to 1 s, keeps an explicit 0 (sharing off) through the defaults, and
+// later files override earlier ones like any other key.
+func TestProxyUseLinger(t *testing.T) {
+	if d := Default().Proxy.UseLinger; d != DefaultUseLinger {
+		t.Fatalf("Default() use_linger = %s, want %s", d, DefaultUseLinger)
+	}
+	cases := []struct {
+		files []string
+		want  time.Duration
+	}{
+		{[]string{`node_name = "n"`}, DefaultUseLinger},
+		{[]string{"proxy {\n  use_linger = 0\n}\n"}, 0},
+		{[]string{"proxy {\n  use_linger = \"0s\"\n}\n"}, 0},
+		{[]string{"proxy {\n  use_linger = \"250ms\"\n}\n"}, 250 * time.Millisecond},
+		{[]string{"proxy {\n  use_linger = 2\n}\n"}, 2 * time.Second},
+		{[]string{"proxy {\n  use_linger = \"3s\"\n}\n", "proxy {\n  use_linger = 0\n}\n"}, 0},
+		{[]string{"proxy {\n  use_linger = 0\n}\n", `proxy { enabled = false }`}, 0},
+		{[]string{`{"proxy": {"use_linger": "5s"}}`}, 5 * time.Second},
+	}
+	for i, c := range cases {
+		dir := t.TempDir()
+		var srcs []Source
+		for j, body := range c.files {
+			name := string(rune('a'+j)) + ".hcl"
+			if strings.HasPrefix(body, "{") {
+				name = string(rune('a'+j)) + ".json"
+			}
+			srcs = append(srcs, Source{Path: write(t, dir, name, body)})
+		}
+		r := Load(srcs, false)
+		if r.Diags.HasErrors() {
+			t.Fatalf("case %d: %s", i, diagText(r))
+		}
+		if got := r.Config.Proxy.UseLinger; got != c.want {
+			t.Errorf("case %d %q: use_linger = %s, want %s", i, c.files, got, c.want)
+		}
+	}
+	// -dev keeps the default too.
+	r := Load(nil, true)
+	if got := r.Config.Proxy.UseLinger; got != DefaultUseLinger {
+		t.Errorf("-dev use_linger = %s", got)
+	}
+}
+
+// A negative or malformed linger is reported at its value, like every duration.
+func TestProxyUseLingerInvalid(t *testing.T) {
+	for _, in := range []string{`"-1s"`, `-1`, `"soon"`, `true`} {
+		p := write(t, t.TempDir(), "bad.hcl", "proxy {\n  use_linger = "+in+"\n}\n")
+		r := Load([]Source{{Path: p}}, false)
+		if !r.Diags.HasErrors() {
+			t.Errorf("use_linger = %s accepted", in)
+			continue
+		}
+		txt := diagText(r)
+		if !strings.Contains(txt, `Invalid duration for "use_linger"`) || !strings.Contains(txt, "bad.hcl:2:16") {
+			t.Errorf("use_linger = %s: diagnostics %q, want the duration error at bad.hcl:2:16", in, txt)
+		}
+	}
+}
