@@ -42,6 +42,10 @@ type liveUse struct {
 	mu    sync.Mutex
 	lease Lease
 	ended bool
+
+	// prev and next link the uses of one useKey (guarded by useSet.mu): an intrusive list
+	// costs no allocation per use, where a set per key cost a map per client.
+	prev, next *liveUse
 }
 
 // useKey is what a session is per proxy: a client of a service.
@@ -50,11 +54,11 @@ type useKey struct {
 	service string
 }
 
-// useSet holds the live uses, also by client and service.
+// useSet holds the live uses by client and service: byKey maps a key to the head of its list.
 type useSet struct {
 	mu    sync.Mutex
-	m     map[*liveUse]struct{}
-	byKey map[useKey]map[*liveUse]struct{}
+	byKey map[useKey]*liveUse
+	n     int
 }
 
 // resolveUse resolves a new connection or UDP session. When a live use of the same client and
@@ -69,10 +73,7 @@ func (p *Proxy) resolveUse(ctx context.Context, client netip.Addr, service strin
 	if ad, ok := p.resolver.(Adopter); ok {
 		var live *liveUse
 		p.uses.mu.Lock()
-		for u := range p.uses.byKey[useKey{client, service}] {
-			live = u
-			break
-		}
+		live = p.uses.byKey[useKey{client, service}]
 		p.uses.mu.Unlock()
 		if live != nil {
 			return ad.Adopt(ctx, client, service, proto, live.netID, live.upstream)
@@ -85,35 +86,47 @@ func (p *Proxy) resolveUse(ctx context.Context, client netip.Addr, service strin
 // whichever lease the use holds then, exactly once.
 func (p *Proxy) startUse(client netip.Addr, service string, proto Protocol, l Lease) *liveUse {
 	u := &liveUse{client: client, service: service, proto: proto, netID: l.NetID, upstream: l.Upstream, lease: l}
-	p.uses.mu.Lock()
-	if p.uses.m == nil {
-		p.uses.m = map[*liveUse]struct{}{}
-		p.uses.byKey = map[useKey]map[*liveUse]struct{}{}
-	}
-	p.uses.m[u] = struct{}{}
 	k := useKey{client, service}
-	if p.uses.byKey[k] == nil {
-		p.uses.byKey[k] = map[*liveUse]struct{}{}
+	p.uses.mu.Lock()
+	if p.uses.byKey == nil {
+		p.uses.byKey = map[useKey]*liveUse{}
 	}
-	p.uses.byKey[k][u] = struct{}{}
+	if head := p.uses.byKey[k]; head != nil {
+		u.next, head.prev = head, u
+	}
+	p.uses.byKey[k] = u
+	p.uses.n++
 	p.uses.mu.Unlock()
 	return u
 }
 
-// endUse ends a use and releases its current lease.
+// endUse ends a use and releases its current lease; a second call does nothing.
 func (p *Proxy) endUse(u *liveUse) {
-	p.uses.mu.Lock()
-	delete(p.uses.m, u)
-	k := useKey{u.client, u.service}
-	if delete(p.uses.byKey[k], u); len(p.uses.byKey[k]) == 0 {
-		delete(p.uses.byKey, k)
-	}
-	p.uses.mu.Unlock()
 	u.mu.Lock()
+	if u.ended {
+		u.mu.Unlock()
+		return
+	}
 	u.ended = true
 	l := u.lease
 	u.lease = Lease{}
 	u.mu.Unlock()
+
+	p.uses.mu.Lock()
+	switch {
+	case u.prev != nil:
+		u.prev.next = u.next
+	case u.next != nil:
+		p.uses.byKey[useKey{u.client, u.service}] = u.next
+	default:
+		delete(p.uses.byKey, useKey{u.client, u.service})
+	}
+	if u.next != nil {
+		u.next.prev = u.prev
+	}
+	u.prev, u.next = nil, nil
+	p.uses.n--
+	p.uses.mu.Unlock()
 	p.resolver.Release(l)
 }
 
@@ -144,9 +157,11 @@ func (p *Proxy) reannounceLoop(ctx context.Context) {
 // reannounce re-announces every live use once.
 func (p *Proxy) reannounce(ctx context.Context, ad Adopter) {
 	p.uses.mu.Lock()
-	all := make([]*liveUse, 0, len(p.uses.m))
-	for u := range p.uses.m {
-		all = append(all, u)
+	all := make([]*liveUse, 0, p.uses.n)
+	for _, head := range p.uses.byKey {
+		for u := head; u != nil; u = u.next {
+			all = append(all, u)
+		}
 	}
 	p.uses.mu.Unlock()
 	if len(all) == 0 {

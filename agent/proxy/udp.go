@@ -34,8 +34,14 @@ const (
 var dropNames = [numDropReasons]string{"session_limit", "queue_full", "lookup_failed", "upstream_write",
 	"client_write", "closing"}
 
-// udpListener is one UDP mapping: a socket, one reader goroutine, a session per client address
-// and a sweeper.
+// maxUDPResolvers bounds the goroutines resolving new sessions of one listener. A burst of new
+// clients queues instead of starting a goroutine (and a stack grown by a gRPC call) per
+// session, memory the runtime would keep long after the burst; each queued session keeps its
+// own bounded datagram queue meanwhile.
+const maxUDPResolvers = 64
+
+// udpListener is one UDP mapping: a socket, one reader goroutine, a session per client address,
+// a sweeper, and up to maxUDPResolvers goroutines resolving new sessions while any wait.
 type udpListener struct {
 	p      *Proxy
 	slot   *slot
@@ -46,6 +52,9 @@ type udpListener struct {
 	sessions map[netip.AddrPort]*udpSession
 	closing  bool
 	active   atomic.Int64
+
+	resolveQ  []*udpSession // new sessions waiting for a resolver; guarded by mu
+	resolvers int           // goroutines draining resolveQ; guarded by mu
 
 	poller *replyPoller
 	wg     sync.WaitGroup // resolvers
@@ -163,11 +172,35 @@ func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort,
 	s.lastActive.Store(now.UnixNano())
 	s.countToUp(len(first))
 	l.sessions[addr] = s
-	metricsSessions(m, l.active.Add(1))
+	l.active.Add(1)
 	l.starts.Add(1)
-	l.wg.Add(1)
-	go func() { defer l.wg.Done(); s.resolve(ctx) }()
+	l.resolveQ = append(l.resolveQ, s)
+	if l.resolvers < maxUDPResolvers {
+		l.resolvers++
+		l.wg.Add(1)
+		go l.resolveLoop(ctx)
+	}
 	return s
+}
+
+// resolveLoop resolves queued sessions in arrival order and ends when the queue is empty, so
+// an idle listener has no resolver goroutine.
+func (l *udpListener) resolveLoop(ctx context.Context) {
+	defer l.wg.Done()
+	for {
+		l.mu.Lock()
+		if len(l.resolveQ) == 0 {
+			l.resolvers--
+			l.resolveQ = nil // let the burst's backing array go
+			l.mu.Unlock()
+			return
+		}
+		s := l.resolveQ[0]
+		l.resolveQ[0] = nil
+		l.resolveQ = l.resolveQ[1:]
+		l.mu.Unlock()
+		s.resolve(ctx)
+	}
 }
 
 // remove drops s from the table if it is still the session of its address.
@@ -183,10 +216,6 @@ func clone(b []byte) []byte {
 	c := make([]byte, len(b))
 	copy(c, b)
 	return c
-}
-
-func metricsSessions(m *Mapping, n int64) {
-	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "udp", "sessions"}, float32(n), listenerLabels(m))
 }
 
 // idleTimeout is the mapping's timeout, or the configured default when the mapping has none.
@@ -234,9 +263,11 @@ func (l *udpListener) sweep(now time.Time) {
 	}
 }
 
-// flushMetrics adds the counters' growth since the last flush to go-metrics.
+// flushMetrics adds the counters' growth since the last flush to go-metrics and sets the
+// sessions gauge (per-session gauge updates would cost a label set each).
 func (l *udpListener) flushMetrics() {
 	labels := listenerLabels(l.slot.mapping.Load())
+	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "udp", "sessions"}, float32(l.active.Load()), labels)
 	add := func(i int, v uint64, name []string, extra ...metrics.Label) {
 		if d := v - l.flushed[i]; d > 0 {
 			l.flushed[i] = v

@@ -37,8 +37,7 @@ type udpSession struct {
 	state int32
 	fd    int
 	queue [][]byte // datagrams waiting for resolution (bounded by udp_queue_length)
-	lease Lease
-	use   *liveUse // set with lease; releases it (adopt.go)
+	use   *liveUse // set when ready; holds the lease and releases it (adopt.go)
 
 	dgToUp, dgToClient, bytesToUp, bytesToClient atomic.Uint64
 	refused                                      atomic.Uint64
@@ -127,9 +126,16 @@ func (s *udpSession) countToClient(n int) {
 }
 
 // resolve asks the server for an upstream, connects the session's own socket to it, flushes
-// the queue in order and hands the socket to the reply poller.
+// the queue in order and hands the socket to the reply poller. A session ended while it
+// waited in the resolve queue is skipped.
 func (s *udpSession) resolve(ctx context.Context) {
 	l := s.l
+	s.mu.RLock()
+	closed := s.state == stateClosed
+	s.mu.RUnlock()
+	if closed {
+		return
+	}
 	lease, err := l.p.resolveUse(ctx, s.client.Addr(), s.service, UDP)
 	if err != nil {
 		l.p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
@@ -156,7 +162,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		l.p.resolver.Release(lease)
 		return
 	}
-	s.lease, s.fd = lease, fd
+	s.fd = fd
 	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease)
 	s.state = stateReady
 	for _, d := range s.queue {
@@ -194,22 +200,19 @@ func (s *udpSession) end(reason string) {
 		return
 	}
 	s.state = stateClosed
-	fd, lease, use := s.fd, s.lease, s.use
+	fd, use := s.fd, s.use
 	s.fd, s.queue = -1, nil
 	s.mu.Unlock()
 
 	l := s.l
-	if lease.LeaseID != "" { // ready: it had a socket
+	upstream := ""
+	if use != nil { // ready: it had a socket
 		l.poller.remove(fd)
 		syscall.Close(fd)
 		l.p.endUse(use)
+		upstream = use.upstream.String()
 	}
-	m := l.slot.mapping.Load()
-	metricsSessions(m, l.active.Add(-1))
-	upstream := ""
-	if lease.Upstream.IsValid() {
-		upstream = lease.Upstream.String()
-	}
+	l.active.Add(-1)
 	l.logger.Info("udp session ended", "client", s.client, "service", s.service, "upstream", upstream,
 		"reason", reason, "datagrams_to_upstream", s.dgToUp.Load(), "bytes_to_upstream", s.bytesToUp.Load(),
 		"datagrams_to_client", s.dgToClient.Load(), "bytes_to_client", s.bytesToClient.Load(),

@@ -190,14 +190,17 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		t.broken = err
 		return t
 	}
-	b.log.Info("starting Consul and nullnet agent -dev")
-	a, err := nnrun.Start(ctx, nnrun.Config{Binary: b.nullnetBin(), ConsulBin: b.o.consulBin, Dir: dir, Services: svcs})
+	// As deployed: the proxy role in an agent of its own (the ingress host's), the server and
+	// the host services in another. The proxy's process is the relay every figure measures.
+	b.log.Info("starting Consul, nullnet agent -dev (server, host services) and a proxy agent")
+	a, err := nnrun.Start(ctx, nnrun.Config{Binary: b.nullnetBin(), ConsulBin: b.o.consulBin, Dir: dir, Services: svcs,
+		SeparateProxy: true})
 	if err != nil {
 		t.broken = err
 		b.log.Error("nullnet did not start", "error", err)
 		return t
 	}
-	t.relay = a.Process
+	t.relay = a.Relay()
 	t.stop = a.Stop
 	// Traffic flows once the stack reached Consul, the port table the proxy, and the host
 	// services passed their checks. That is the warm session every figure starts from.
@@ -322,12 +325,12 @@ func (b *bench) idleSessions(ctx context.Context, t *target) {
 		fig.Fail(t.name, err)
 		return
 	}
-	sent, err := load.IdleSessions(ctx, t.addrs[routeSink], n)
+	sent, err := load.IdleSessions(ctx, t.addrs[routeEcho], n)
 	if err != nil {
 		fig.Fail(t.name, err)
 		return
 	}
-	// Let the relay finish creating sessions (resolution may be asynchronous), then read RSS.
+	// Every counted session was echoed, so it exists; let the relay settle, then read RSS.
 	var u1 proc.Usage
 	settle := 10
 	if b.o.smoke {

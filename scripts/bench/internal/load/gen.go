@@ -198,39 +198,61 @@ func UDPRoundTrips(ctx context.Context, addr string, clients, window, size int, 
 	return r, nil
 }
 
-// IdleSessions opens n UDP sessions through addr, each from its own source address in
-// 127.2.0.0/15 (loopback accepts any 127/8 source, so no two sessions share a client address and
-// no file descriptor is held: each socket sends one datagram and closes). It returns how many were
-// sent.
+// IdleSessions opens n UDP sessions through addr, an echo route, each from its own source
+// address in 127.2.0.0/15 (loopback accepts any 127/8 source, so no two sessions share a client
+// address). A session counts once its datagram came back, so the relay certainly holds it;
+// then its socket closes (no file descriptor is held here). It returns how many sessions the
+// relay confirmed: memory divided by that count is never flattered by datagrams it dropped.
 func IdleSessions(ctx context.Context, addr string, n int) (int, error) {
 	dst, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return 0, fmt.Errorf("idle sessions: %w", err)
 	}
-	base := netip.MustParseAddr("127.2.0.1").As4()
-	sent := 0
-	payload := make([]byte, 32)
-	for i := range n {
-		if ctx.Err() != nil {
-			return sent, ctx.Err()
-		}
-		v := binary.BigEndian.Uint32(base[:]) + uint32(i)
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], v)
-		src := netip.AddrPortFrom(netip.AddrFrom4(a), 0)
-		c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst))
-		if err != nil {
-			return sent, fmt.Errorf("idle session %d from %s: %w", i, src, err)
-		}
-		_, err = c.Write(payload)
-		c.Close()
-		if err == nil {
-			sent++
-		}
-		// Pace slightly so a relay resolving sessions asynchronously is not flooded into drops.
-		if i%2000 == 1999 {
-			time.Sleep(20 * time.Millisecond)
-		}
+	const workers = 32
+	base := binary.BigEndian.Uint32(netip.MustParseAddr("127.2.0.1").AsSlice())
+	var next, held atomic.Int64
+	var firstErr error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			payload, buf := make([]byte, 32), make([]byte, 64)
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				var a [4]byte
+				binary.BigEndian.PutUint32(a[:], base+uint32(i))
+				src := netip.AddrPortFrom(netip.AddrFrom4(a), 0)
+				c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(src), net.UDPAddrFromAddrPort(dst))
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = fmt.Errorf("idle session %d from %s: %w", i, src, err)
+					}
+					mu.Unlock()
+					return
+				}
+				for range 3 { // the first datagram may wait for the relay to resolve the session
+					if _, err := c.Write(payload); err != nil {
+						break
+					}
+					_ = c.SetReadDeadline(time.Now().Add(time.Second))
+					if _, err := c.Read(buf); err == nil {
+						held.Add(1)
+						break
+					}
+				}
+				c.Close()
+			}
+		}()
 	}
-	return sent, nil
+	wg.Wait()
+	if h := held.Load(); h == 0 && firstErr == nil {
+		firstErr = errors.New("idle sessions: no datagram came back")
+	}
+	return int(held.Load()), firstErr
 }

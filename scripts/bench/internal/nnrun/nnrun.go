@@ -45,6 +45,10 @@ type Config struct {
 	// Remote, when set (with Netns), runs the host services on a second agent (client role only)
 	// in another namespace, as on a separate service host.
 	Remote *Remote
+	// SeparateProxy (without Netns) runs the proxy role in an agent process of its own, as on
+	// an ingress host: the first agent keeps the server and the host services, the second runs
+	// proxy and client only. Its process is the relay the figures measure (Agent.Relay).
+	SeparateProxy bool
 }
 
 // Remote is the service host of a two-host run.
@@ -61,6 +65,7 @@ type Remote struct {
 type Agent struct {
 	*proc.Process
 	remote     *proc.Process
+	proxy      *proc.Process // SeparateProxy
 	stopConsul func()
 	HTTPAddr   string
 	// ConsulAddr is Consul's HTTP address, reachable from here only without Netns.
@@ -100,6 +105,9 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		local = nil
 	}
 	hcl := AgentConfig(cfg.Dir, consulAddr, ports, local)
+	if cfg.SeparateProxy {
+		hcl = strings.Replace(hcl, "proxy {\n", "proxy {\n  enabled   = false\n", 1)
+	}
 	if cfg.Remote != nil {
 		hcl += "bind_addr = \"0.0.0.0\"\n" // the service host's agent dials our gRPC port
 	}
@@ -129,7 +137,63 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("nullnet agent on the service host: %w", err)
 		}
 	}
+	if cfg.SeparateProxy {
+		if a.proxy, err = startProxyAgent(wctx, cfg, consulAddr, ports[1], ports[2]); err != nil {
+			a.Stop()
+			return nil, fmt.Errorf("nullnet proxy agent: %w", err)
+		}
+	}
 	return a, nil
+}
+
+// Relay is the process that relays traffic: the proxy agent with SeparateProxy, else the
+// agent.
+func (a *Agent) Relay() *proc.Process {
+	if a.proxy != nil {
+		return a.proxy
+	}
+	return a.Process
+}
+
+// LogTail is the end of the agent's log and, with SeparateProxy, of the proxy agent's.
+func (a *Agent) LogTail(n int) string {
+	if a.proxy == nil {
+		return a.Process.LogTail(n)
+	}
+	return a.Process.LogTail(n/2) + "\n[proxy agent] " + a.proxy.LogTail(n/2)
+}
+
+// startProxyAgent runs the ingress host's agent of a SeparateProxy run: proxy and client roles,
+// no host services, the server reached on this host's gRPC port.
+func startProxyAgent(ctx context.Context, cfg Config, consulAddr string, serverGRPC, proxyHTTP int) (*proc.Process, error) {
+	dir := filepath.Join(cfg.Dir, "proxy")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	apiPort, err := proc.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	servers := fmt.Sprintf("[\"127.0.0.1:%d\"]", serverGRPC)
+	var b strings.Builder
+	fmt.Fprintf(&b, "node_name = \"nnbench-proxy\"\ndata_dir = %q\n", filepath.Join(dir, "data"))
+	fmt.Fprintf(&b, "ports {\n  http = %d\n}\nconsul {\n  address = %q\n}\n", apiPort, consulAddr)
+	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n}\n", servers, proxyHTTP)
+	fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n}\n", servers)
+	path := filepath.Join(dir, "agent.hcl")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := proc.Start("nullnet-proxy", dir, []string{"CONSUL_HTTP_ADDR=" + consulAddr}, cfg.Binary,
+		"agent", "-config-file", path, "-log-level", "warn")
+	if err != nil {
+		return nil, err
+	}
+	if err := p.WaitTCP(ctx, "127.0.0.1:"+strconv.Itoa(apiPort)); err != nil {
+		p.Stop(5 * time.Second)
+		return nil, err
+	}
+	return p, nil
 }
 
 // startRemote runs the service host's agent: client role only, its host services registered in
@@ -225,6 +289,9 @@ func probeIn(ctx context.Context, p *proc.Process, netns, url string) error {
 
 // Stop stops the agent, then Consul.
 func (a *Agent) Stop() {
+	if a.proxy != nil {
+		a.proxy.Stop(10 * time.Second)
+	}
 	if a.remote != nil {
 		a.remote.Stop(10 * time.Second)
 	}
