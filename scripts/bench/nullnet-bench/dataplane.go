@@ -36,11 +36,13 @@ const (
 
 // target is one path under test: its addresses for each route and, for a relay, its process group.
 type target struct {
-	name   string
-	addrs  map[string]string
-	relay  *proc.Process // nil for direct
-	stop   func()
-	broken error // set when the target could not start: every figure records it
+	name  string
+	addrs map[string]string
+	relay *proc.Process // nil for direct
+	// control is nullnet's server process (not the relay): its memory per session is noted.
+	control *proc.Process
+	stop    func()
+	broken  error // set when the target could not start: every figure records it
 }
 
 type bench struct {
@@ -200,7 +202,7 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		b.log.Error("nullnet did not start", "error", err)
 		return t
 	}
-	t.relay = a.Relay()
+	t.relay, t.control = a.Relay(), a.Process
 	t.stop = a.Stop
 	// Traffic flows once the stack reached Consul, the port table the proxy, and the host
 	// services passed their checks. That is the warm session every figure starts from.
@@ -325,6 +327,10 @@ func (b *bench) idleSessions(ctx context.Context, t *target) {
 		fig.Fail(t.name, err)
 		return
 	}
+	var c0 proc.Usage
+	if t.control != nil {
+		c0, _ = proc.GroupUsage(t.control.Pid())
+	}
 	sent, err := load.IdleSessions(ctx, t.addrs[routeEcho], n)
 	if err != nil {
 		fig.Fail(t.name, err)
@@ -354,6 +360,12 @@ func (b *bench) idleSessions(ctx context.Context, t *target) {
 			why = "smoke mode"
 		}
 		note += "; scaled linearly to 100,000 (" + why + ")"
+	}
+	if t.control != nil {
+		if c1, err := proc.GroupUsage(t.control.Pid()); err == nil && c0.RSSBytes > 0 {
+			note += fmt.Sprintf("; the server process (not the relay) grew %.1f → %.1f MiB (%.0f B/session)",
+				float64(c0.RSSBytes)/(1<<20), float64(c1.RSSBytes)/(1<<20), float64(c1.RSSBytes-c0.RSSBytes)/float64(sent))
+		}
 	}
 	fig.Note = joinNote(fig.Note, note)
 	b.rep.Notes = append(b.rep.Notes, note)
