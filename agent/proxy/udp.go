@@ -2,13 +2,13 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -118,36 +118,68 @@ func (l *udpListener) serve(ctx context.Context) error {
 	return err
 }
 
+// listenerBatch is how many datagrams one recvmmsg(2) on the listening socket takes at most.
+const listenerBatch = 16
+
 // readLoop is the only reader of the listening socket. It never waits on the network for
-// anything but the next datagram: resolution runs in the session's own goroutine.
+// anything but the next datagrams: resolution runs in the resolvers.
 func (l *udpListener) readLoop(ctx context.Context) error {
-	buf := make([]byte, maxDatagram)
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("udp listener: %w", err)
+	}
+	b, err := newDatagramBatch(listenerBatch)
+	if err != nil {
+		return err
+	}
+	defer b.free()
+	var (
+		n     int
+		errno syscall.Errno
+	)
+	// Built once: a closure per wakeup would allocate.
+	recv := func(fd uintptr) bool {
+		for {
+			n, errno = b.recv(fd, 0, b.slots(), true)
+			if errno != syscall.EINTR {
+				return errno != syscall.EAGAIN // false parks until the socket is readable
+			}
+		}
+	}
 	var errDelay time.Duration
 	for {
-		n, addr, err := l.conn.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return err
+		if err := rc.Read(recv); err != nil {
+			return err // closed
+		}
+		if errno != 0 {
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
 			errDelay = min(max(2*errDelay, time.Millisecond), time.Second)
-			l.logger.Warn("udp read failed", "error", err)
+			l.logger.Warn("udp read failed", "error", errno)
 			if !sleepCtx(ctx, errDelay) {
-				return err
+				return ctx.Err()
 			}
 			continue
 		}
 		errDelay = 0
-		addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-		l.mu.Lock()
-		s := l.sessions[addr]
-		if s == nil {
-			s = l.newSessionLocked(ctx, addr, buf[:n])
-			l.mu.Unlock()
-			continue
+		for i := range n {
+			l.fromClient(ctx, b.addr(i), b.data(i))
 		}
-		l.mu.Unlock()
-		s.fromClient(buf[:n])
 	}
+}
+
+// fromClient hands one datagram to its client's session, creating the session if needed.
+func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, data []byte) {
+	l.mu.Lock()
+	s := l.sessions[addr]
+	if s == nil {
+		l.newSessionLocked(ctx, addr, data)
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	s.fromClient(data)
 }
 
 // newSessionLocked starts a session for a new client address, queueing its first datagram.

@@ -65,11 +65,35 @@ func (rp *replyPoller) remove(fd int) {
 // cannot starve the others (epoll is level-triggered: the rest is reported again).
 const maxBurst = 64
 
+// replyBatch is how many replies one sendmmsg(2) carries back to clients at most.
+const replyBatch = 16
+
+// replyOut is the reply batch of one poller: datagrams read from session sockets, each
+// addressed to its session's client, sent through the listening socket together.
+type replyOut struct {
+	b      *datagramBatch
+	owners []*udpSession // the session of each filled slot
+	used   int
+	lrc    syscall.RawConn // the listening socket
+	fam    int             // its address family
+
+	// The state of one sendmmsg attempt, and the callback that makes it, built once (a
+	// closure per flush would allocate).
+	sent, n int
+	errno   syscall.Errno
+	sendFn  func(fd uintptr) bool
+}
+
 // run moves replies until stop is called.
 func (rp *replyPoller) run(l *udpListener) {
 	defer close(rp.done)
+	out, err := newReplyOut(l)
+	if err != nil {
+		l.logger.Error("udp reply poller cannot start", "error", err)
+		return
+	}
+	defer out.b.free()
 	evs := make([]syscall.EpollEvent, 128)
-	buf := make([]byte, maxDatagram)
 	var (
 		n    int
 		werr error
@@ -99,23 +123,52 @@ func (rp *replyPoller) run(l *udpListener) {
 			s := rp.byFD[fd]
 			rp.mu.Unlock()
 			if s != nil {
-				rp.drain(l, s, int(fd), buf)
+				rp.drain(l, s, int(fd), out)
 			}
 		}
+		out.flush(l)
 	}
 }
 
-// drain reads up to maxBurst replies of one session and sends them to its client.
-func (rp *replyPoller) drain(l *udpListener, s *udpSession, fd int, buf []byte) {
+func newReplyOut(l *udpListener) (*replyOut, error) {
+	lrc, err := l.conn.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("listening socket: %w", err)
+	}
+	var fam int
+	var ferr error
+	if err := lrc.Control(func(fd uintptr) { fam, ferr = socketFamily(fd) }); err != nil {
+		return nil, fmt.Errorf("listening socket: %w", err)
+	}
+	if ferr != nil {
+		return nil, ferr
+	}
+	b, err := newDatagramBatch(replyBatch)
+	if err != nil {
+		return nil, err
+	}
+	out := &replyOut{b: b, owners: make([]*udpSession, replyBatch), lrc: lrc, fam: fam}
+	out.sendFn = func(fd uintptr) bool {
+		out.n, out.errno = out.b.send(fd, out.sent, out.used)
+		return out.errno != syscall.EAGAIN
+	}
+	return out, nil
+}
+
+// drain reads up to maxBurst replies of one session into the reply batch, sending the batch
+// whenever it fills. A read that returns fewer datagrams than it had room for means the
+// socket is empty: no further read is spent to learn it.
+func (rp *replyPoller) drain(l *udpListener, s *udpSession, fd int, out *replyOut) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.state != stateReady || s.fd != fd {
 		return // ended (and maybe the number was reused) since epoll reported it
 	}
-	for range maxBurst {
-		n, err := syscall.Read(fd, buf)
-		switch err {
-		case nil:
+	for taken := 0; taken < maxBurst; {
+		room := min(out.b.slots()-out.used, maxBurst-taken)
+		n, errno := out.b.recv(uintptr(fd), out.used, out.used+room, false)
+		switch errno {
+		case 0:
 		case syscall.EINTR:
 			continue
 		case syscall.ECONNREFUSED:
@@ -126,12 +179,43 @@ func (rp *replyPoller) drain(l *udpListener, s *udpSession, fd int, buf []byte) 
 			return
 		}
 		s.touch()
-		if _, err := l.conn.WriteToUDPAddrPort(buf[:n], s.client); err != nil {
-			l.drops[dropClientWrite].Add(1)
-			continue
+		for i := out.used; i < out.used+n; i++ {
+			out.b.setDest(i, int(out.b.msgs[i].n), s.client, out.fam)
+			out.owners[i] = s
 		}
-		s.countToClient(n)
+		out.used += n
+		taken += n
+		if out.used == out.b.slots() {
+			out.flush(l)
+		}
+		if n < room {
+			return
+		}
 	}
+}
+
+// flush sends the batch's replies to their clients. A datagram the kernel refuses is counted
+// as a client-write drop and the rest still go; a full socket buffer waits in Go's poller.
+func (out *replyOut) flush(l *udpListener) {
+	for out.sent = 0; out.sent < out.used; {
+		err := out.lrc.Write(out.sendFn)
+		switch {
+		case err != nil: // the listener closed
+			l.drops[dropClientWrite].Add(uint64(out.used - out.sent))
+			out.sent = out.used
+		case out.errno == syscall.EINTR:
+		case out.errno != 0 || out.n == 0:
+			l.drops[dropClientWrite].Add(1)
+			out.sent++
+		default:
+			for i := out.sent; i < out.sent+out.n; i++ {
+				out.owners[i].countToClient(int(out.b.iovs[i].Len))
+			}
+			out.sent += out.n
+		}
+	}
+	clear(out.owners[:out.used])
+	out.used = 0
 }
 
 // stop ends run and closes the epoll set. Sessions must have been ended before.

@@ -302,7 +302,11 @@ func (b *bench) measure(ctx context.Context, t *target) {
 				pps.Fail(t.name, t.broken)
 				continue
 			}
+			prof := b.startProfile(ctx, t, "udp"+s, b.o.duration)
 			r, err := load.UDPRoundTrips(ctx, addr, udpClients, udpWindow, size, b.o.duration)
+			if note := prof.finish(ctx); note != "" {
+				pps.Note = joinNote(pps.Note, note)
+			}
 			if err != nil || r.Ops == 0 {
 				pps.Fail(t.name, fmt.Errorf("no round trip completed: %v", err))
 				continue

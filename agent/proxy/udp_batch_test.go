@@ -1,0 +1,104 @@
+package proxy
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// datagramBatch against real sockets: several datagrams (one of 60,000 B) arrive in one
+// recvmmsg with their senders' addresses, and go back in one sendmmsg, on an IPv4 socket and
+// on a dual-stack IPv6 one (where IPv4 clients are mapped addresses).
+func TestDatagramBatchRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		fam    int
+	}{
+		{"127.0.0.1:0", unix.AF_INET},
+		{"[::]:0", unix.AF_INET6},
+	} {
+		t.Run(tc.listen, func(t *testing.T) {
+			pc, err := net.ListenPacket("udp", tc.listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			srv := pc.(*net.UDPConn)
+			port := srv.LocalAddr().(*net.UDPAddr).Port
+			rc, err := srv.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fam int
+			if err := rc.Control(func(fd uintptr) { fam, err = socketFamily(fd) }); err != nil || fam != tc.fam {
+				t.Fatalf("family %d, %v; want %d", fam, err, tc.fam)
+			}
+
+			cli, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			payloads := [][]byte{[]byte("one"), bytes.Repeat([]byte{'x'}, 60000), []byte("three"), {}, []byte("five")}
+			for _, p := range payloads {
+				if _, err := cli.Write(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b, err := newDatagramBatch(8)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.free()
+			want := netip.MustParseAddrPort(cli.LocalAddr().String())
+			got := 0
+			deadline := time.Now().Add(2 * time.Second)
+			for got < len(payloads) && time.Now().Before(deadline) {
+				var n int
+				var errno syscall.Errno
+				if err := rc.Read(func(fd uintptr) bool {
+					n, errno = b.recv(fd, got, b.slots(), true)
+					return errno != syscall.EAGAIN
+				}); err != nil || errno != 0 {
+					t.Fatalf("recv: %v %v", err, errno)
+				}
+				got += n
+			}
+			if got != len(payloads) {
+				t.Fatalf("received %d datagrams, want %d", got, len(payloads))
+			}
+			for i, p := range payloads {
+				if !bytes.Equal(b.data(i), p) {
+					t.Fatalf("datagram %d: %d bytes, want %d", i, len(b.data(i)), len(p))
+				}
+				if a := b.addr(i); a != want {
+					t.Fatalf("datagram %d from %s, want %s", i, a, want)
+				}
+			}
+			for i := range payloads {
+				b.setDest(i, int(b.msgs[i].n), want, fam)
+			}
+			var sent int
+			var errno syscall.Errno
+			if err := rc.Write(func(fd uintptr) bool {
+				sent, errno = b.send(fd, 0, len(payloads))
+				return errno != syscall.EAGAIN
+			}); err != nil || errno != 0 || sent != len(payloads) {
+				t.Fatalf("send: %d sent, %v %v", sent, err, errno)
+			}
+			buf := make([]byte, maxDatagram)
+			for i, p := range payloads {
+				_ = cli.SetReadDeadline(time.Now().Add(2 * time.Second))
+				n, err := cli.Read(buf)
+				if err != nil || !bytes.Equal(buf[:n], p) {
+					t.Fatalf("reply %d: %d bytes, %v; want %d bytes", i, n, err, len(p))
+				}
+			}
+		})
+	}
+}
