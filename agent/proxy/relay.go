@@ -58,9 +58,12 @@ func relay(client, upstream *net.TCPConn) (toUp, toClient int64, reason string) 
 			if toUp {
 				who = 1
 			}
-			firstEOF.CompareAndSwap(0, who)
-			// EOF from src: pass the FIN on. ENOTCONN (peer already gone) is fine to ignore.
-			_ = dst.CloseWrite()
+			// EOF from src: pass the FIN on (ENOTCONN, the peer already gone, is fine to
+			// ignore). When the other direction has ended already, both sockets are closed
+			// right after this, and close sends the FIN itself: one shutdown(2) fewer.
+			if firstEOF.CompareAndSwap(0, who) {
+				_ = dst.CloseWrite()
+			}
 			return halfResult{n: n, toUp: toUp}
 		}
 		if aborted.Swap(true) {

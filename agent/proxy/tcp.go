@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
+	"golang.org/x/sys/unix"
 )
 
 // tcpListener accepts connections for one TCP mapping.
@@ -52,11 +54,45 @@ func (l *tcpListener) flushMetrics() {
 func (p *Proxy) openTCP(s *slot) (server, error) {
 	m := s.mapping.Load()
 	addr := net.JoinHostPort(p.settings().BindAddr, strconv.Itoa(int(m.Port)))
-	ln, err := net.Listen("tcp", addr)
+	ln, err := keepAliveListenConfig.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen tcp %s: %w", addr, err)
 	}
 	return &tcpListener{p: p, slot: s, ln: ln.(*net.TCPListener)}, nil
+}
+
+// Keepalive for accepted connections is set once, on the listening socket: Linux copies
+// SO_KEEPALIVE and the TCP_KEEP* values into every connection it accepts, where Go's default
+// would spend four setsockopt calls per connection. The values are Go's defaults (15 s idle,
+// 15 s between probes, 9 probes).
+const (
+	keepAliveIdle     = 15
+	keepAliveInterval = 15
+	keepAliveCount    = 9
+)
+
+var keepAliveListenConfig = net.ListenConfig{
+	KeepAlive: -1, // not per connection: inherited from the listener (Control)
+	Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			for _, o := range []struct{ level, opt, v int }{
+				{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+				{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle},
+				{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval},
+				{unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+			} {
+				if serr = unix.SetsockoptInt(int(fd), o.level, o.opt, o.v); serr != nil {
+					serr = fmt.Errorf("setsockopt keepalive: %w", serr)
+					return
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	},
 }
 
 func (l *tcpListener) activeCount() int64 { return l.active.Load() }
@@ -155,8 +191,21 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	defer p.conns.remove(c)
 
 	client := addrPortOf(c.RemoteAddr())
-	log := p.logger.With("client", client.String(), "service", m.Service, "port", m.Port)
-	log.Debug("tcp connection accepted")
+	// The connection's fields are formatted only for a line that is written: a logger.With
+	// per connection cost more than the rest of a short connection's user-space work.
+	var upstream netip.AddrPort
+	fields := func(kv ...any) []any {
+		out := make([]any, 0, 8+len(kv))
+		out = append(out, "client", client.String(), "service", m.Service, "port", m.Port)
+		if upstream.IsValid() {
+			out = append(out, "upstream", upstream.String())
+		}
+		return append(out, kv...)
+	}
+	debug := p.logger.IsDebug()
+	if debug {
+		p.logger.Debug("tcp connection accepted", fields()...)
+	}
 	fail := func(kind string, err error) {
 		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "failures"}, 1,
 			append(listenerLabels(m), metrics.Label{Name: "kind", Value: kind}))
@@ -164,7 +213,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		// accepted connection that just closes.
 		_ = c.SetLinger(0)
 		c.Close()
-		log.Warn("tcp connection refused", "reason", kind, "error", err, "duration", time.Since(start))
+		p.logger.Warn("tcp connection refused", fields("reason", kind, "error", err, "duration", time.Since(start))...)
 	}
 
 	lease, err := p.resolveUse(p.runCtx, client.Addr(), m.Service, TCP)
@@ -182,7 +231,9 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	if err != nil && lease.share != nil && p.runCtx.Err() == nil {
 		// A shared upstream may be stale (the server replaced or removed the session while
 		// other connections kept the share): stop sharing it and ask the server once more.
-		log.Debug("shared upstream failed; resolving again", "upstream", lease.Upstream.String(), "error", err)
+		if debug {
+			p.logger.Debug("shared upstream failed; resolving again", fields("stale_upstream", lease.Upstream.String(), "error", err)...)
+		}
 		p.shares.Forget(lease)
 		p.resolver.Release(lease)
 		if lease, err = p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, TCP); err != nil {
@@ -202,8 +253,10 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	use := p.startUse(client.Addr(), m.Service, TCP, lease)
 	defer p.endUse(use)
-	log = log.With("upstream", lease.Upstream.String())
-	log.Debug("upstream resolved", "lease", lease.LeaseID, "reused", lease.Reused, "took", time.Since(start))
+	upstream = lease.Upstream
+	if debug {
+		p.logger.Debug("upstream resolved", fields("lease", lease.LeaseID, "reused", lease.Reused, "took", time.Since(start))...)
+	}
 	u := uc.(*net.TCPConn)
 	up.Store(u)
 	if p.runCtx.Err() != nil { // shutdown raced with the dial
@@ -218,6 +271,8 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	l.toUp.Add(uint64(toUp))
 	l.toClient.Add(uint64(toClient))
-	log.Info("tcp connection closed", "bytes_to_upstream", toUp, "bytes_to_client", toClient,
-		"duration", time.Since(start).Round(time.Microsecond), "reason", reason)
+	if p.logger.IsInfo() {
+		p.logger.Info("tcp connection closed", fields("bytes_to_upstream", toUp, "bytes_to_client", toClient,
+			"duration", time.Since(start).Round(time.Microsecond), "reason", reason)...)
+	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nullnet/nullnet/agent/events"
+	"golang.org/x/sys/unix"
 )
 
 // tcpUpstream runs a TCP server on 127.0.0.1 whose handler is given each connection.
@@ -311,5 +313,48 @@ func TestBindConflictRetried(t *testing.T) {
 			tp.waitListening(t, proto, port)
 			tp.apply(11)
 		})
+	}
+}
+
+// Keepalive is set once on the listening socket; a connection it accepts carries it (Linux
+// copies the options), so the relay spends no setsockopt per connection on it.
+func TestTCPAcceptedConnectionsInheritKeepalive(t *testing.T) {
+	ln, err := keepAliveListenConfig.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	rc, err := a.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, keepAliveIdle},
+		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, keepAliveInterval},
+		{"TCP_KEEPCNT", unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepAliveCount},
+	} {
+		var v int
+		var gerr error
+		if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil || gerr != nil {
+			t.Fatalf("%s: %v %v", o.name, err, gerr)
+		}
+		if v != o.want {
+			t.Errorf("accepted connection %s = %d, want %d (inherited from the listener)", o.name, v, o.want)
+		}
 	}
 }
