@@ -54,6 +54,29 @@ func TestUDPRoundTripsAgainstEcho(t *testing.T) {
 	}
 }
 
+// IdleSessions counts a session only when its echo came back: all of them against an echo, none
+// against a sink (which never answers).
+func TestIdleSessionsCountsEchoedOnly(t *testing.T) {
+	for _, c := range []struct {
+		sink bool
+		want int
+	}{{false, 200}, {true, 0}} {
+		e, err := StartUDPEcho("127.0.0.1:0", 1, c.sink)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 200
+		if c.sink {
+			n = 2 // each unanswered session waits 3 × 1 s
+		}
+		got, err := IdleSessions(context.Background(), e.Addr(), n)
+		e.Close()
+		if got != c.want || (c.want > 0 && err != nil) || (c.want == 0 && err == nil) {
+			t.Errorf("sink=%v: %d sessions confirmed (err %v), want %d", c.sink, got, err, c.want)
+		}
+	}
+}
+
 func TestQuantile(t *testing.T) {
 	s := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
 	cases := map[float64]time.Duration{0.5: 5, 0.99: 10, 0: 1}

@@ -163,6 +163,18 @@ func (a *Agent) LogTail(n int) string {
 	return a.Process.LogTail(n/2) + "\n[proxy agent] " + a.proxy.LogTail(n/2)
 }
 
+// ProxyAgentConfig renders the SeparateProxy agent's configuration: proxy and client roles,
+// its API on apiPort, the server on this host's serverGRPC port.
+func ProxyAgentConfig(dir, consulAddr string, apiPort, serverGRPC, proxyHTTP int) string {
+	servers := fmt.Sprintf("[\"127.0.0.1:%d\"]", serverGRPC)
+	var b strings.Builder
+	fmt.Fprintf(&b, "node_name = \"nnbench-proxy\"\ndata_dir = %q\n", filepath.Join(dir, "data"))
+	fmt.Fprintf(&b, "ports {\n  http = %d\n}\nconsul {\n  address = %q\n}\n", apiPort, consulAddr)
+	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n}\n", servers, proxyHTTP)
+	fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n}\n", servers)
+	return b.String()
+}
+
 // startProxyAgent runs the ingress host's agent of a SeparateProxy run: proxy and client roles,
 // no host services, the server reached on this host's gRPC port.
 func startProxyAgent(ctx context.Context, cfg Config, consulAddr string, serverGRPC, proxyHTTP int) (*proc.Process, error) {
@@ -174,14 +186,8 @@ func startProxyAgent(ctx context.Context, cfg Config, consulAddr string, serverG
 	if err != nil {
 		return nil, err
 	}
-	servers := fmt.Sprintf("[\"127.0.0.1:%d\"]", serverGRPC)
-	var b strings.Builder
-	fmt.Fprintf(&b, "node_name = \"nnbench-proxy\"\ndata_dir = %q\n", filepath.Join(dir, "data"))
-	fmt.Fprintf(&b, "ports {\n  http = %d\n}\nconsul {\n  address = %q\n}\n", apiPort, consulAddr)
-	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n}\n", servers, proxyHTTP)
-	fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n}\n", servers)
 	path := filepath.Join(dir, "agent.hcl")
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(ProxyAgentConfig(dir, consulAddr, apiPort, serverGRPC, proxyHTTP)), 0o644); err != nil {
 		return nil, err
 	}
 	p, err := proc.Start("nullnet-proxy", dir, []string{"CONSUL_HTTP_ADDR=" + consulAddr}, cfg.Binary,

@@ -42,6 +42,30 @@ func TestRenderedConfigLoads(t *testing.T) {
 	}
 }
 
+// The separate proxy agent's file loads (without -dev) with the proxy and client roles on and
+// the server off, pointed at the first agent's gRPC port.
+func TestProxyAgentConfigLoads(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "proxy.hcl")
+	hcl := ProxyAgentConfig(dir, "127.0.0.1:8500", 14710, 14701, 18081)
+	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := config.Load([]config.Source{{Path: path}}, false)
+	if len(res.Diags) > 0 {
+		var b strings.Builder
+		_ = config.WriteDiagnostics(&b, res.Files, res.Diags)
+		t.Fatalf("proxy agent config does not load cleanly:\n%s\n%s", b.String(), hcl)
+	}
+	c := res.Config
+	if !c.Proxy.Enabled || !c.Client.Enabled || c.Server.Enabled {
+		t.Errorf("roles: proxy %v client %v server %v; want proxy and client only", c.Proxy.Enabled, c.Client.Enabled, c.Server.Enabled)
+	}
+	if c.Ports.HTTP != 14710 || len(c.Proxy.Servers) != 1 || c.Proxy.Servers[0] != "127.0.0.1:14701" {
+		t.Errorf("ports/servers not applied: %+v %v", c.Ports, c.Proxy.Servers)
+	}
+}
+
 func TestStackFileLoads(t *testing.T) {
 	set := config.ParseStacks([]config.StackFile{{Path: "bench.hcl", Bytes: []byte(StackFile(benchServices))}}, config.StackRules{})
 	if set.Diags.HasErrors() {
