@@ -14,21 +14,26 @@ var benchServices = []Service{
 	{Name: "bench-echo", Protocol: "udp", ListenPort: 15301, BackendPort: 5301, Timeout: "5m"},
 }
 
-// The rendered files must pass nullnet's own loaders, or the bench measures a failed start.
-func TestRenderedConfigLoads(t *testing.T) {
-	dir := t.TempDir()
+// loadRendered writes a rendered agent file and loads it with nullnet's loader (dev: -dev).
+func loadRendered(t *testing.T, dir, hcl string, dev bool) *config.Config {
+	t.Helper()
 	path := filepath.Join(dir, "agent.hcl")
-	hcl := AgentConfig(dir, "127.0.0.1:8500", []int{14700, 14701, 18080}, benchServices)
 	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res := config.Load([]config.Source{{Path: path}}, true)
+	res := config.Load([]config.Source{{Path: path}}, dev)
 	if len(res.Diags) > 0 {
 		var b strings.Builder
 		_ = config.WriteDiagnostics(&b, res.Files, res.Diags)
 		t.Fatalf("agent config does not load cleanly:\n%s\n%s", b.String(), hcl)
 	}
-	c := res.Config
+	return res.Config
+}
+
+// The rendered files must pass nullnet's own loaders, or the bench measures a failed start.
+func TestRenderedConfigLoads(t *testing.T) {
+	dir := t.TempDir()
+	c := loadRendered(t, dir, AgentConfig(dir, "127.0.0.1:8500", []int{14700, 14701, 18080}, benchServices), true)
 	if c.Ports.HTTP != 14700 || c.Ports.GRPC != 14701 || c.Consul.Address != "127.0.0.1:8500" {
 		t.Errorf("ports/consul not applied: %+v %+v", c.Ports, c.Consul)
 	}
@@ -46,18 +51,7 @@ func TestRenderedConfigLoads(t *testing.T) {
 // the server off, pointed at the first agent's gRPC port.
 func TestProxyAgentConfigLoads(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, "proxy.hcl")
-	hcl := ProxyAgentConfig(dir, "127.0.0.1:8500", 14710, 14701, 18081)
-	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	res := config.Load([]config.Source{{Path: path}}, false)
-	if len(res.Diags) > 0 {
-		var b strings.Builder
-		_ = config.WriteDiagnostics(&b, res.Files, res.Diags)
-		t.Fatalf("proxy agent config does not load cleanly:\n%s\n%s", b.String(), hcl)
-	}
-	c := res.Config
+	c := loadRendered(t, dir, ProxyAgentConfig(dir, "127.0.0.1:8500", 14710, 14701, 18081), false)
 	if !c.Proxy.Enabled || !c.Client.Enabled || c.Server.Enabled {
 		t.Errorf("roles: proxy %v client %v server %v; want proxy and client only", c.Proxy.Enabled, c.Client.Enabled, c.Server.Enabled)
 	}
