@@ -45,6 +45,31 @@ type sharedResolver struct {
 
 	mu     sync.Mutex
 	shares map[shareKey]*share
+
+	// Joins are counted here and handed to go-metrics at most once a second (a labelled
+	// metric call per connection costs more than the join itself).
+	joined, joinedFlushed atomic.Uint64
+	lastFlush             atomic.Int64 // unix nanoseconds
+}
+
+// countJoin counts one use that joined a share, and reports the count now and then.
+func (r *sharedResolver) countJoin() {
+	r.joined.Add(1)
+	now := time.Now().UnixNano()
+	last := r.lastFlush.Load()
+	if now-last < int64(time.Second) || !r.lastFlush.CompareAndSwap(last, now) {
+		return
+	}
+	r.flushJoins()
+}
+
+// flushJoins reports the joins counted since the last report (also when a share is dropped,
+// so that a quiet proxy's count is not left behind).
+func (r *sharedResolver) flushJoins() {
+	n := r.joined.Load()
+	if d := n - r.joinedFlushed.Swap(n); d > 0 {
+		metrics.IncrCounter([]string{"nullnet", "proxy", "use", "shared"}, float32(d))
+	}
 }
 
 func newSharedResolver(inner Resolver, linger time.Duration, logger hclog.Logger) *sharedResolver {
@@ -104,7 +129,7 @@ func (r *sharedResolver) Resolve(ctx context.Context, client netip.Addr, service
 		r.unref(s)
 		return Lease{}, s.err
 	}
-	metrics.IncrCounter([]string{"nullnet", "proxy", "use", "shared"}, 1)
+	r.countJoin()
 	l := s.lease
 	l.share, l.Reused = s, true
 	return l, nil
@@ -189,6 +214,7 @@ func (r *sharedResolver) dropLocked(s *share) {
 		r.inner.Release(s.lease)
 	}
 	metrics.SetGauge([]string{"nullnet", "proxy", "shares"}, float32(len(r.shares)))
+	r.flushJoins()
 }
 
 // has reports whether k has a share new uses can join.
