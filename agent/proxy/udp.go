@@ -163,23 +163,39 @@ func (l *udpListener) readLoop(ctx context.Context) error {
 			continue
 		}
 		errDelay = 0
-		for i := range n {
-			l.fromClient(ctx, b.addr(i), b.data(i))
+		// Consecutive datagrams of one client go to its session together: one sendmmsg(2)
+		// on the session's socket instead of a write each.
+		for i := 0; i < n; {
+			addr := b.addr(i)
+			j := i + 1
+			for j < n && b.addr(j) == addr {
+				j++
+			}
+			l.fromClient(ctx, addr, b, i, j)
+			i = j
 		}
 	}
 }
 
-// fromClient hands one datagram to its client's session, creating the session if needed.
-func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, data []byte) {
+// fromClient hands slots [from, to) of b, datagrams from one client address, to its session,
+// creating the session if needed.
+func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, b *datagramBatch, from, to int) {
 	l.mu.Lock()
 	s := l.sessions[addr]
 	if s == nil {
-		l.newSessionLocked(ctx, addr, data)
+		s = l.newSessionLocked(ctx, addr, b.data(from))
 		l.mu.Unlock()
-		return
+		if s == nil { // refused (session limit): every datagram of the run is dropped
+			l.drops[dropSessionLimit].Add(uint64(to - from - 1))
+			return
+		}
+		from++
+	} else {
+		l.mu.Unlock()
 	}
-	l.mu.Unlock()
-	s.fromClient(data)
+	if from < to {
+		s.fromClient(b, from, to)
+	}
 }
 
 // newSessionLocked starts a session for a new client address, queueing its first datagram.

@@ -118,6 +118,14 @@ func (b *datagramBatch) setDest(i, n int, dst netip.AddrPort, fam int) {
 	h.Flags = 0
 }
 
+// setConnected makes slot i a datagram of length n for a connected socket (no address: on a
+// connected UDP socket an address would override the connection's peer).
+func (b *datagramBatch) setConnected(i, n int) {
+	b.iovs[i].SetLen(n)
+	h := &b.msgs[i].hdr
+	h.Name, h.Namelen, h.Flags = nil, 0, 0
+}
+
 // send sends slots [from, to) without blocking and returns how many left. A datagram the
 // kernel refuses stops the call at that slot (n < to-from, errno 0 when some were sent).
 func (b *datagramBatch) send(fd uintptr, from, to int) (int, syscall.Errno) {

@@ -51,15 +51,14 @@ func (s *udpSession) ready() bool {
 	return s.state == stateReady
 }
 
-// fromClient forwards (or queues) one datagram from the client. b is the reader's buffer: it is
-// written at once or copied, never kept.
-func (s *udpSession) fromClient(b []byte) {
+// fromClient forwards (or queues) slots [from, to) of b, datagrams from the client. b is the
+// reader's batch: its datagrams are sent at once or copied, never kept.
+func (s *udpSession) fromClient(b *datagramBatch, from, to int) {
 	s.touch()
 	s.mu.RLock()
 	if s.state == stateReady {
-		err := s.writeUpstreamLocked(b)
+		s.sendUpstreamLocked(b, from, to)
 		s.mu.RUnlock()
-		s.afterWrite(len(b), err)
 		return
 	}
 	s.mu.RUnlock()
@@ -67,21 +66,58 @@ func (s *udpSession) fromClient(b []byte) {
 	s.mu.Lock()
 	switch s.state {
 	case stateResolving:
-		if len(s.queue) >= s.l.p.settings().UDPQueueLength {
-			s.mu.Unlock()
-			s.l.drops[dropQueueFull].Add(1)
-			return
+		for i := from; i < to; i++ {
+			if len(s.queue) >= s.l.p.settings().UDPQueueLength {
+				s.l.drops[dropQueueFull].Add(uint64(to - i))
+				break
+			}
+			d := b.data(i)
+			s.queue = append(s.queue, clone(d))
+			s.countToUp(len(d))
 		}
-		s.queue = append(s.queue, clone(b))
 		s.mu.Unlock()
-		s.countToUp(len(b))
 	case stateReady: // became ready between the two locks
-		err := s.writeUpstreamLocked(b)
+		s.sendUpstreamLocked(b, from, to)
 		s.mu.Unlock()
-		s.afterWrite(len(b), err)
 	default:
 		s.mu.Unlock()
-		s.l.drops[dropClosing].Add(1)
+		s.l.drops[dropClosing].Add(uint64(to - from))
+	}
+}
+
+// sendUpstreamLocked sends slots [from, to) of b on the session's socket, a single datagram
+// with write(2) and several with one sendmmsg(2); s.mu is held (either way).
+func (s *udpSession) sendUpstreamLocked(b *datagramBatch, from, to int) {
+	if to-from == 1 {
+		d := b.data(from)
+		s.afterWrite(len(d), s.writeUpstreamLocked(d))
+		return
+	}
+	for i := from; i < to; i++ {
+		b.setConnected(i, int(b.msgs[i].n))
+	}
+	for i, refused := from, 0; i < to; {
+		n, errno := b.send(uintptr(s.fd), i, to)
+		switch {
+		case errno == syscall.EINTR:
+			continue
+		case errno == syscall.ECONNREFUSED && refused < 3:
+			// As in writeUpstreamLocked: a pending ICMP error was reported instead of sending;
+			// reading it cleared it, so try again.
+			s.refused.Add(1)
+			refused++
+			continue
+		case errno != 0 || n == 0:
+			s.l.drops[dropUpstreamWrite].Add(1)
+			i++
+			continue
+		}
+		var bytes uint64
+		for k := i; k < i+n; k++ {
+			bytes += uint64(b.iovs[k].Len)
+		}
+		s.countToUpN(uint64(n), bytes)
+		i += n
 	}
 }
 
@@ -111,11 +147,13 @@ func (s *udpSession) afterWrite(n int, err error) {
 	s.countToUp(n)
 }
 
-func (s *udpSession) countToUp(n int) {
-	s.dgToUp.Add(1)
-	s.bytesToUp.Add(uint64(n))
-	s.l.dgToUp.Add(1)
-	s.l.bytesToUp.Add(uint64(n))
+func (s *udpSession) countToUp(n int) { s.countToUpN(1, uint64(n)) }
+
+func (s *udpSession) countToUpN(datagrams, bytes uint64) {
+	s.dgToUp.Add(datagrams)
+	s.bytesToUp.Add(bytes)
+	s.l.dgToUp.Add(datagrams)
+	s.l.bytesToUp.Add(bytes)
 }
 
 func (s *udpSession) countToClient(n int) {
