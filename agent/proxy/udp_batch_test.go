@@ -102,3 +102,83 @@ func TestDatagramBatchRoundTrip(t *testing.T) {
 		})
 	}
 }
+
+// A run of one client's datagrams goes upstream in one sendmmsg on the session's connected
+// socket: every datagram arrives, in order, at the upstream (not back at the client whose
+// address the receive left in the slots), and the session counts each one.
+func TestSessionSendsRunUpstream(t *testing.T) {
+	up, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	fd, err := dialUDPFD(netip.MustParseAddrPort(up.LocalAddr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fd)
+
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.DialUDP("udp", nil, ln.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	payloads := [][]byte{[]byte("first"), bytes.Repeat([]byte{'y'}, 9000), {}, []byte("last")}
+	for _, p := range payloads {
+		if _, err := cli.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := newDatagramBatch(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.free()
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for deadline := time.Now().Add(2 * time.Second); got < len(payloads) && time.Now().Before(deadline); {
+		var n int
+		var errno syscall.Errno
+		if err := rc.Read(func(fd uintptr) bool {
+			n, errno = b.recv(fd, got, b.slots(), true)
+			return errno != syscall.EAGAIN
+		}); err != nil || errno != 0 {
+			t.Fatalf("recv: %v %v", err, errno)
+		}
+		got += n
+	}
+	if got != len(payloads) {
+		t.Fatalf("received %d datagrams, want %d", got, len(payloads))
+	}
+
+	s := &udpSession{l: &udpListener{}, state: stateReady, fd: fd}
+	s.mu.RLock()
+	s.sendUpstreamLocked(b, 0, got)
+	s.mu.RUnlock()
+
+	buf := make([]byte, maxDatagram)
+	total := 0
+	for i, p := range payloads {
+		_ = up.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := up.Read(buf)
+		if err != nil || !bytes.Equal(buf[:n], p) {
+			t.Fatalf("upstream datagram %d: %d bytes, %v; want %d bytes", i, n, err, len(p))
+		}
+		total += len(p)
+	}
+	if s.dgToUp.Load() != uint64(len(payloads)) || s.bytesToUp.Load() != uint64(total) {
+		t.Fatalf("counted %d datagrams / %d bytes, want %d / %d", s.dgToUp.Load(), s.bytesToUp.Load(), len(payloads), total)
+	}
+	_ = cli.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := cli.Read(buf); err == nil {
+		t.Fatalf("the client got %d bytes back: a slot kept its sender's address", n)
+	}
+}

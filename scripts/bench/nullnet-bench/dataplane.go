@@ -272,11 +272,14 @@ func (b *bench) measure(ctx context.Context, t *target) {
 		rate := b.rep.Figure("tcp_conn_rate", "TCP connections/s (warm session)", "conn/s", true,
 			report.Goal{Against: report.HAProxy, Ratio: 1.0})
 		p99 := b.rep.Figure("tcp_conn_p99", "TCP connection p99", "ms", false)
+		cpu := b.rep.Figure("tcp_conn_cpu", "relay CPU per connection", "µs", false)
 		if t.broken != nil {
 			rate.Fail(t.name, t.broken)
 		} else {
+			u0, uerr := b.usage(t)
 			prof := b.startProfile(ctx, t, "connrate", b.o.duration)
 			r := load.ConnRate(ctx, t.addrs[routeRR], connWorkers, b.o.duration)
+			u1, uerr1 := b.usage(t)
 			if note := prof.finish(ctx); note != "" {
 				rate.Note = joinNote(rate.Note, note)
 			}
@@ -285,6 +288,9 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			} else {
 				rate.Add(t.name, r.Rate())
 				p99.Add(t.name, ms(r.P99))
+				if uerr == nil && uerr1 == nil {
+					cpu.Add(t.name, cpuPerOp(u1.CPU-u0.CPU, float64(r.Ops)))
+				}
 			}
 		}
 	}
@@ -294,6 +300,7 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			pps := b.rep.Figure("udp_rtt_rate_"+s, "UDP round trips/s, "+s+" B", "rt/s", true,
 				report.Goal{Against: report.Nginx, Ratio: 1.0})
 			p99 := b.rep.Figure("udp_rtt_p99_"+s, "UDP round trip p99, "+s+" B", "ms", false)
+			cpu := b.rep.Figure("udp_rtt_cpu_"+s, "relay CPU per UDP round trip, "+s+" B", "µs", false)
 			addr, ok := t.addrs[routeEcho]
 			switch {
 			case !ok:
@@ -302,8 +309,10 @@ func (b *bench) measure(ctx context.Context, t *target) {
 				pps.Fail(t.name, t.broken)
 				continue
 			}
+			u0, uerr := b.usage(t)
 			prof := b.startProfile(ctx, t, "udp"+s, b.o.duration)
 			r, err := load.UDPRoundTrips(ctx, addr, udpClients, udpWindow, size, b.o.duration)
+			u1, uerr1 := b.usage(t)
 			if note := prof.finish(ctx); note != "" {
 				pps.Note = joinNote(pps.Note, note)
 			}
@@ -313,6 +322,11 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			}
 			pps.Add(t.name, r.Rate())
 			p99.Add(t.name, ms(r.P99))
+			if uerr == nil && uerr1 == nil {
+				// The relay's CPU covers the whole run, the count only the measured 90% after
+				// warm-up: the rate stands for the whole run.
+				cpu.Add(t.name, cpuPerOp(u1.CPU-u0.CPU, r.Rate()*b.o.duration.Seconds()))
+			}
 		}
 	}
 }
@@ -386,6 +400,14 @@ func splitAddr(addr string) (string, int) {
 	h, p, _ := net.SplitHostPort(addr)
 	port, _ := strconv.Atoi(p)
 	return h, port
+}
+
+// cpuPerOp is CPU time per operation in microseconds.
+func cpuPerOp(cpu time.Duration, ops float64) float64 {
+	if ops <= 0 {
+		return 0
+	}
+	return float64(cpu.Microseconds()) / ops
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -47,7 +48,8 @@ func (b *bench) startProfile(ctx context.Context, t *target, figure string, d ti
 	return p
 }
 
-// finish waits for perf and writes the flat report (self time by binary and symbol).
+// finish waits for perf and writes the flat report (self time by binary and symbol), then the
+// samples by system call and by Go runtime activity (attribute).
 func (p *profiler) finish(ctx context.Context) string {
 	if p == nil {
 		return ""
@@ -57,6 +59,14 @@ func (p *profiler) finish(ctx context.Context) string {
 		"--sort", "dso,symbol", "-g", "none", "--percent-limit", "1").Output()
 	if err != nil || len(out) == 0 {
 		return ""
+	}
+	// The same samples by system call and by Go runtime activity, appended to the flat report.
+	if script, err := exec.CommandContext(ctx, "perf", "script", "-i", p.data).Output(); err == nil {
+		if a, err := attribute(bytes.NewReader(script)); err == nil {
+			var buf bytes.Buffer
+			a.write(&buf)
+			out = append(out, buf.Bytes()...)
+		}
 	}
 	_ = os.MkdirAll(filepath.Dir(p.out), 0o755)
 	if err := os.WriteFile(p.out, out, 0o644); err != nil {
