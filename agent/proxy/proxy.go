@@ -83,8 +83,9 @@ type Proxy struct {
 	stream       string // "connecting", "connected", "disconnected"
 	streamErr    string
 
-	conns connSet // live TCP connections, closed at shutdown
-	uses  useSet  // live TCP connections and UDP sessions with their leases (adopt.go)
+	workers *workerPool // runs TCP connections' goroutines; stopped when Run ends
+	conns   connSet     // live TCP connections, closed at shutdown
+	uses    useSet      // live TCP connections and UDP sessions with their leases (adopt.go)
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
@@ -125,6 +126,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.resolver = p.shares
 	}
 	p.conns.m = map[any]func(){}
+	p.workers = newWorkerPool()
 	p.http = newHTTPRouter(p)
 	return p, nil
 }
@@ -239,6 +241,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	bg.Wait()
 	p.conns.closeAll()
 	p.wg.Wait()
+	p.workers.stop() // every connection has ended: only idle workers are left
 	if p.shares != nil {
 		p.shares.Close()
 	}

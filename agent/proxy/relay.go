@@ -48,7 +48,7 @@ type halfResult struct {
 // A clean EOF in one direction is propagated with CloseWrite (half-close) and the other
 // direction keeps going; an error (reset, broken pipe) aborts both sides with a reset so that
 // neither end waits on a dead peer.
-func relay(client, upstream *net.TCPConn) (toUp, toClient int64, reason string) {
+func relay(workers *workerPool, client, upstream *net.TCPConn) (toUp, toClient int64, reason string) {
 	var aborted atomic.Bool
 	var firstEOF atomic.Int32 // 0 none, 1 client, 2 upstream
 	pipe := func(dst, src *net.TCPConn, toUp bool) halfResult {
@@ -76,7 +76,7 @@ func relay(client, upstream *net.TCPConn) (toUp, toClient int64, reason string) 
 		return halfResult{n: n, err: err, toUp: toUp}
 	}
 	done := make(chan halfResult, 1)
-	go func() { done <- pipe(upstream, client, true) }()
+	workers.run(func() { done <- pipe(upstream, client, true) })
 	r1 := pipe(client, upstream, false)
 	r2 := <-done
 	client.Close()

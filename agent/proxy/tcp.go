@@ -148,14 +148,14 @@ func (l *tcpListener) serve(ctx context.Context) error {
 		l.active.Add(1)
 		l.accepted.Add(1)
 		l.p.wg.Add(1)
-		go func() {
+		l.p.workers.run(func() {
 			defer l.p.wg.Done()
 			l.p.handleTCP(c, m, l)
 			l.active.Add(-1)
 			if l.closed.Load() {
 				l.flushMetrics()
 			}
-		}()
+		})
 	}
 }
 
@@ -265,7 +265,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		return
 	}
 
-	toUp, toClient, reason := relay(c, u)
+	toUp, toClient, reason := relay(p.workers, c, u)
 	if p.runCtx.Err() != nil {
 		reason = "proxy shutdown"
 	}

@@ -59,7 +59,7 @@ func attribute(r io.Reader) (*attribution, error) {
 			// "\t    ffffffff81234567 __x64_sys_connect+0x1d ([kernel.kallsyms])"
 			if f := strings.Fields(line); len(f) >= 2 {
 				sym, _, _ := strings.Cut(f[1], "+")
-				chain = append(chain, sym)
+				chain = append(chain, strings.TrimSuffix(sym, ".abi0"))
 			}
 		}
 	}
@@ -70,7 +70,7 @@ func attribute(r io.Reader) (*attribution, error) {
 // syscallOf names the system call a chain ran under, walking from the leaf towards the root.
 func syscallOf(chain []string) string {
 	for _, sym := range chain {
-		for _, prefix := range []string{"__x64_sys_", "__do_sys_", "__se_sys_", "ksys_"} {
+		for _, prefix := range []string{"__x64_sys_", "__do_sys_", "__se_sys_", "__sys_", "ksys_"} {
 			if name, ok := strings.CutPrefix(sym, prefix); ok {
 				return name
 			}

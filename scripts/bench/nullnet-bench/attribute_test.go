@@ -15,6 +15,7 @@ const perfScriptSample = `nullnet 1 1.0:    1001001 cpu-clock:ppp:
 nullnet 1 1.1:    1001001 cpu-clock:ppp: 
 	ffffffff81e2d64f sock_write_iter+0x4f ([kernel.kallsyms])
 	ffffffff816bb796 ksys_write+0xe6 ([kernel.kallsyms])
+	ffffffff816bb796 __sys_ignored_outer+0xe6 ([kernel.kallsyms])
 	ffffffff821f2e5f do_syscall_64+0x6f ([kernel.kallsyms])
 
 nullnet 1 1.2:    1001001 cpu-clock:ppp: 
@@ -25,7 +26,7 @@ nullnet 1 1.2:    1001001 cpu-clock:ppp:
 nullnet 1 1.3:    1001001 cpu-clock:ppp: 
 	            1236 runtime.copystack+0x37 (/bin/nullnet)
 	            1237 runtime.newstack+0x37 (/bin/nullnet)
-	            1238 runtime.morestack+0x37 (/bin/nullnet)
+	            1238 runtime.morestack.abi0+0x37 (/bin/nullnet)
 `
 
 func TestAttributeBySyscallAndRuntime(t *testing.T) {
