@@ -76,6 +76,11 @@ func syscallOf(chain []string) string {
 			}
 		}
 	}
+	// close(2) hands the socket's teardown to task work that runs on the way back to user
+	// space, outside the syscall's own frame.
+	if chainHas(chain, "task_work_run") {
+		return "close (teardown at syscall exit)"
+	}
 	for _, sym := range chain {
 		switch {
 		case sym == "do_syscall_64" || sym == "entry_SYSCALL_64_after_hwframe":
