@@ -165,14 +165,19 @@ func (l *udpListener) readLoop(ctx context.Context) error {
 		errDelay = 0
 		// Consecutive datagrams of one client go to its session together: one sendmmsg(2)
 		// on the session's socket instead of a write each.
-		for i := 0; i < n; {
-			addr := b.addr(i)
-			j := i + 1
-			for j < n && b.addr(j) == addr {
-				j++
+		if n == 0 {
+			continue
+		}
+		addr, from := b.addr(0), 0
+		for j := 1; j <= n; j++ {
+			var next netip.AddrPort
+			if j < n {
+				if next = b.addr(j); next == addr {
+					continue
+				}
 			}
-			l.fromClient(ctx, addr, b, i, j)
-			i = j
+			l.fromClient(ctx, addr, b, from, j)
+			addr, from = next, j
 		}
 	}
 }

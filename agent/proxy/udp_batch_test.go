@@ -56,22 +56,7 @@ func TestDatagramBatchRoundTrip(t *testing.T) {
 			}
 			defer b.free()
 			want := netip.MustParseAddrPort(cli.LocalAddr().String())
-			got := 0
-			deadline := time.Now().Add(2 * time.Second)
-			for got < len(payloads) && time.Now().Before(deadline) {
-				var n int
-				var errno syscall.Errno
-				if err := rc.Read(func(fd uintptr) bool {
-					n, errno = b.recv(fd, got, b.slots(), true)
-					return errno != syscall.EAGAIN
-				}); err != nil || errno != 0 {
-					t.Fatalf("recv: %v %v", err, errno)
-				}
-				got += n
-			}
-			if got != len(payloads) {
-				t.Fatalf("received %d datagrams, want %d", got, len(payloads))
-			}
+			recvAll(t, rc, b, len(payloads))
 			for i, p := range payloads {
 				if !bytes.Equal(b.data(i), p) {
 					t.Fatalf("datagram %d: %d bytes, want %d", i, len(b.data(i)), len(p))
@@ -143,21 +128,8 @@ func TestSessionSendsRunUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := 0
-	for deadline := time.Now().Add(2 * time.Second); got < len(payloads) && time.Now().Before(deadline); {
-		var n int
-		var errno syscall.Errno
-		if err := rc.Read(func(fd uintptr) bool {
-			n, errno = b.recv(fd, got, b.slots(), true)
-			return errno != syscall.EAGAIN
-		}); err != nil || errno != 0 {
-			t.Fatalf("recv: %v %v", err, errno)
-		}
-		got += n
-	}
-	if got != len(payloads) {
-		t.Fatalf("received %d datagrams, want %d", got, len(payloads))
-	}
+	got := len(payloads)
+	recvAll(t, rc, b, got)
 
 	s := &udpSession{l: &udpListener{}, state: stateReady, fd: fd}
 	s.mu.RLock()
@@ -180,5 +152,25 @@ func TestSessionSendsRunUpstream(t *testing.T) {
 	_ = cli.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	if n, err := cli.Read(buf); err == nil {
 		t.Fatalf("the client got %d bytes back: a slot kept its sender's address", n)
+	}
+}
+
+// recvAll receives want datagrams (with their senders) into b's first slots, within 2 s.
+func recvAll(t *testing.T, rc syscall.RawConn, b *datagramBatch, want int) {
+	t.Helper()
+	got := 0
+	for deadline := time.Now().Add(2 * time.Second); got < want && time.Now().Before(deadline); {
+		var n int
+		var errno syscall.Errno
+		if err := rc.Read(func(fd uintptr) bool {
+			n, errno = b.recv(fd, got, b.slots(), true)
+			return errno != syscall.EAGAIN
+		}); err != nil || errno != 0 {
+			t.Fatalf("recv: %v %v", err, errno)
+		}
+		got += n
+	}
+	if got != want {
+		t.Fatalf("received %d datagrams, want %d", got, want)
 	}
 }
