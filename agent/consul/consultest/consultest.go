@@ -5,6 +5,7 @@ package consultest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -208,21 +209,33 @@ func (s *Server) Stop() {
 // Output is what the agent printed so far.
 func (s *Server) Output() string { return s.out.String() }
 
+// freePorts picks n ports free for both TCP and UDP on 127.0.0.1: Consul's serf and DNS ports
+// listen on both, and a port whose UDP side is taken (a relay holding thousands of UDP sockets,
+// say) would stop the agent from starting.
 func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
+	var held []io.Closer
 	defer func() {
-		for _, l := range ls {
-			l.Close()
+		for _, c := range held {
+			c.Close()
 		}
 	}()
 	var ports []int
-	for i := 0; i < n; i++ {
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n {
+			return nil, fmt.Errorf("no port free for both TCP and UDP after %d tries", tries)
+		}
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, err
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		held = append(held, l)
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // UDP side taken: keep the TCP listener held so it is not picked again
+		}
+		held = append(held, u)
+		ports = append(ports, port)
 	}
 	return ports, nil
 }

@@ -1,6 +1,8 @@
 package consultest
 
 import (
+	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -58,5 +60,32 @@ func TestHarnessBlockingQuery(t *testing.T) {
 	s := r.svcs[0]
 	if s.ServiceID != "redis-1" || s.ServicePort != 6379 || s.ServiceMeta["nullnet-stack"] != "my-app" || s.ServiceMeta["nullnet-protocol"] != "tcp" {
 		t.Fatalf("unexpected instance: %+v", s)
+	}
+}
+
+// freePorts hands out distinct ports that are free on both TCP and UDP (Consul's serf and DNS
+// ports take both).
+func TestFreePortsTCPAndUDP(t *testing.T) {
+	ports, err := freePorts(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, p := range ports {
+		if seen[p] {
+			t.Fatalf("port %d handed out twice: %v", p, ports)
+		}
+		seen[p] = true
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("tcp %s: %v", addr, err)
+		}
+		l.Close()
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			t.Fatalf("udp %s: %v", addr, err)
+		}
+		u.Close()
 	}
 }
