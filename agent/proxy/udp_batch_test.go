@@ -39,22 +39,8 @@ func TestDatagramBatchRoundTrip(t *testing.T) {
 				t.Fatalf("family %d, %v; want %d", fam, err, tc.fam)
 			}
 
-			cli, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cli.Close()
 			payloads := [][]byte{[]byte("one"), bytes.Repeat([]byte{'x'}, 60000), []byte("three"), {}, []byte("five")}
-			for _, p := range payloads {
-				if _, err := cli.Write(p); err != nil {
-					t.Fatal(err)
-				}
-			}
-			b, err := newDatagramBatch(8)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.free()
+			cli, b := sendBurst(t, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}, payloads)
 			want := netip.MustParseAddrPort(cli.LocalAddr().String())
 			recvAll(t, rc, b, len(payloads))
 			for i, p := range payloads {
@@ -108,22 +94,8 @@ func TestSessionSendsRunUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	cli, err := net.DialUDP("udp", nil, ln.LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
 	payloads := [][]byte{[]byte("first"), bytes.Repeat([]byte{'y'}, 9000), {}, []byte("last")}
-	for _, p := range payloads {
-		if _, err := cli.Write(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err := newDatagramBatch(8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.free()
+	cli, b := sendBurst(t, ln.LocalAddr().(*net.UDPAddr), payloads)
 	rc, err := ln.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -173,4 +145,26 @@ func recvAll(t *testing.T, rc syscall.RawConn, b *datagramBatch, want int) {
 	if got != want {
 		t.Fatalf("received %d datagrams, want %d", got, want)
 	}
+}
+
+// sendBurst sends payloads to dst from a new client socket and returns it with an empty batch
+// of 8 slots to receive them into; both are closed when the test ends.
+func sendBurst(t *testing.T, dst *net.UDPAddr, payloads [][]byte) (*net.UDPConn, *datagramBatch) {
+	t.Helper()
+	cli, err := net.DialUDP("udp", nil, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	for _, p := range payloads {
+		if _, err := cli.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := newDatagramBatch(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.free)
+	return cli, b
 }
