@@ -28,7 +28,7 @@ func startWebDriver(t *testing.T) *webDriver {
 	t.Helper()
 	for _, bin := range []string{"chromedriver", "chromium"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found: apt-get install chromium chromium-driver (the Consul UI test drives a real browser)", bin)
+			t.Fatalf("%s not found: run scripts/setup (make test does), or apt-get install chromium chromium-driver (the Consul UI test drives a real browser)", bin)
 		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")

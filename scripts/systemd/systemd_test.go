@@ -107,7 +107,7 @@ func TestUnits(t *testing.T) {
 func TestUnitsVerify(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Fatal("systemd-analyze not found: install the Debian package systemd (apt-get install systemd)")
+		t.Fatal("systemd-analyze not found: run scripts/setup (make test does), or apt-get install systemd")
 	}
 	dir := t.TempDir()
 	var files []string

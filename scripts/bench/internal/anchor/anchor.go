@@ -33,17 +33,23 @@ type Relay struct {
 
 // Installed returns an error naming the Debian package when an anchor's binary is missing.
 func Installed() error {
+	// One entry per package: nginx's binary and its stream module are two packages, each named once.
 	var missing []string
-	for bin, pkg := range map[string]string{"haproxy": "haproxy", "nginx": "nginx-light libnginx-mod-stream", "iperf3": "iperf3"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			missing = append(missing, pkg)
+	for _, need := range []struct{ path, pkg string }{
+		{"haproxy", "haproxy"}, {"nginx", "nginx-light"}, {NginxStreamModule, "libnginx-mod-stream"}, {"iperf3", "iperf3"},
+	} {
+		var err error
+		if filepath.IsAbs(need.path) {
+			_, err = os.Stat(need.path)
+		} else {
+			_, err = exec.LookPath(need.path)
+		}
+		if err != nil {
+			missing = append(missing, need.pkg)
 		}
 	}
-	if _, err := os.Stat(NginxStreamModule); err != nil {
-		missing = append(missing, "libnginx-mod-stream")
-	}
 	if len(missing) > 0 {
-		return fmt.Errorf("missing benchmark tools: apt-get install -y %s", strings.Join(missing, " "))
+		return fmt.Errorf("missing benchmark tools: run scripts/setup (make bench does), or apt-get install -y %s", strings.Join(missing, " "))
 	}
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 // One short run against a real iperf3 server: the JSON we read must still be iperf3's.
 func TestRunReadsServerSide(t *testing.T) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
-		t.Fatal("iperf3 is not installed: apt-get install -y iperf3")
+		t.Fatal("iperf3 is not installed: run scripts/setup (make test does), or apt-get install -y iperf3")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
