@@ -105,7 +105,7 @@ func startCluster(t *testing.T) (*cluster, error) {
 	if err := ensurePackages(t); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", tempDirPrefix)
+	dir, err := os.MkdirTemp("", tempDirStart+thisRun.prefix+"-")
 	if err != nil {
 		return nil, err
 	}
@@ -306,12 +306,17 @@ func (c *cluster) startSSHD(d string) error {
 		return err
 	}
 	// sshd insists on its privilege-separation directory; create it only if missing and remove
-	// it again, leaving the machine as found.
+	// it again, leaving the machine as found, unless another run (whose sshd needs it too) is
+	// still alive then.
 	if _, err := os.Stat("/run/sshd"); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 			return err
 		}
-		registry.add("/run/sshd", func() { os.Remove("/run/sshd") })
+		registry.add("/run/sshd", func() {
+			if !otherLiveRuns() {
+				os.Remove("/run/sshd")
+			}
+		})
 	}
 	cfg := filepath.Join(d, "sshd_config")
 	conf := fmt.Sprintf(`Port %d
