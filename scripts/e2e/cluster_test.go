@@ -22,22 +22,24 @@ import (
 // Ports the suite uses. Services listen on their usual-looking ports on the nodes; the proxy
 // exposes them on distinct listen ports on edge.
 const (
-	redisPort     = 6379
-	dnsPort       = 5353
-	webPort       = 8080
-	sshPort       = 2222
-	redisListen   = 16379
-	dnsListen     = 15353
-	sshListen     = 12222
-	hotListen     = 16380
-	apiPort       = 4700
-	grpcPort      = 4701
-	consulHTTP    = 8500
-	webHost       = "web.e2e.test"
-	dnsName       = "www.e2e.test"
-	dnsAnswer     = "10.1.2.3"
-	redisTimeout  = 5 * time.Second
-	nodeGrace     = 3 * time.Second
+	redisPort    = 6379
+	dnsPort      = 5353
+	webPort      = 8080
+	sshPort      = 2222
+	redisListen  = 16379
+	dnsListen    = 15353
+	sshListen    = 12222
+	hotListen    = 16380
+	apiPort      = 4700
+	grpcPort     = 4701
+	consulHTTP   = 8500
+	webHost      = "web.e2e.test"
+	dnsName      = "www.e2e.test"
+	dnsAnswer    = "10.1.2.3"
+	redisTimeout = 5 * time.Second
+	// nodeGrace outlasts an agent restart (scenario 10: restartPause plus the start) and keeps
+	// scenario 7's wait short.
+	nodeGrace     = 8 * time.Second
 	stackFileName = "e2e.hcl"
 )
 
