@@ -277,11 +277,19 @@ type Hello struct {
 	Version      string   `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
 	// Underlay MTU of the node's interface carrying underlay_addr (0 = unknown, assume 1500).
 	UnderlayMtu uint32 `protobuf:"varint,5,opt,name=underlay_mtu,json=underlayMtu,proto3" json:"underlay_mtu,omitempty"`
-	// Tunnel ends that exist on the node when it says Hello. Empty on the first Hello after a
-	// start (start-up cleanup removed every leftover); on a reconnect, the ends built so far.
-	// A server compares it with its sessions: a session whose end is missing is broken, an end
-	// it does not know is stale and can be torn down.
-	ActiveEnds    []*OverlayEndRef `protobuf:"bytes,6,rep,name=active_ends,json=activeEnds,proto3" json:"active_ends,omitempty"`
+	// Tunnel ends that exist on the node when it says Hello: on a reconnect, the ends built so
+	// far; on the first Hello after a start, the complete marked ends the agent found in the
+	// kernel (an earlier run of the agent built them; start-up removes only incomplete ones and
+	// spare bridges). A server compares it with its sessions: a session whose end is missing is
+	// broken, one whose end is reported keeps running, and an end no session holds is orphaned
+	// (adoptable for server.orphan_grace after a server restart) or, on a server that has run
+	// longer than that, stale: the server tears it down.
+	ActiveEnds []*OverlayEndRef `protobuf:"bytes,6,rep,name=active_ends,json=activeEnds,proto3" json:"active_ends,omitempty"`
+	// Random per agent process, fixed for its lifetime. A Hello with a new instance id from a
+	// known node tells the server the agent restarted: the uses its proxy role held (leases)
+	// died with the old process and are released, while its tunnel ends are judged by
+	// active_ends. Empty from agents that predate it (no restart is inferred).
+	InstanceId    string `protobuf:"bytes,7,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,6 +364,13 @@ func (x *Hello) GetActiveEnds() []*OverlayEndRef {
 		return x.ActiveEnds
 	}
 	return nil
+}
+
+func (x *Hello) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
 }
 
 // One tunnel end on a node.
@@ -1412,7 +1427,7 @@ const file_nullnet_proto_rawDesc = "" +
 	"\vNodeMessage\x12)\n" +
 	"\x05hello\x18\x01 \x01(\v2\x11.nullnet.v1.HelloH\x00R\x05hello\x12*\n" +
 	"\x03ack\x18\x02 \x01(\v2\x16.nullnet.v1.CommandAckH\x00R\x03ackB\x05\n" +
-	"\x03msg\"\xd8\x01\n" +
+	"\x03msg\"\xf9\x01\n" +
 	"\x05Hello\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12#\n" +
 	"\runderlay_addr\x18\x02 \x01(\tR\funderlayAddr\x12\x14\n" +
@@ -1420,7 +1435,9 @@ const file_nullnet_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12!\n" +
 	"\funderlay_mtu\x18\x05 \x01(\rR\vunderlayMtu\x12:\n" +
 	"\vactive_ends\x18\x06 \x03(\v2\x19.nullnet.v1.OverlayEndRefR\n" +
-	"activeEnds\"S\n" +
+	"activeEnds\x12\x1f\n" +
+	"\vinstance_id\x18\a \x01(\tR\n" +
+	"instanceId\"S\n" +
 	"\rOverlayEndRef\x12\x15\n" +
 	"\x06net_id\x18\x01 \x01(\rR\x05netId\x12+\n" +
 	"\x04side\x18\x02 \x01(\x0e2\x17.nullnet.v1.OverlaySideR\x04side\"j\n" +

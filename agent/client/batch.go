@@ -139,6 +139,19 @@ func (c *Client) runTeardowns(ctx context.Context, cmds []command) {
 	tctx, cancel := context.WithTimeout(ctx, commandTimeout)
 	defer cancel()
 	start := time.Now()
+	// Invalid commands are answered on their own (execute's check) and kept out of the batch.
+	valid := cmds[:0:0]
+	for _, cmd := range cmds {
+		if cmd.validate() != nil {
+			c.runCommand(ctx, cmd)
+			continue
+		}
+		valid = append(valid, cmd)
+	}
+	cmds = valid
+	if len(cmds) == 0 {
+		return
+	}
 	refs := make([]overlay.EndRef, len(cmds))
 	for i, cmd := range cmds {
 		refs[i] = overlay.EndRef{NetID: cmd.netID, Side: cmd.side}

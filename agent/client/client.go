@@ -4,6 +4,8 @@ package client
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -55,6 +57,10 @@ type Config struct {
 	ReconnectMax time.Duration
 	// Parallel bounds concurrently running commands (default DefaultParallel).
 	Parallel int
+	// LeaveEnds makes Run leave its tunnel ends and spare bridges in the kernel when it
+	// returns, as a crash does: the next start keeps the complete ends (Recover) and reports
+	// them. Tests stand in for kill -9 with it.
+	LeaveEnds bool
 }
 
 // Client is the node role.
@@ -67,6 +73,8 @@ type Client struct {
 	reconnectMax time.Duration
 	acks         chan *pb.CommandAck
 	cleanupOnce  sync.Once
+	// instance is random per process: the server tells a restarted agent from a reconnect.
+	instance string
 
 	// exec is created by Run (it needs Run's context).
 	exec *executor
@@ -90,7 +98,7 @@ func New(cfg Config) (*Client, error) {
 		logger = hclog.NewNullLogger()
 	}
 	c := &Client{cfg: cfg, logger: logger, overlay: cfg.Overlay, agent: cfg.Agent, ends: map[endKey]EndStatus{},
-		reconnectMax: cfg.ReconnectMax, acks: make(chan *pb.CommandAck, ackQueue)}
+		reconnectMax: cfg.ReconnectMax, acks: make(chan *pb.CommandAck, ackQueue), instance: newInstanceID()}
 	if c.reconnectMax <= 0 {
 		c.reconnectMax = DefaultReconnectMax
 	}
@@ -184,6 +192,12 @@ func (c *Client) Run(ctx context.Context) error {
 	wg.Wait()
 	exec.wait()
 
+	if c.cfg.LeaveEnds {
+		if c.ownsOverlay != nil {
+			c.ownsOverlay.Close()
+		}
+		return nil
+	}
 	tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c.teardownAll(tctx)
@@ -259,6 +273,13 @@ func (c *Client) emit(e events.Event) {
 		return
 	}
 	c.logger.Info("event", "kind", e.Kind, "message", e.Message)
+}
+
+// newInstanceID is 16 random hex digits.
+func newInstanceID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func sideOf(s string) overlay.Side {

@@ -94,6 +94,21 @@ func (c *Client) Execute(ctx context.Context, m *pb.ServerMessage) (*pb.CommandA
 	return c.execute(ctx, cmd), nil
 }
 
+// validate checks what the overlay would otherwise be asked to do: a command from a buggy or
+// hostile server gets an error ack naming the field, never a kernel request.
+func (cmd command) validate() error {
+	if err := overlay.ValidateNetID(cmd.netID); err != nil {
+		return err
+	}
+	if !cmd.side.Valid() {
+		return fmt.Errorf("side is neither service nor proxy")
+	}
+	if s := cmd.setup; s != nil && s.GetMtu() != 0 && (s.GetMtu() < 576 || s.GetMtu() > 65535) {
+		return fmt.Errorf("mtu %d is outside 576-65535", s.GetMtu())
+	}
+	return nil
+}
+
 // execute builds or removes the end and answers once the kernel objects exist (or are gone).
 func (c *Client) execute(ctx context.Context, cmd command) *pb.CommandAck {
 	ctx, cancel := context.WithTimeout(ctx, commandTimeout)
@@ -101,7 +116,9 @@ func (c *Client) execute(ctx context.Context, cmd command) *pb.CommandAck {
 	start := time.Now()
 	var err error
 	var detail []string
-	if cmd.setup != nil {
+	if err = cmd.validate(); err != nil {
+		err = fmt.Errorf("invalid %s command: %w", cmd.kind(), err)
+	} else if cmd.setup != nil {
 		detail, err = c.setup(ctx, cmd)
 	} else {
 		err = c.teardown(ctx, cmd)
@@ -188,6 +205,21 @@ func (c *Client) forgetEnd(cmd command) {
 	c.mu.Lock()
 	delete(c.ends, endKey{cmd.netID, cmd.side})
 	c.mu.Unlock()
+}
+
+// adoptEnds records ends found in the kernel at start-up as this node's, so that the first
+// Hello reports them and a later teardown or shutdown treats them like ends it built.
+func (c *Client) adoptEnds(kept []overlay.RecoveredEnd) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range kept {
+		st := EndStatus{NetID: e.NetID, Side: e.Side.String(), Bridge: e.Bridge.String(), MTU: e.MTU, Since: now}
+		if e.Local.IsValid() {
+			st.Local, st.Remote = e.Local.String(), e.Remote.String()
+		}
+		c.ends[endKey{e.NetID, e.Side}] = st
+	}
 }
 
 // underlayAddr is the command's local underlay address, or the node's advertise_addr when the

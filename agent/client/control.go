@@ -11,6 +11,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/overlay"
 	"github.com/nullnet/nullnet/agent/version"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
@@ -152,16 +153,42 @@ func (c *Client) hello() *pb.Hello {
 		}
 	}
 	h := &pb.Hello{NodeName: cfg.NodeName, UnderlayAddr: cfg.AdvertiseAddr, Roles: roles,
-		Version: version.Version, UnderlayMtu: uint32(c.nodeUnderlayMTU())}
+		Version: version.Version, UnderlayMtu: uint32(c.nodeUnderlayMTU()), InstanceId: c.instance}
 	for _, e := range c.activeEnds() {
 		h.ActiveEnds = append(h.ActiveEnds, &pb.OverlayEndRef{NetId: e.NetID, Side: sideToProto(sideOf(e.Side))})
 	}
 	return h
 }
 
-// startupCleanup removes tunnel ends an earlier run left behind (a crash, kill -9).
+// recoverer is implemented by overlays that can keep the ends an earlier run built
+// (overlay.Manager); others only clean up.
+type recoverer interface {
+	Recover(ctx context.Context) ([]overlay.RecoveredEnd, []string, error)
+}
+
+// startupCleanup deals with what an earlier run of the agent left (a crash, kill -9, an
+// upgrade): complete tunnel ends are kept, since the kernel kept carrying their connections
+// while the agent was down, and go into the first Hello's active_ends for the server to judge
+// (it keeps those it has sessions for and tears down the others); every other device nullnet
+// owns is removed.
 func (c *Client) startupCleanup(ctx context.Context) {
-	removed, err := c.overlay.Cleanup(ctx)
+	var (
+		removed []string
+		err     error
+	)
+	if r, ok := c.overlay.(recoverer); ok {
+		var kept []overlay.RecoveredEnd
+		kept, removed, err = r.Recover(ctx)
+		c.adoptEnds(kept)
+		if len(kept) > 0 {
+			c.logger.Info("kept tunnel ends an earlier run built; the server decides which stay", "count", len(kept))
+			c.emit(events.Event{Kind: events.OverlayEndsRecovered,
+				Message: fmt.Sprintf("kept %d tunnel ends an earlier run built", len(kept)),
+				Fields:  map[string]string{"count": fmt.Sprint(len(kept))}})
+		}
+	} else {
+		removed, err = c.overlay.Cleanup(ctx)
+	}
 	if err != nil {
 		c.logger.Error("start-up cleanup of overlay devices failed", "error", err)
 	}

@@ -37,6 +37,7 @@ const (
 	OverlayTeardownCompleted  = "overlay_teardown_completed"
 	OverlayTeardownFailed     = "overlay_teardown_failed"
 	OverlayLeftoversRemoved   = "overlay_leftovers_removed"
+	OverlayEndsRecovered      = "overlay_ends_recovered"
 	HostServiceRegistered     = "host_service_registered"
 	HostServiceDeregistered   = "host_service_deregistered"
 	HostServiceUnreachable    = "host_service_unreachable"

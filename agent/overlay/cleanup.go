@@ -31,9 +31,14 @@ func (m *Manager) Cleanup(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("overlay: cleanup: %w", err)
 	}
+	return m.cleanup(ctx, links, nil)
+}
+
+// cleanup removes every device of links that nullnet owns, except those keep holds (by index).
+func (m *Manager) cleanup(ctx context.Context, links []netlink.Link, keep map[int]bool) ([]string, error) {
 	var ours []netlink.Link
 	for _, l := range links {
-		if ownedAny(l) {
+		if ownedAny(l) && !keep[l.Attrs().Index] {
 			ours = append(ours, l)
 		}
 	}
@@ -74,7 +79,8 @@ func (m *Manager) Cleanup(ctx context.Context) ([]string, error) {
 		removed = append(removed, name)
 	}
 	if len(removed) > 0 {
-		m.logger.Info("removed overlay devices left by an earlier run", "count", len(removed), "devices", removed)
+		m.logger.Info("removed overlay devices left by an earlier run", "count", len(removed), "devices", removed,
+			"kept", len(keep))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return removed, fmt.Errorf("overlay: cleanup: %w", err)

@@ -35,6 +35,7 @@ type nodeInfo struct {
 	Roles       []string  `json:"roles"`
 	Version     string    `json:"version"`
 	UnderlayMTU uint32    `json:"underlay_mtu"`
+	Instance    string    `json:"instance_id,omitempty"`
 	Connected   bool      `json:"connected"`
 	Since       time.Time `json:"since"` // connected or disconnected at
 }
@@ -72,15 +73,23 @@ func newRegistry(logger hclog.Logger, ev events.Emitter, grace func() time.Durat
 	return &registry{logger: logger, events: ev, grace: grace, onGone: onGone, nodes: map[string]*nodeState{}}
 }
 
-// connect registers a node's new channel, replacing an older one of the same node.
-func (r *registry) connect(h *pb.Hello) *nodeConn {
-	c := &nodeConn{out: make(chan *pb.ServerMessage, 64), done: make(chan struct{}), pending: map[string]chan *pb.CommandAck{}}
+// connect registers a node's new channel, replacing an older one of the same node. When the
+// node's agent restarted (a new instance id), restartedAt is when its old process was last
+// seen: uses its proxy role took before then died with that process.
+func (r *registry) connect(h *pb.Hello) (c *nodeConn, restartedAt time.Time) {
+	c = &nodeConn{out: make(chan *pb.ServerMessage, 64), done: make(chan struct{}), pending: map[string]chan *pb.CommandAck{}}
 	r.mu.Lock()
 	st := r.nodes[h.NodeName]
 	reconnect := st != nil
 	if st == nil {
 		st = &nodeState{}
 		r.nodes[h.NodeName] = st
+	}
+	if reconnect && st.info.Instance != "" && h.GetInstanceId() != "" && st.info.Instance != h.GetInstanceId() {
+		restartedAt = time.Now()
+		if st.conn == nil {
+			restartedAt = st.info.Since // disconnected at
+		}
 	}
 	if st.grace != nil {
 		st.grace.Stop()
@@ -89,7 +98,7 @@ func (r *registry) connect(h *pb.Hello) *nodeConn {
 	old := st.conn
 	st.conn = c
 	st.info = nodeInfo{Name: h.NodeName, Underlay: h.UnderlayAddr, Roles: h.Roles, Version: h.Version,
-		UnderlayMTU: h.UnderlayMtu, Connected: true, Since: time.Now()}
+		UnderlayMTU: h.UnderlayMtu, Instance: h.GetInstanceId(), Connected: true, Since: time.Now()}
 	r.gaugeLocked()
 	r.mu.Unlock()
 	if old != nil {
@@ -97,8 +106,8 @@ func (r *registry) connect(h *pb.Hello) *nodeConn {
 	}
 	r.events.Emit(events.Event{Kind: events.NodeConnected, Node: h.NodeName,
 		Fields: map[string]string{"underlay_addr": h.UnderlayAddr, "roles": strings.Join(h.Roles, ","),
-			"version": h.Version, "reconnect": fmt.Sprint(reconnect)}})
-	return c
+			"version": h.Version, "reconnect": fmt.Sprint(reconnect), "restarted": fmt.Sprint(!restartedAt.IsZero())}})
+	return c, restartedAt
 }
 
 // disconnect marks c's node disconnected (if c is still its channel) and starts the grace timer.
@@ -276,8 +285,11 @@ func (c *controlService) ControlChannel(stream pb.Control_ControlChannelServer) 
 	if err := validateHello(h, c.s.network() == networkVXLAN); err != nil {
 		return err
 	}
-	conn := reg.connect(h)
+	conn, restartedAt := reg.connect(h)
 	connectedAt := time.Now()
+	if !restartedAt.IsZero() {
+		c.s.plane.nodeRestarted(h.NodeName, restartedAt)
+	}
 	if err := stream.Send(&pb.ServerMessage{Msg: &pb.ServerMessage_Welcome{Welcome: &pb.Welcome{
 		ServerName: c.s.agentConfig().NodeName, Version: version.Version}}}); err != nil {
 		reg.disconnect(h.NodeName, conn, err)

@@ -108,6 +108,13 @@ func (p *plane) restoreOrphan(id uint32, or *orphan) {
 func (p *plane) noteOrphans(node string, reported map[uint32][]pb.OverlaySide) int {
 	o := p.orphans
 	grace := p.s.agentConfig().Server.OrphanGrace
+	// Orphans wait for proxies that re-announce their uses after a server restart; a server that
+	// has run longer than the grace restarted nobody's sessions, so an end it does not know is
+	// stale (its session ended while the node was away, or the node's agent restarted after it
+	// ended) and is removed at once.
+	if time.Since(p.started) >= grace {
+		grace = 0
+	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {

@@ -226,6 +226,15 @@ func (p *plane) reconcileEnds(h *pb.Hello, connectedAt time.Time) {
 	}
 }
 
+// nodeRestarted runs when a node's agent said Hello with a new instance id: the uses its proxy
+// role held before `before` (the old process was last seen then) ended with that process, so
+// they are released (their sessions start idling and end after their timeout unless a new use
+// arrives); its tunnel ends are judged by reconcileEnds like any reconnect's.
+func (p *plane) nodeRestarted(node string, before time.Time) {
+	released := p.table.ReleaseNodeBefore(node, before)
+	p.logger.Info("node's agent restarted", "node", node, "uses_released", released)
+}
+
 // usableNode: in vxlan mode a replica's node must have a live control channel.
 func (p *plane) usableNode(node string) bool {
 	if p.network == networkDirect {

@@ -133,6 +133,11 @@ func validateHello(h *pb.Hello, needUnderlay bool) error {
 	if m := h.GetUnderlayMtu(); m != 0 && (m < 576 || m > maxUnderlayMTU) {
 		return invalid("node %q: underlay_mtu %d is out of range 576-%d", h.GetNodeName(), m, maxUnderlayMTU)
 	}
+	if v := h.GetInstanceId(); v != "" {
+		if err := checkID("hello.instance_id", v); err != nil {
+			return err
+		}
+	}
 	if len(h.GetActiveEnds()) > maxActiveEnds {
 		return invalid("node %q: %d active ends is more than %d", h.GetNodeName(), len(h.GetActiveEnds()), maxActiveEnds)
 	}

@@ -54,6 +54,9 @@ func TestValidateHello(t *testing.T) {
 	// Loopback's MTU (make dev, single-host tests).
 	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", UnderlayAddr: "127.0.0.1", UnderlayMtu: 65536}, true), "")
 	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n"}, true), "underlay_addr")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", InstanceId: "0123abcd"}, false), "")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", InstanceId: "bad id\n"}, false), "instance_id")
+	checkInvalid(t, validateHello(&pb.Hello{NodeName: "n", InstanceId: strings.Repeat("a", 4096)}, false), "instance_id")
 	checkInvalid(t, validateEvent(&pb.AgentEvent{Kind: "Bad-Kind"}), "snake_case")
 	checkInvalid(t, validateEvent(&pb.AgentEvent{Kind: "tcp_listener_bind_failed", Node: "edge1"}), "")
 	checkInvalid(t, validateAck(&pb.CommandAck{CommandId: ""}), "command_id is required")

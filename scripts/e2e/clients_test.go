@@ -62,7 +62,7 @@ func dialRedis(addr string) (*redisConn, error) {
 	return &redisConn{c: c, r: bufio.NewReader(c)}, nil
 }
 
-// dialRedisFromRoot connects from the root namespace (client address 10.99.0.1): a second,
+// dialRedisFromRoot connects from the root namespace (client address rootAddr): a second,
 // distinct client for the server's sessions and replica choice.
 func dialRedisFromRoot(addr string) (*redisConn, error) {
 	c, err := net.DialTimeout("tcp", addr, 10*time.Second)

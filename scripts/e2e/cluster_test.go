@@ -22,22 +22,24 @@ import (
 // Ports the suite uses. Services listen on their usual-looking ports on the nodes; the proxy
 // exposes them on distinct listen ports on edge.
 const (
-	redisPort     = 6379
-	dnsPort       = 5353
-	webPort       = 8080
-	sshPort       = 2222
-	redisListen   = 16379
-	dnsListen     = 15353
-	sshListen     = 12222
-	hotListen     = 16380
-	apiPort       = 4700
-	grpcPort      = 4701
-	consulHTTP    = 8500
-	webHost       = "web.e2e.test"
-	dnsName       = "www.e2e.test"
-	dnsAnswer     = "10.1.2.3"
-	redisTimeout  = 5 * time.Second
-	nodeGrace     = 3 * time.Second
+	redisPort    = 6379
+	dnsPort      = 5353
+	webPort      = 8080
+	sshPort      = 2222
+	redisListen  = 16379
+	dnsListen    = 15353
+	sshListen    = 12222
+	hotListen    = 16380
+	apiPort      = 4700
+	grpcPort     = 4701
+	consulHTTP   = 8500
+	webHost      = "web.e2e.test"
+	dnsName      = "www.e2e.test"
+	dnsAnswer    = "10.1.2.3"
+	redisTimeout = 5 * time.Second
+	// nodeGrace outlasts an agent restart (scenario 10: restartPause plus the start) and keeps
+	// scenario 7's wait short.
+	nodeGrace     = 8 * time.Second
 	stackFileName = "e2e.hcl"
 )
 
@@ -105,7 +107,7 @@ func startCluster(t *testing.T) (*cluster, error) {
 	if err := ensurePackages(t); err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", tempDirPrefix)
+	dir, err := os.MkdirTemp("", tempDirStart+thisRun.prefix+"-")
 	if err != nil {
 		return nil, err
 	}
@@ -306,12 +308,17 @@ func (c *cluster) startSSHD(d string) error {
 		return err
 	}
 	// sshd insists on its privilege-separation directory; create it only if missing and remove
-	// it again, leaving the machine as found.
+	// it again, leaving the machine as found, unless another run (whose sshd needs it too) is
+	// still alive then.
 	if _, err := os.Stat("/run/sshd"); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 			return err
 		}
-		registry.add("/run/sshd", func() { os.Remove("/run/sshd") })
+		registry.add("/run/sshd", func() {
+			if !otherLiveRuns() {
+				os.Remove("/run/sshd")
+			}
+		})
 	}
 	cfg := filepath.Join(d, "sshd_config")
 	conf := fmt.Sprintf(`Port %d

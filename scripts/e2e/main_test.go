@@ -3,8 +3,9 @@
 // services (redis, dnsmasq, an HTTP server, sshd) and real clients (redis-cli, dig, curl, ssh) run
 // from an "outside" namespace. See website/docs/testing.md.
 //
-// Every name the suite creates starts with "nne-" so that a run can remove what an interrupted run
-// left behind, and nothing else.
+// Every name a run creates starts with its own prefix, and a marker file names the process that
+// owns it, so that runs can share a host and a run removes only what dead runs left behind
+// (run_test.go).
 package e2e
 
 import (
@@ -23,9 +24,13 @@ func TestMain(m *testing.M) {
 			"VXLAN devices and runs daemons in them; run `sudo make e2e` (CI runs it as root)")
 		os.Exit(1)
 	}
-	// An earlier run killed hard (SIGKILL, a lost CI runner) may have left namespaces, the bridge
-	// and daemons behind; they would collide with ours.
-	removeLeftovers(func(format string, args ...any) { fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...) })
+	// An earlier run killed hard (SIGKILL, a lost CI runner) may have left namespaces, links and
+	// daemons behind: those of runs whose process is gone are removed, live runs are left alone.
+	if err := claimRun(func(format string, args ...any) { fmt.Fprintf(os.Stderr, "e2e: "+format+"\n", args...) }); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: claiming a prefix and subnet for this run: %v\n", err)
+		os.Exit(1)
+	}
+	setRunNames()
 
 	// SIGINT/SIGTERM: t.Cleanup does not run when the test binary is interrupted, so tear down
 	// here and exit; the registry holds everything started so far.

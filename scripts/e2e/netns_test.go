@@ -2,55 +2,86 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 )
 
-// The underlay: one bridge in the root namespace, one veth per host namespace. The root end has
-// an address too so that the test process can reach the agents' HTTP APIs and Consul directly.
+// The underlay: one bridge in a "switch" namespace of the run, one veth per host namespace,
+// and one veth to the root namespace with an address too, so that the test process can reach
+// the agents' HTTP APIs and Consul directly. The bridge is not in the root namespace on
+// purpose: Docker (present on these machines) sets the root FORWARD policy to DROP and loads
+// br_netfilter, which would run bridged frames through that chain. In the switch namespace no
+// rule exists, and the bridge's nf_call_iptables (and the namespace's bridge-nf sysctls, where
+// br_netfilter is loaded) are off besides; the host's own policy is never touched.
 const (
-	bridgeName = "nne-br0"
-	bridgeAddr = "10.99.0.1"
-	prefixLen  = 24
-	namePrefix = "nne-"
-	// tempDirPrefix names the suite's directory under os.TempDir.
-	tempDirPrefix = "nne-e2e-"
+	prefixLen = 24
 	// keepMarker in a temp dir says NULLNET_E2E_KEEP asked to keep it.
 	keepMarker = "KEPT"
 )
 
 // host is one network namespace standing for a machine.
 type host struct {
-	name string // short name: ctl, edge, node1 …
-	ns   string // namespace name: nne-ctl …
-	ip   string // underlay address
+	name  string // short name: ctl, edge, node1 …
+	ns    string // namespace name: <prefix>-ctl …
+	ip    string // underlay address
+	octet int    // last octet of ip
 }
 
-func newHost(name, ip string) *host { return &host{name: name, ns: namePrefix + name, ip: ip} }
+func newHost(name string, octet int) *host { return &host{name: name, octet: octet} }
 
-// Hosts of the cluster.
+// Hosts of the cluster; their namespaces and addresses are the run's (setRunNames).
 var (
-	hostCtl  = newHost("ctl", "10.99.0.10")
-	hostEdge = newHost("edge", "10.99.0.11")
-	hostN1   = newHost("node1", "10.99.0.21")
-	hostN2   = newHost("node2", "10.99.0.22")
-	hostOut  = newHost("out", "10.99.0.50")
+	hostCtl  = newHost("ctl", 10)
+	hostEdge = newHost("edge", 11)
+	hostN1   = newHost("node1", 21)
+	hostN2   = newHost("node2", 22)
+	hostOut  = newHost("out", 50)
 	allHosts = []*host{hostCtl, hostEdge, hostN1, hostN2, hostOut}
 )
 
-// buildUnderlay creates the bridge and the namespaces; each step registers its own removal.
-func buildUnderlay() error {
-	steps := [][]string{
-		{"link", "add", bridgeName, "type", "bridge"},
-		{"addr", "add", fmt.Sprintf("%s/%d", bridgeAddr, prefixLen), "dev", bridgeName},
-		{"link", "set", bridgeName, "up"},
+// The run's underlay names and the root namespace's address, set by setRunNames.
+var (
+	switchNS string // namespace holding the underlay bridge
+	rootLink string // the root namespace's end of its veth to the bridge (IFNAMSIZ: 12 bytes)
+	rootAddr string // its address: the suite's own client address
+)
+
+// setRunNames derives every name and address from the run's prefix and subnet.
+func setRunNames() {
+	p := thisRun.prefix
+	base := fmt.Sprintf("%s.%d", underlayNet, thisRun.subnet)
+	switchNS, rootLink, rootAddr = p+"-sw", p+"-rt", base+".1"
+	for _, h := range allHosts {
+		h.ns = p + "-" + h.name
+		h.ip = fmt.Sprintf("%s.%d", base, h.octet)
 	}
-	registry.add("bridge "+bridgeName, func() { _, _ = run(nil, "ip", "link", "del", bridgeName) })
+}
+
+// buildUnderlay creates the switch namespace with its bridge, the root namespace's veth and
+// the host namespaces; each step registers its own removal.
+func buildUnderlay() error {
+	if _, err := run(nil, "ip", "netns", "add", switchNS); err != nil {
+		return fmt.Errorf("underlay: %w", err)
+	}
+	registry.add("namespace "+switchNS, func() { deleteNamespace(switchNS) })
+	// Without br_netfilter loaded these sysctls do not exist, and nothing filters bridged
+	// frames anyway: an error is not a failure.
+	for _, k := range []string{"net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"} {
+		_, _ = run(nil, "ip", "netns", "exec", switchNS, "sysctl", "-qw", k+"=0")
+	}
+	registry.add("link "+rootLink, func() { _, _ = run(nil, "ip", "link", "del", rootLink) })
+	steps := [][]string{
+		{"-n", switchNS, "link", "add", "br0", "type", "bridge", "nf_call_iptables", "0", "nf_call_ip6tables", "0", "nf_call_arptables", "0"},
+		{"-n", switchNS, "link", "set", "br0", "up"},
+		{"-n", switchNS, "link", "set", "lo", "up"},
+		{"link", "add", rootLink, "type", "veth", "peer", "name", "v-root", "netns", switchNS},
+		{"-n", switchNS, "link", "set", "v-root", "master", "br0", "up"},
+		{"addr", "add", fmt.Sprintf("%s/%d", rootAddr, prefixLen), "dev", rootLink},
+		{"link", "set", rootLink, "up"},
+	}
 	for _, s := range steps {
 		if _, err := run(nil, "ip", s...); err != nil {
-			return fmt.Errorf("underlay bridge: %w", err)
+			return fmt.Errorf("underlay: %w", err)
 		}
 	}
 	for _, h := range allHosts {
@@ -62,30 +93,22 @@ func buildUnderlay() error {
 }
 
 func addHost(h *host) error {
-	veth := namePrefix + "v-" + h.name // root end, on the bridge
-	peer := namePrefix + "p-" + h.name // host end, renamed eth0 inside
 	if _, err := run(nil, "ip", "netns", "add", h.ns); err != nil {
 		return fmt.Errorf("host %s: %w", h.name, err)
 	}
 	ns := h.ns
-	registry.add("namespace "+ns, func() {
-		deleteNamespace(ns)
-		// The kernel dismantles a deleted namespace asynchronously (minutes on a loaded machine),
-		// and the root end of the veth lives until then: delete the pair now.
-		_, _ = run(nil, "ip", "link", "del", veth)
-	})
+	// Deleting the host namespace deletes its eth0 and so the pair; the switch end goes with it.
+	registry.add("namespace "+ns, func() { deleteNamespace(ns) })
+	port := "v-" + h.name // switch end, on the bridge
 	cmds := [][]string{
-		{"ip", "link", "add", veth, "type", "veth", "peer", "name", peer},
-		{"ip", "link", "set", peer, "netns", h.ns},
-		{"ip", "link", "set", veth, "master", bridgeName},
-		{"ip", "link", "set", veth, "up"},
-		{"ip", "-n", h.ns, "link", "set", peer, "name", "eth0"},
-		{"ip", "-n", h.ns, "addr", "add", fmt.Sprintf("%s/%d", h.ip, prefixLen), "dev", "eth0"},
-		{"ip", "-n", h.ns, "link", "set", "eth0", "up"},
-		{"ip", "-n", h.ns, "link", "set", "lo", "up"},
+		{"-n", switchNS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", h.ns},
+		{"-n", switchNS, "link", "set", port, "master", "br0", "up"},
+		{"-n", h.ns, "addr", "add", fmt.Sprintf("%s/%d", h.ip, prefixLen), "dev", "eth0"},
+		{"-n", h.ns, "link", "set", "eth0", "up"},
+		{"-n", h.ns, "link", "set", "lo", "up"},
 	}
 	for _, c := range cmds {
-		if _, err := run(nil, c[0], c[1:]...); err != nil {
+		if _, err := run(nil, "ip", c...); err != nil {
 			return fmt.Errorf("host %s: %w", h.name, err)
 		}
 	}
@@ -105,42 +128,6 @@ func deleteNamespace(ns string) {
 			return
 		}
 		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// removeLeftovers deletes every nne-* namespace and root-namespace link an interrupted run left,
-// and its temp dir unless that run was asked to keep it (NULLNET_E2E_KEEP leaves a marker).
-func removeLeftovers(logf func(string, ...any)) {
-	if dirs, err := filepath.Glob(filepath.Join(os.TempDir(), tempDirPrefix+"*")); err == nil {
-		for _, d := range dirs {
-			if _, err := os.Stat(filepath.Join(d, keepMarker)); err == nil {
-				continue
-			}
-			logf("removing leftover directory %s", d)
-			os.RemoveAll(d)
-		}
-	}
-	if out, err := run(nil, "ip", "netns", "list"); err == nil {
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) > 0 && strings.HasPrefix(f[0], namePrefix) {
-				logf("removing leftover namespace %s", f[0])
-				deleteNamespace(f[0])
-			}
-		}
-	}
-	if out, err := run(nil, "ip", "-o", "link", "show"); err == nil {
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) < 2 {
-				continue
-			}
-			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-			if strings.HasPrefix(name, namePrefix) {
-				logf("removing leftover link %s", name)
-				_, _ = run(nil, "ip", "link", "del", name)
-			}
-		}
 	}
 }
 

@@ -72,6 +72,7 @@ type lease struct {
 	id        string
 	e         *entry
 	proxyNode string
+	taken     time.Time
 }
 
 // New returns a table. Its teardown goroutines live until Close.
@@ -241,7 +242,7 @@ func (t *Table) pickLocked(c []Replica) Replica {
 
 func (t *Table) addLeaseLocked(e *entry) string {
 	id := newID()
-	t.leases[id] = &lease{id: id, e: e, proxyNode: e.s.ProxyNode}
+	t.leases[id] = &lease{id: id, e: e, proxyNode: e.s.ProxyNode, taken: time.Now()}
 	e.leases[id] = true
 	e.s.Uses++
 	e.s.IdleSince = nil
@@ -308,6 +309,21 @@ func (t *Table) ReleaseNode(proxyNode string) int {
 	n := 0
 	for _, l := range t.leases {
 		if l.proxyNode == proxyNode {
+			t.releaseLocked(l)
+			n++
+		}
+	}
+	return n
+}
+
+// ReleaseNodeBefore ends the uses a proxy node took before t (its agent restarted: the old
+// process's connections are gone, a new process's uses stay) and returns how many there were.
+func (t *Table) ReleaseNodeBefore(proxyNode string, before time.Time) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, l := range t.leases {
+		if l.proxyNode == proxyNode && l.taken.Before(before) {
 			t.releaseLocked(l)
 			n++
 		}

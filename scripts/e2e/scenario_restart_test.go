@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Scenario 10: restarting an agent (kill -9, as a crash or a hasty upgrade does) keeps the
+// tunnels of live sessions. The restarted agent keeps the complete tunnel ends it finds, reports
+// them in its Hello, and the server keeps the sessions they belong to.
+
+const (
+	bigFile = "big.bin"
+	bigSize = 24 << 20 // at bigRate: about 12 s, long enough to restart an agent in the middle
+	bigRate = "2M"
+	// restartPause is how long an agent stays dead: the tunnel must carry meanwhile.
+	restartPause = 2 * time.Second
+)
+
+// session is one row of the server's /v1/sessions.
+type sessionRow struct {
+	ID       string `json:"id"`
+	Service  string `json:"service"`
+	ClientIP string `json:"client_ip"`
+	NetID    uint32 `json:"net_id"`
+	Upstream string `json:"upstream_ip"`
+	Uses     int    `json:"uses"`
+	Replica  struct {
+		Node string `json:"node"`
+	} `json:"replica"`
+}
+
+// findSession polls for the session of service whose client is the outside host.
+func findSession(service string) (sessionRow, error) {
+	var found sessionRow
+	err := poll(settle, func() error {
+		var rows []sessionRow
+		if err := getJSON(apiURL(hostCtl, "/v1/sessions"), &rows); err != nil {
+			return err
+		}
+		for _, r := range rows {
+			if r.Service == service && r.ClientIP == hostOut.ip {
+				found = r
+				return nil
+			}
+		}
+		return fmt.Errorf("no session of %s for client %s among %d", service, hostOut.ip, len(rows))
+	})
+	return found, err
+}
+
+// writeBigFile puts the same random file into both nodes' web roots and returns its SHA-256.
+func (c *cluster) writeBigFile() (string, error) {
+	b := make([]byte, bigSize)
+	_, _ = rand.Read(b)
+	sum := sha256.Sum256(b)
+	for _, h := range []*host{hostN1, hostN2} {
+		if err := os.WriteFile(filepath.Join(c.dir, "svc-"+h.name, "www", bigFile), b, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// download fetches url at bigRate inside ns (extra curl arguments first) and returns the SHA-256
+// of what arrived and the HTTP status, or the error.
+func download(ns string, extra ...string) <-chan string {
+	ch := make(chan string, 1)
+	go func() {
+		cmd := fmt.Sprintf("set -o pipefail; curl -sS --fail --max-time 150 --limit-rate %s %s | sha256sum", bigRate, strings.Join(extra, " "))
+		out, err := nsRun(160*time.Second, ns, "bash", "-c", cmd)
+		if err != nil {
+			ch <- "error: " + err.Error()
+			return
+		}
+		f := strings.Fields(out)
+		if len(f) == 0 {
+			ch <- "error: no output"
+			return
+		}
+		ch <- f[0]
+	}()
+	return ch
+}
+
+// killAgent kills a host's nullnet agent with SIGKILL: no shutdown path runs.
+func (c *cluster) killAgent(h *host) {
+	c.mu.Lock()
+	p := c.agents[h.name]
+	delete(c.agents, h.name)
+	c.mu.Unlock()
+	if p == nil {
+		return
+	}
+	p.stopped.Do(func() {
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+		}
+	})
+}
+
+func testAgentRestart(t *testing.T, c *cluster) {
+	sum, err := c.writeBigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("NodeAgent", func(t *testing.T) { testNodeAgentRestart(t, c, sum) })
+	t.Run("ProxyAgent", func(t *testing.T) { testProxyAgentRestart(t, c, sum) })
+	// Nothing leaks: once the sessions idled out, no tunnel device is left anywhere.
+	if err := poll(teardown+10*time.Second, noTunnels); err != nil {
+		t.Errorf("after the transfers ended: %v", err)
+	}
+}
+
+// A download through the proxy (user-space relay on edge, kernel tunnel to the node) survives
+// the serving node's agent being killed and restarted.
+func testNodeAgentRestart(t *testing.T, c *cluster, sum string) {
+	start := time.Now()
+	done := download(hostOut.ns, "-H", "'Host: "+webHost+"'", fmt.Sprintf("http://%s/%s", hostEdge.ip, bigFile))
+	s, err := findSession(webHost)
+	if err != nil {
+		t.Fatalf("the download's session: %v", err)
+	}
+	svc := hostByName(s.Replica.Node)
+	if svc == nil {
+		t.Fatalf("session %+v is on no node", s)
+	}
+	time.Sleep(time.Second)
+	select {
+	case r := <-done:
+		t.Fatalf("the download ended before the agent was killed (%s): make it longer", r)
+	default:
+	}
+	t.Logf("session %s (net id %d) on %s; killing its agent", s.ID, s.NetID, svc.name)
+	c.killAgent(svc)
+	time.Sleep(restartPause)
+	if err := c.startAgent(svc); err != nil {
+		t.Fatalf("restarting %s's agent: %v", svc.name, err)
+	}
+	select {
+	case r := <-done:
+		if r != sum {
+			t.Fatalf("download through the restart: %s, want sha256 %s", r, sum)
+		}
+	case <-time.After(170 * time.Second):
+		t.Fatal("the download never ended")
+	}
+	t.Logf("%d MiB downloaded in %v across the restart of %s's agent", bigSize>>20, time.Since(start).Round(100*time.Millisecond), svc.name)
+	after, err := findSession(webHost)
+	if err != nil || after.ID != s.ID || after.NetID != s.NetID {
+		t.Errorf("the session after the restart: %+v (%v), want %s with net id %d", after, err, s.ID, s.NetID)
+	}
+	if ev, err := apiEvents(); err == nil {
+		if e, ok := findEvent(ev, "session_torn_down", s.ID, "end_lost"); ok {
+			t.Errorf("the session was torn down for a lost end: %s", e)
+		}
+	}
+}
+
+// The proxy host's agent: its user-space relays die with it (a client reconnects), but its tunnel
+// ends stay, so a transfer the kernel carries over the tunnel (here: a download from the proxy
+// host straight to the upstream address, as the kernel fast path's flows are) goes on, and the
+// reconnecting client joins the same session and tunnel.
+func testProxyAgentRestart(t *testing.T, c *cluster, sum string) {
+	addr := fmt.Sprintf("%s:%d", hostEdge.ip, redisListen)
+	rc, err := dialRedis(addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer rc.Close()
+	who, err := rc.do("GET whoami")
+	if err != nil {
+		t.Fatalf("redis: %v", err)
+	}
+	s, err := findSession("redis")
+	if err != nil {
+		t.Fatalf("the redis session: %v", err)
+	}
+	if s.Replica.Node != who || s.Upstream == "" {
+		t.Fatalf("session %+v, served by %s", s, who)
+	}
+	start := time.Now()
+	done := download(hostEdge.ns, fmt.Sprintf("http://%s:%d/%s", s.Upstream, webPort, bigFile))
+	time.Sleep(time.Second)
+	select {
+	case r := <-done:
+		t.Fatalf("the download ended before the agent was killed (%s)", r)
+	default:
+	}
+	t.Logf("session %s (net id %d, upstream %s on %s); killing edge's agent", s.ID, s.NetID, s.Upstream, who)
+	c.killAgent(hostEdge)
+	time.Sleep(restartPause)
+	if err := c.startAgent(hostEdge); err != nil {
+		t.Fatalf("restarting edge's agent: %v", err)
+	}
+	// The client reconnects (its connection went with the relay) and lands on the same session:
+	// this use keeps it alive past its timeout while the download runs.
+	var rc2 *redisConn
+	if err := poll(settle, func() error {
+		r, err := dialRedis(addr)
+		if err != nil {
+			return err
+		}
+		if got, err := r.do("GET whoami"); err != nil || got != who {
+			r.Close()
+			return fmt.Errorf("whoami %q, %v; want %s", got, err, who)
+		}
+		rc2 = r
+		return nil
+	}); err != nil {
+		t.Fatalf("reconnecting through the restarted proxy: %v", err)
+	}
+	defer rc2.Close()
+	select {
+	case r := <-done:
+		if r != sum {
+			t.Fatalf("download over the tunnel through the restart: %s, want sha256 %s", r, sum)
+		}
+	case <-time.After(170 * time.Second):
+		t.Fatal("the download never ended")
+	}
+	t.Logf("%d MiB downloaded over the tunnel in %v across the restart of edge's agent", bigSize>>20, time.Since(start).Round(100*time.Millisecond))
+	after, err := findSession("redis")
+	if err != nil || after.ID != s.ID || after.NetID != s.NetID || after.Uses != 1 {
+		t.Errorf("the session after the restart: %+v (%v), want %s with net id %d and 1 use (the old one released)",
+			after, err, s.ID, s.NetID)
+	}
+	if out, err := rc2.do("PING"); err != nil || out != "PONG" {
+		t.Errorf("PING on the new connection: %q, %v", out, err)
+	}
+}
