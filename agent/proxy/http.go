@@ -29,6 +29,10 @@ type httpRouter struct {
 	addr atomic.Pointer[string] // bound address, readable while Run is going
 	rp   *httputil.ReverseProxy
 	log  hclog.Logger
+	srv  atomic.Pointer[http.Server] // set by listen
+	// inflight counts requests in ServeHTTP, upgraded (WebSocket) ones until they close: Drain
+	// waits for it to reach 0.
+	inflight atomic.Int64
 }
 
 type targetKey struct{}
@@ -72,7 +76,7 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 	return r
 }
 
-func (r *httpRouter) listen(addr string) error {
+func (r *httpRouter) listen(ctx context.Context, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -81,13 +85,34 @@ func (r *httpRouter) listen(addr string) error {
 	a := ln.Addr().String()
 	r.addr.Store(&a)
 	r.log.Info("HTTP router listening", "addr", ln.Addr().String())
+	r.srv.Store(r.newServer(ctx))
 	return nil
 }
 
-// serve runs the HTTP server until ctx ends, then shuts it down; requests still running get a
-// few seconds, upgraded connections are closed through their request context.
+// serve runs the HTTP server until ctx ends, then closes it: the graceful part of a stop is
+// Drain (which shuts the server down first); whatever is still open when ctx ends is cut, and
+// upgraded connections end through their request context.
 func (r *httpRouter) serve(ctx context.Context) error {
-	srv := &http.Server{
+	srv := r.srv.Load()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(r.ln) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving %s: %w", r.ln.Addr(), err)
+		}
+		<-ctx.Done() // Drain shut the server down: requests it waited for are done
+		srv.Close()
+		return nil
+	case <-ctx.Done():
+	}
+	srv.Close()
+	<-errc
+	return nil
+}
+
+func (r *httpRouter) newServer(ctx context.Context) *http.Server {
+	return &http.Server{
 		Handler:           r,
 		ReadHeaderTimeout: 30 * time.Second,
 		// Go answers 431 past this (plus its 4 KiB of slack); per-line limits are checked in
@@ -97,20 +122,6 @@ func (r *httpRouter) serve(ctx context.Context) error {
 		BaseContext:    func(net.Listener) context.Context { return ctx },
 		ErrorLog:       r.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(r.ln) }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serving %s: %w", r.ln.Addr(), err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
-	<-errc
-	return nil
 }
 
 // Addr is the router's bound address (tests bind port 0).
@@ -184,6 +195,8 @@ func serviceFromHost(host string) string {
 }
 
 func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
 	start := time.Now()
 	service := serviceFromHost(req.Host)
 	sw := &statusWriter{ResponseWriter: w}
