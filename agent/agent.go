@@ -56,6 +56,7 @@ type Agent struct {
 	http      *http.Server
 	httpLn    net.Listener
 	runCancel context.CancelFunc
+	leave     leaveState // Leave: drain, then stop (leave.go)
 }
 
 // New builds an agent; nothing runs until Run. Listeners are bound here so that a port clash is
@@ -186,6 +187,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 		a.logger.Error("agent stopping after a fatal error", "error", runErr)
+	case <-a.leave.requested():
+		a.drain(ctx)
 	}
 	cancel()
 	a.logger.Info("agent stopping")

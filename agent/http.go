@@ -14,6 +14,7 @@ func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/agent/self", a.handleSelf)
 	mux.Handle("GET /v1/agent/metrics", a.metrics)
+	mux.HandleFunc("PUT /v1/agent/leave", a.handleLeave)
 	if a.cfg.EnableDebug {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)

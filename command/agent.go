@@ -29,7 +29,9 @@ Usage: nullnet agent [options]
   (server, client, proxy) come from the configuration blocks that are
   enabled. SIGHUP reloads the configuration (and a server's stacks); a
   configuration that does not validate is rejected and the running one is
-  kept. SIGINT or SIGTERM stops the agent gracefully.
+  kept. SIGINT or SIGTERM stops the agent gracefully: a proxy first stops
+  accepting and lets open connections and requests finish (up to
+  proxy.drain_timeout); a second SIGINT or SIGTERM stops at once.
 
 Options:
 ` + configFlagsHelp + `
@@ -110,6 +112,7 @@ func (c *AgentCommand) Run(args []string) int {
 	defer signal.Stop(sigs)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+	leaving := false
 	for {
 		select {
 		case err := <-done:
@@ -122,7 +125,15 @@ func (c *AgentCommand) Run(args []string) int {
 			cancel()
 		case s := <-sigs:
 			if s != syscall.SIGHUP {
-				logger.Info("caught signal, stopping", "signal", s.String())
+				// The first signal drains (a proxy lets open connections finish, up to
+				// proxy.drain_timeout); a second one stops at once.
+				if !leaving {
+					leaving = true
+					logger.Info("caught signal, draining then stopping; send it again to stop at once", "signal", s.String())
+					a.Leave()
+					continue
+				}
+				logger.Info("caught signal again, stopping now", "signal", s.String())
 				cancel()
 				continue
 			}

@@ -35,6 +35,7 @@ func Commands(ui cli.Ui) map[string]cli.CommandFactory {
 		"agent":           func() (cli.Command, error) { return &AgentCommand{UI: ui}, nil },
 		"validate":        func() (cli.Command, error) { return &ValidateCommand{UI: ui}, nil },
 		"version":         func() (cli.Command, error) { return &VersionCommand{UI: ui}, nil },
+		"leave":           func() (cli.Command, error) { return &LeaveCommand{UI: ui}, nil },
 		"stacks":          func() (cli.Command, error) { return &StacksCommand{UI: ui}, nil },
 		"port-mappings":   func() (cli.Command, error) { return &PortMappingsCommand{UI: ui}, nil },
 		"events":          func() (cli.Command, error) { return &EventsCommand{UI: ui}, nil },

@@ -99,6 +99,9 @@ type Proxy struct {
 	// UseLinger is how long the proxy keeps a client's shared server use after its last
 	// connection, session or request ended; 0 turns use sharing off (one use per connection).
 	UseLinger time.Duration `json:"use_linger"`
+	// DrainTimeout bounds the drain on SIGTERM or `nullnet leave`: listeners stop accepting and
+	// open connections and requests get this long to finish; 0 stops at once.
+	DrainTimeout time.Duration `json:"drain_timeout"`
 }
 
 // Client is the node role: tunnel ends and host services.
@@ -179,6 +182,7 @@ const (
 	DefaultUDPMaxSessions  = 200000
 	DefaultUDPQueueLength  = 64
 	DefaultUseLinger       = time.Second
+	DefaultDrainTimeout    = 30 * time.Second
 	DefaultCheckInterval   = 5 * time.Second
 	DefaultPromRetention   = 60 * time.Second
 )

@@ -119,6 +119,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Proxy.UDPMaxSessions, p.UDPMaxSessions)
 		pick(&c.Proxy.UDPQueueLength, p.UDPQueueLength)
 		diags = append(diags, pickDur(&c.Proxy.UseLinger, p.UseLinger)...)
+		diags = append(diags, pickDur(&c.Proxy.DrainTimeout, p.DrainTimeout)...)
 	}
 	if cl := r.Client; cl != nil {
 		pick(&c.Client.Enabled, cl.Enabled)

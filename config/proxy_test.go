@@ -65,3 +65,27 @@ func TestProxyUseLingerInvalid(t *testing.T) {
 		}
 	}
 }
+
+// proxy.drain_timeout defaults to 30 s and keeps an explicit 0 (stop without a drain).
+func TestProxyDrainTimeout(t *testing.T) {
+	if d := Default().Proxy.DrainTimeout; d != DefaultDrainTimeout {
+		t.Fatalf("Default() drain_timeout = %s, want %s", d, DefaultDrainTimeout)
+	}
+	for body, want := range map[string]time.Duration{
+		`node_name = "n"`:                        DefaultDrainTimeout,
+		"proxy {\n  drain_timeout = 0\n}\n":      0,
+		"proxy {\n  drain_timeout = \"5s\"\n}\n": 5 * time.Second,
+	} {
+		r := Load([]Source{{Path: write(t, t.TempDir(), "a.hcl", body)}}, false)
+		if r.Diags.HasErrors() {
+			t.Fatalf("%q: %s", body, diagText(r))
+		}
+		if got := r.Config.Proxy.DrainTimeout; got != want {
+			t.Errorf("%q: drain_timeout = %s, want %s", body, got, want)
+		}
+	}
+	r := Load([]Source{{Path: write(t, t.TempDir(), "bad.hcl", "proxy {\n  drain_timeout = \"-1s\"\n}\n")}}, false)
+	if !strings.Contains(diagText(r), `Invalid duration for "drain_timeout"`) {
+		t.Errorf("negative drain_timeout: %q", diagText(r))
+	}
+}

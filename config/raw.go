@@ -62,6 +62,7 @@ type rawProxy struct {
 	UDPMaxSessions *int           `hcl:"udp_max_sessions,optional"`
 	UDPQueueLength *int           `hcl:"udp_queue_length,optional"`
 	UseLinger      *hcl.Attribute `hcl:"use_linger,optional"`
+	DrainTimeout   *hcl.Attribute `hcl:"drain_timeout,optional"`
 }
 
 type rawClient struct {

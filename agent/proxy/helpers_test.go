@@ -116,6 +116,7 @@ type testProxy struct {
 	*Proxy
 	events *events.Store
 	done   chan error
+	cancel context.CancelFunc // stops Run (the test's cleanup waits for it)
 }
 
 func startProxy(t testing.TB, res Resolver, mod func(*config.Config, *Config)) *testProxy {
@@ -140,13 +141,13 @@ func startProxy(t testing.TB, res Resolver, mod func(*config.Config, *Config)) *
 		t.Fatalf("proxy.New: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	tp := &testProxy{Proxy: p, events: store, done: make(chan error, 1)}
+	tp := &testProxy{Proxy: p, events: store, done: make(chan error, 1), cancel: cancel}
 	go func() { tp.done <- p.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case err := <-tp.done:
-			if err != nil {
+		case err, ok := <-tp.done:
+			if ok && err != nil {
 				t.Errorf("Run: %v", err)
 			}
 		case <-time.After(30 * time.Second):

@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,10 @@ type httpRouter struct {
 	addr atomic.Pointer[string] // bound address, readable while Run is going
 	rp   *httputil.ReverseProxy
 	log  hclog.Logger
+	srv  atomic.Pointer[http.Server] // set by listen
+	// inflight counts requests in ServeHTTP, upgraded (WebSocket) ones until they close: Drain
+	// waits for it to reach 0.
+	inflight atomic.Int64
 }
 
 type targetKey struct{}
@@ -51,9 +56,18 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 			pr.SetURL(&url.URL{Scheme: "http", Host: t.String()})
 			// The upstream sees the name the client asked for, as with any virtual host.
 			pr.Out.Host = pr.In.Host
-			// Inbound X-Forwarded-* were stripped (a client must not choose its own address);
-			// these are ours.
+			// A client must not choose its own address: every forwarding header it sent is
+			// dropped (ReverseProxy drops only XFF, XFH, XFP and Forwarded), then ours are set.
+			stripForwarding(pr.Out.Header)
 			pr.SetXForwarded()
+			if ap, err := netip.ParseAddrPort(pr.In.RemoteAddr); err == nil {
+				client := ap.Addr().Unmap().String() // no ::ffff: form from a dual-stack socket
+				pr.Out.Header.Set("X-Forwarded-For", client)
+				pr.Out.Header.Set("X-Real-Ip", client)
+			}
+			if la, ok := pr.In.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+				pr.Out.Header.Set("X-Forwarded-Port", strconv.Itoa(int(addrPortOf(la).Port())))
+			}
 		},
 		Transport:    transport,
 		ErrorHandler: r.upstreamFailed,
@@ -62,7 +76,7 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 	return r
 }
 
-func (r *httpRouter) listen(addr string) error {
+func (r *httpRouter) listen(ctx context.Context, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -71,33 +85,43 @@ func (r *httpRouter) listen(addr string) error {
 	a := ln.Addr().String()
 	r.addr.Store(&a)
 	r.log.Info("HTTP router listening", "addr", ln.Addr().String())
+	r.srv.Store(r.newServer(ctx))
 	return nil
 }
 
-// serve runs the HTTP server until ctx ends, then shuts it down; requests still running get a
-// few seconds, upgraded connections are closed through their request context.
+// serve runs the HTTP server until ctx ends, then closes it: the graceful part of a stop is
+// Drain (which shuts the server down first); whatever is still open when ctx ends is cut, and
+// upgraded connections end through their request context.
 func (r *httpRouter) serve(ctx context.Context) error {
-	srv := &http.Server{
-		Handler:           r,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          r.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
-	}
+	srv := r.srv.Load()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(r.ln) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("serving %s: %w", r.ln.Addr(), err)
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serving %s: %w", r.ln.Addr(), err)
+		}
+		<-ctx.Done() // Drain shut the server down: requests it waited for are done
+		srv.Close()
+		return nil
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-	}
+	srv.Close()
 	<-errc
 	return nil
+}
+
+func (r *httpRouter) newServer(ctx context.Context) *http.Server {
+	return &http.Server{
+		Handler:           r,
+		ReadHeaderTimeout: 30 * time.Second,
+		// Go answers 431 past this (plus its 4 KiB of slack); per-line limits are checked in
+		// ServeHTTP (checkHeaderSizes).
+		MaxHeaderBytes: maxHeaderBytes,
+		IdleTimeout:    2 * time.Minute,
+		BaseContext:    func(net.Listener) context.Context { return ctx },
+		ErrorLog:       r.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
 }
 
 // Addr is the router's bound address (tests bind port 0).
@@ -106,6 +130,54 @@ func (r *httpRouter) Addr() string {
 		return *a
 	}
 	return ""
+}
+
+// Header limits, as nginx (large_client_header_buffers 4 8k: a request line or a header line
+// over 8 KiB is refused) and HAProxy (tune.bufsize 16 KiB for the whole head) apply them: a
+// proxy that forwards what its upstream's own front end would refuse hands attackers a bigger
+// surface than the service was built for.
+const (
+	maxHeaderLine  = 8 << 10  // one header field (name, ": " and value), and the request target
+	maxHeaderBytes = 64 << 10 // the whole request head
+)
+
+// checkHeaderSizes returns the status (414 or 431) and a reason when a request line or header
+// field is longer than maxHeaderLine; 0 when the request is within limits. The total is
+// enforced by http.Server.MaxHeaderBytes before the handler runs.
+func checkHeaderSizes(req *http.Request) (int, string) {
+	if len(req.RequestURI) > maxHeaderLine {
+		return http.StatusRequestURITooLong, fmt.Sprintf("The request target is longer than %d bytes.", maxHeaderLine)
+	}
+	if len(req.Host)+len("Host: ") > maxHeaderLine {
+		return http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("The Host header is longer than %d bytes.", maxHeaderLine)
+	}
+	for name, values := range req.Header {
+		for _, v := range values {
+			if len(name)+2+len(v) > maxHeaderLine {
+				return http.StatusRequestHeaderFieldsTooLarge,
+					fmt.Sprintf("A header field is longer than %d bytes.", maxHeaderLine)
+			}
+		}
+	}
+	return 0, ""
+}
+
+// isForwardingHeader reports whether a request header claims something about the client or
+// the hops it came through: X-Forwarded-* (any suffix), X-Real-IP and Forwarded, in any case
+// and with '_' for '-' (CGI-style back ends map X_Forwarded_For and X-Forwarded-For to the same
+// variable, and Go keeps a name with '_' as sent).
+func isForwardingHeader(name string) bool {
+	n := strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+	return strings.HasPrefix(n, "x-forwarded-") || n == "x-forwarded" || n == "x-real-ip" || n == "forwarded"
+}
+
+// stripForwarding deletes every forwarding header from h.
+func stripForwarding(h http.Header) {
+	for name := range h {
+		if isForwardingHeader(name) {
+			delete(h, name)
+		}
+	}
 }
 
 // serviceFromHost strips the port from a Host header (IPv6 literals keep their brackets off).
@@ -123,6 +195,8 @@ func serviceFromHost(host string) string {
 }
 
 func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
 	start := time.Now()
 	service := serviceFromHost(req.Host)
 	sw := &statusWriter{ResponseWriter: w}
@@ -132,6 +206,10 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		r.log.Debug("request", "client", req.RemoteAddr, "host", req.Host, "method", req.Method,
 			"path", req.URL.Path, "status", sw.code(), "duration", time.Since(start))
 	}()
+	if code, what := checkHeaderSizes(req); code != 0 {
+		errorPage(sw, code, http.StatusText(code), what)
+		return
+	}
 	if service == "" {
 		errorPage(sw, http.StatusBadRequest, "Missing Host header",
 			"This proxy routes by the Host header, and the request has none.")

@@ -49,12 +49,14 @@ type settings struct {
 	UDPMaxSessions int
 	UDPQueueLength int
 	UseLinger      time.Duration
+	DrainTimeout   time.Duration
 }
 
 func settingsFrom(c *config.Config) *settings {
 	p := c.Proxy
 	return &settings{BindAddr: p.BindAddr, DialTimeout: p.DialTimeout, UDPIdleTimeout: p.UDPIdleTimeout,
-		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength, UseLinger: p.UseLinger}
+		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength, UseLinger: p.UseLinger,
+		DrainTimeout: p.DrainTimeout}
 }
 
 // Proxy is the ingress role.
@@ -82,6 +84,9 @@ type Proxy struct {
 	tableAt      time.Time
 	stream       string // "connecting", "connected", "disconnected"
 	streamErr    string
+
+	// draining is set by Drain: no listener opens, UDP listeners admit no new client.
+	draining atomic.Bool
 
 	workers *workerPool // runs TCP connections' goroutines; stopped when Run ends
 	conns   connSet     // live TCP connections, closed at shutdown
@@ -146,6 +151,7 @@ func (p *Proxy) RegisterHTTP(mux *http.ServeMux) {
 // Status is shown in /v1/agent/self and /v1/proxy/listeners.
 type Status struct {
 	Stream       string           `json:"stream"`
+	Draining     bool             `json:"draining,omitempty"`
 	StreamError  string           `json:"stream_error,omitempty"`
 	TableVersion uint64           `json:"table_version"`
 	TableAt      time.Time        `json:"table_received_at,omitzero"`
@@ -172,7 +178,7 @@ func (p *Proxy) Status() any { return p.status() }
 
 func (p *Proxy) status() Status {
 	p.mu.Lock()
-	st := Status{Stream: p.stream, StreamError: p.streamErr, TableVersion: p.tableVersion, TableAt: p.tableAt,
+	st := Status{Stream: p.stream, Draining: p.draining.Load(), StreamError: p.streamErr, TableVersion: p.tableVersion, TableAt: p.tableAt,
 		Listeners: []ListenerStatus{}}
 	if !p.cfg.DisableHTTP {
 		st.HTTPAddr = p.httpAddr
@@ -214,7 +220,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	errc := make(chan error, 1)
 	if !p.cfg.DisableHTTP {
-		if err := p.http.listen(p.httpAddr); err != nil {
+		if err := p.http.listen(runCtx, p.httpAddr); err != nil {
 			return fmt.Errorf("proxy: HTTP router: %w", err)
 		}
 		bg.Add(1)
@@ -238,6 +244,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case err = <-errc:
 	}
 	cancel()
+	if p.grpcRes != nil {
+		p.grpcRes.beginClose() // the releases below go out at once, each tried once
+	}
 	bg.Wait()
 	p.conns.closeAll()
 	p.wg.Wait()
@@ -246,10 +255,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.shares.Close()
 	}
 	if p.grpcRes != nil {
-		p.grpcRes.Close(5 * time.Second)
+		p.grpcRes.Close(stopReleaseGrace)
 	}
 	return err
 }
+
+// stopReleaseGrace bounds the releases sent when the proxy stops: one attempt each, all at
+// once; a server that answers at all answers within it.
+const stopReleaseGrace = time.Second
 
 // Reload applies a new agent configuration: timeouts, UDP bounds and use_linger apply to new
 // connections and sessions at once; bind_addr and http_addr changes need a restart (logged).
@@ -288,6 +301,12 @@ func (c *connSet) add(k any, closeFn func()) bool {
 	}
 	c.m[k] = closeFn
 	return true
+}
+
+func (c *connSet) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.m)
 }
 
 func (c *connSet) remove(k any) {

@@ -155,6 +155,11 @@ func (s *slot) setState(state, lastErr string) {
 func (p *Proxy) reconcile(version uint64, want map[listenerKey]Mapping) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.draining.Load() {
+		// A drain closed the TCP listeners on purpose: a push must not open them again.
+		p.logger.Info("port table not applied: draining", "version", version)
+		return
+	}
 	running := make(map[listenerKey]Mapping, len(p.slots))
 	for k, s := range p.slots {
 		running[k] = *s.mapping.Load()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -102,11 +103,19 @@ type grpcResolver struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// closing is closed when the proxy stops: releases are then sent once each, all at once,
+	// never retried (a stop must not spend seconds retrying a server that is itself going
+	// away), and failures are counted into one log line (closeFailed) instead of one each.
+	closing     chan struct{}
+	closeOnce   sync.Once
+	closeFailed atomic.Int64
 }
 
 func newGRPCResolver(conn grpc.ClientConnInterface, node string, logger hclog.Logger) *grpcResolver {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &grpcResolver{client: pb.NewIngressClient(conn), node: node, logger: logger, ctx: ctx, cancel: cancel}
+	return &grpcResolver{client: pb.NewIngressClient(conn), node: node, logger: logger, ctx: ctx, cancel: cancel,
+		closing: make(chan struct{})}
 }
 
 func (r *grpcResolver) Resolve(ctx context.Context, client netip.Addr, service string, proto Protocol) (Lease, error) {
@@ -181,30 +190,60 @@ func (r *grpcResolver) Release(l Lease) {
 				r.logger.Debug("use already unknown to the server", "lease", l.LeaseID, "error", err)
 				return
 			}
+			if r.isClosing() {
+				metrics.IncrCounter([]string{"nullnet", "proxy", "release", "failed"}, 1)
+				r.closeFailed.Add(1)
+				return
+			}
 			if code := status.Code(err); code == codes.InvalidArgument ||
 				time.Now().After(giveUp) || r.ctx.Err() != nil {
 				metrics.IncrCounter([]string{"nullnet", "proxy", "release", "failed"}, 1)
 				r.logger.Warn("could not release use", "lease", l.LeaseID, "attempts", attempt, "error", err)
 				return
 			}
+			t := time.NewTimer(backoff)
 			select {
-			case <-time.After(backoff):
+			case <-t.C:
+			case <-r.closing: // one last attempt, together with every other release of the stop
 			case <-r.ctx.Done():
 			}
+			t.Stop()
 			backoff = min(2*backoff, 5*time.Second)
 		}
 	}()
 }
 
-// Close waits up to grace for releases in flight, then abandons the rest.
+func (r *grpcResolver) isClosing() bool {
+	select {
+	case <-r.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// beginClose switches releases to the stop mode (one attempt each, no retry); the proxy calls
+// it before ending its connections, so their releases go out as one concurrent batch.
+func (r *grpcResolver) beginClose() { r.closeOnce.Do(func() { close(r.closing) }) }
+
+// Close waits up to grace for releases in flight, then abandons the rest (the server ends a
+// gone proxy's uses itself), and logs one line for every release that failed.
 func (r *grpcResolver) Close(grace time.Duration) {
+	r.beginClose()
+	start := time.Now()
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
+	t := time.NewTimer(grace)
 	select {
 	case <-done:
-	case <-time.After(grace):
+	case <-t.C:
 		r.cancel()
 		<-done
 	}
+	t.Stop()
 	r.cancel()
+	if n := r.closeFailed.Load(); n > 0 {
+		r.logger.Warn("uses not released at stop; the server ends them when this proxy goes away",
+			"failed", n, "took", time.Since(start).Round(time.Millisecond))
+	}
 }

@@ -188,10 +188,11 @@ func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, b *da
 	l.mu.Lock()
 	s := l.sessions[addr]
 	if s == nil {
-		s = l.newSessionLocked(ctx, addr, b.data(from))
+		var reason int
+		s, reason = l.newSessionLocked(ctx, addr, b.data(from))
 		l.mu.Unlock()
-		if s == nil { // refused (session limit): every datagram of the run is dropped
-			l.drops[dropSessionLimit].Add(uint64(to - from - 1))
+		if s == nil { // refused: every datagram of the run is dropped
+			l.drops[reason].Add(uint64(to - from))
 			return
 		}
 		from++
@@ -203,12 +204,14 @@ func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, b *da
 	}
 }
 
-// newSessionLocked starts a session for a new client address, queueing its first datagram.
-// l.mu is held.
-func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort, first []byte) *udpSession {
+// newSessionLocked starts a session for a new client address, queueing its first datagram, or
+// refuses it and returns the drop reason. l.mu is held.
+func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort, first []byte) (*udpSession, int) {
 	set := l.p.settings()
-	if len(l.sessions) >= set.UDPMaxSessions || l.closing {
-		l.drops[dropSessionLimit].Add(1)
+	if l.closing || l.p.draining.Load() {
+		return nil, dropClosing // a drain admits no new client; known ones carry on
+	}
+	if len(l.sessions) >= set.UDPMaxSessions {
 		if time.Since(l.lastLimitEvent) > 10*time.Second {
 			l.lastLimitEvent = time.Now()
 			m := l.slot.mapping.Load()
@@ -216,7 +219,7 @@ func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort,
 				Message: fmt.Sprintf("udp port %d (%q) has %d sessions; new clients are dropped", m.Port, m.Service, len(l.sessions)),
 				Fields:  map[string]string{"port": fmt.Sprint(m.Port), "service": m.Service, "limit": fmt.Sprint(set.UDPMaxSessions)}})
 		}
-		return nil
+		return nil, dropSessionLimit
 	}
 	m := l.slot.mapping.Load()
 	now := time.Now()
@@ -233,7 +236,7 @@ func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort,
 		l.wg.Add(1)
 		go l.resolveLoop(ctx)
 	}
-	return s
+	return s, 0
 }
 
 // resolveLoop resolves queued sessions in arrival order and ends when the queue is empty, so
