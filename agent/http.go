@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/server"
 	"github.com/nullnet/nullnet/agent/version"
 )
 
@@ -33,7 +35,39 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such route: " + r.Method + " " + r.URL.Path})
 	})
-	return mux
+	return a.withWriteDeadline(mux)
+}
+
+// withWriteDeadline gives each response limits.http_write_timeout to be written, plus the time
+// the request asks to wait: a blocking query (?index) may legitimately wait up to
+// server.MaxBlockingWait and a CPU profile ?seconds. Consul sets no write timeout at all for
+// this reason; a per-request deadline keeps blocking queries whole and still bounds a client
+// that stops reading.
+func (a *Agent) withWriteDeadline(h http.Handler) http.Handler {
+	base := a.cfg.Limits.HTTPWriteTimeout
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if extra := requestedWait(r); extra > 0 {
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(base + extra))
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// requestedWait is how long a request may legitimately take before it writes its answer.
+func requestedWait(r *http.Request) time.Duration {
+	q := r.URL.Query()
+	if q.Has("index") {
+		return server.MaxBlockingWait // the server caps every ?wait at this
+	}
+	if s := q.Get("seconds"); s != "" { // /debug/pprof/profile and /trace
+		if n, err := strconv.Atoi(s); err == nil && n > 0 {
+			return time.Duration(min(n, 3600)) * time.Second
+		}
+	}
+	if r.URL.Path == "/debug/pprof/profile" {
+		return 30 * time.Second // pprof's default profile length
+	}
+	return 0
 }
 
 type selfResponse struct {

@@ -35,7 +35,7 @@ func selfRegistration(cfg *config.Config) *api.AgentServiceRegistration {
 	if addr == "" && cfg.BindAddr != "0.0.0.0" {
 		addr = cfg.BindAddr
 	}
-	checkHost := cfg.BindAddr
+	checkHost := cfg.ClientAddr // where the HTTP API listens
 	if ip := net.ParseIP(checkHost); ip == nil || ip.IsUnspecified() {
 		checkHost = "127.0.0.1"
 	}
