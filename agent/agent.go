@@ -133,7 +133,7 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 // the descriptors the data plane needs.
 func (a *Agent) listenHTTP() error {
 	cfg, lim := a.cfg, a.cfg.Limits
-	tc, err := tlsutil.ServerConfig(cfg.TLS)
+	tc, err := tlsutil.HTTPServerConfig(cfg.TLS)
 	if err != nil {
 		return err
 	}
@@ -156,6 +156,7 @@ func (a *Agent) listenHTTP() error {
 		WriteTimeout:      lim.HTTPWriteTimeout,
 		IdleTimeout:       lim.HTTPIdleTimeout,
 		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          newHTTPErrorLog(a.logger.Named("http")),
 	}
 	return nil
 }

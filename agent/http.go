@@ -8,12 +8,20 @@ import (
 	"time"
 
 	"github.com/nullnet/nullnet/agent/server"
+	"github.com/nullnet/nullnet/agent/tlsutil"
 	"github.com/nullnet/nullnet/agent/version"
 )
+
+// HealthPath answers 200 while the agent serves its API. It is the only route open to callers
+// without a client certificate under verify_incoming, so that Consul's check can probe it.
+const HealthPath = "/v1/agent/health" // the route below
 
 // routes is the agent's HTTP API. Role routes are added by the roles themselves.
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/agent/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	mux.HandleFunc("GET /v1/agent/self", a.handleSelf)
 	mux.Handle("GET /v1/agent/metrics", a.metrics)
 	if a.cfg.EnableDebug {
@@ -35,7 +43,11 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such route: " + r.Method + " " + r.URL.Path})
 	})
-	return a.withWriteDeadline(mux)
+	var h http.Handler = mux
+	if a.cfg.TLS.VerifyIncoming {
+		h = (&tlsutil.HTTPAuthorizer{Public: []string{HealthPath}}).Wrap(h)
+	}
+	return a.withWriteDeadline(h)
 }
 
 // withWriteDeadline gives each response limits.http_write_timeout to be written, plus the time
