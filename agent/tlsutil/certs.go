@@ -178,7 +178,9 @@ func (id Identity) Has(role string) bool { return id.Roles[role] }
 
 // IsNode reports whether the identity is a nullnet node's (server, client or proxy), not only
 // an operator's.
-func (id Identity) IsNode() bool { return id.Has(RoleServer) || id.Has(RoleClient) || id.Has(RoleProxy) }
+func (id Identity) IsNode() bool {
+	return id.Has(RoleServer) || id.Has(RoleClient) || id.Has(RoleProxy)
+}
 
 // IdentityOf reads the node and roles from a verified certificate's <node>.<role>.<dc>.nullnet
 // names, for the given datacenter. Names of other datacenters prove nothing here.
