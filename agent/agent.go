@@ -123,15 +123,43 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 		a.roles["proxy"] = a.proxy
 	}
 
-	addr := net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.Ports.HTTP))
-	if a.httpLn, err = net.Listen("tcp", addr); err != nil {
-		return nil, fmt.Errorf("HTTP API listener on %s: %w", addr, err)
-	}
-	a.http = &http.Server{Handler: a.routes(), ReadHeaderTimeout: 10 * time.Second}
-	if a.http.TLSConfig, err = tlsutil.ServerConfig(cfg.TLS); err != nil {
+	if err := a.listenHTTP(); err != nil {
 		return nil, err
 	}
 	return a, nil
+}
+
+// listenHTTP binds the HTTP API on client_addr with its limits: timeouts for slow and idle
+// clients, and a connection cap per client IP and in total, so that API callers can never take
+// the descriptors the data plane needs.
+func (a *Agent) listenHTTP() error {
+	cfg, lim := a.cfg, a.cfg.Limits
+	tc, err := tlsutil.HTTPServerConfig(cfg.TLS)
+	if err != nil {
+		return err
+	}
+	addr := net.JoinHostPort(cfg.ClientAddr, strconv.Itoa(cfg.Ports.HTTP))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("HTTP API listener on %s: %w", addr, err)
+	}
+	if ip := net.ParseIP(cfg.ClientAddr); tc == nil && (ip == nil || !ip.IsLoopback()) {
+		a.logger.Warn("the HTTP API listens on a non-loopback address without TLS: anyone who reaches it can "+
+			"read the configuration and tear sessions down; configure a tls block or set client_addr to 127.0.0.1",
+			"client_addr", cfg.ClientAddr)
+	}
+	a.httpLn = newLimitListener(ln, lim.HTTPMaxConnsPerClient, lim.HTTPMaxConns, tc == nil, a.logger.Named("http"))
+	a.http = &http.Server{
+		Handler:           a.routes(),
+		TLSConfig:         tc,
+		ReadHeaderTimeout: min(10*time.Second, lim.HTTPReadTimeout),
+		ReadTimeout:       lim.HTTPReadTimeout,
+		WriteTimeout:      lim.HTTPWriteTimeout,
+		IdleTimeout:       lim.HTTPIdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          newHTTPErrorLog(a.logger.Named("http")),
+	}
+	return nil
 }
 
 // HTTPAddr is the bound address of the HTTP API.

@@ -4,14 +4,24 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/server"
+	"github.com/nullnet/nullnet/agent/tlsutil"
 	"github.com/nullnet/nullnet/agent/version"
 )
+
+// HealthPath answers 200 while the agent serves its API. It is the only route open to callers
+// without a client certificate under verify_incoming, so that Consul's check can probe it.
+const HealthPath = "/v1/agent/health" // the route below
 
 // routes is the agent's HTTP API. Role routes are added by the roles themselves.
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/agent/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	mux.HandleFunc("GET /v1/agent/self", a.handleSelf)
 	mux.Handle("GET /v1/agent/metrics", a.metrics)
 	mux.HandleFunc("PUT /v1/agent/leave", a.handleLeave)
@@ -34,7 +44,43 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such route: " + r.Method + " " + r.URL.Path})
 	})
-	return mux
+	var h http.Handler = mux
+	if a.cfg.TLS.VerifyIncoming {
+		h = (&tlsutil.HTTPAuthorizer{Public: []string{HealthPath}}).Wrap(h)
+	}
+	return a.withWriteDeadline(h)
+}
+
+// withWriteDeadline gives each response limits.http_write_timeout to be written, plus the time
+// the request asks to wait: a blocking query (?index) may legitimately wait up to
+// server.MaxBlockingWait and a CPU profile ?seconds. Consul sets no write timeout at all for
+// this reason; a per-request deadline keeps blocking queries whole and still bounds a client
+// that stops reading.
+func (a *Agent) withWriteDeadline(h http.Handler) http.Handler {
+	base := a.cfg.Limits.HTTPWriteTimeout
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if extra := requestedWait(r); extra > 0 {
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(base + extra))
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// requestedWait is how long a request may legitimately take before it writes its answer.
+func requestedWait(r *http.Request) time.Duration {
+	q := r.URL.Query()
+	if q.Has("index") {
+		return server.MaxBlockingWait // the server caps every ?wait at this
+	}
+	if s := q.Get("seconds"); s != "" { // /debug/pprof/profile and /trace
+		if n, err := strconv.Atoi(s); err == nil && n > 0 {
+			return time.Duration(min(n, 3600)) * time.Second
+		}
+	}
+	if r.URL.Path == "/debug/pprof/profile" {
+		return 30 * time.Second // pprof's default profile length
+	}
+	return 0
 }
 
 type selfResponse struct {

@@ -35,7 +35,7 @@ func selfRegistration(cfg *config.Config) *api.AgentServiceRegistration {
 	if addr == "" && cfg.BindAddr != "0.0.0.0" {
 		addr = cfg.BindAddr
 	}
-	checkHost := cfg.BindAddr
+	checkHost := cfg.ClientAddr // where the HTTP API listens
 	if ip := net.ParseIP(checkHost); ip == nil || ip.IsUnspecified() {
 		checkHost = "127.0.0.1"
 	}
@@ -56,15 +56,16 @@ func selfRegistration(cfg *config.Config) *api.AgentServiceRegistration {
 	}
 }
 
-// selfCheck is the agent's health check in Consul: its HTTP API answering. With TLS the API
-// wants a client certificate Consul's checker does not have, so a TCP check stands in.
+// selfCheck is the agent's health check in Consul: its HTTP API answering GET /v1/agent/health,
+// the one route that needs no client certificate. With TLS the check speaks HTTPS and skips
+// verifying the agent's certificate: it asks whether the agent answers, not who it is. (A plain
+// TCP check made every agent log a TLS handshake error every interval.)
 func selfCheck(cfg *config.Config, addr string) *api.AgentServiceCheck {
 	c := &api.AgentServiceCheck{Name: "nullnet agent HTTP API", Interval: "10s", Timeout: "2s",
-		DeregisterCriticalServiceAfter: "10m"}
+		DeregisterCriticalServiceAfter: "10m", HTTP: fmt.Sprintf("http://%s%s", addr, HealthPath)}
 	if cfg.TLS.CertFile != "" {
-		c.TCP = addr
-	} else {
-		c.HTTP = fmt.Sprintf("http://%s/v1/agent/self", addr)
+		c.HTTP = fmt.Sprintf("https://%s%s", addr, HealthPath)
+		c.TLSSkipVerify = true
 	}
 	return c
 }

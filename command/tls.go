@@ -24,6 +24,7 @@ Usage: nullnet tls <subcommand> [options]
     nullnet tls cert create -server -node ctl1
     nullnet tls cert create -proxy -node edge1
     nullnet tls cert create -client -node node1
+    nullnet tls cert create -cli
 `)
 }
 
@@ -82,21 +83,28 @@ type TLSCertCreateCommand struct{ UI cli.Ui }
 
 func (c *TLSCertCreateCommand) Help() string {
 	return trim(`
-Usage: nullnet tls cert create [-server|-client|-proxy] -node NAME [options]
+Usage: nullnet tls cert create [-server|-client|-proxy|-cli] -node NAME [options]
 
   Issues a certificate for one node, signed by the CA, naming the node and its
-  role: <node>.<role>.<dc>.nullnet (and server.<dc>.nullnet for servers). The
-  server refuses a node that speaks for another node, and lets only proxy
-  certificates use the ingress API. Writes <dc>-<role>-nullnet-<node>.pem and
+  role: <node>.<role>.<dc>.nullnet (and server.<dc>.nullnet for servers). Node
+  certificates also name localhost and 127.0.0.1, so that the agent's HTTPS API
+  verifies when called on the host itself. The server refuses a node that
+  speaks for another node, and lets only proxy certificates use the ingress
+  API. Writes <dc>-<role>-nullnet-<node>.pem and
   <dc>-<role>-nullnet-<node>-key.pem (mode 0600).
+
+  -cli issues an operator's certificate instead (client authentication only):
+  with verify_incoming, the HTTP API's writes such as DELETE /v1/sessions/<id>
+  need it, as Consul's "tls cert create -cli".
 
 Options:
 
-  -server, -client, -proxy
+  -server, -client, -proxy, -cli
      The role (exactly one). A proxy certificate also carries the client role.
 
   -node=<name>
-     The node's node_name. Required.
+     The node's node_name. Required, except with -cli, where it names the
+     operator (default "operator").
 
   -dc=<name>
      Datacenter (default dc1).
@@ -120,6 +128,7 @@ func (c *TLSCertCreateCommand) Run(args []string) int {
 	server := fs.Bool("server", false, "")
 	client := fs.Bool("client", false, "")
 	proxy := fs.Bool("proxy", false, "")
+	cliRole := fs.Bool("cli", false, "")
 	node := fs.String("node", "", "")
 	dc := fs.String("dc", "dc1", "")
 	days := fs.Int("days", 365, "")
@@ -133,13 +142,17 @@ func (c *TLSCertCreateCommand) Run(args []string) int {
 		return 2
 	}
 	var roles []string
-	for role, on := range map[string]bool{tlsutil.RoleServer: *server, tlsutil.RoleClient: *client, tlsutil.RoleProxy: *proxy} {
+	for role, on := range map[string]bool{tlsutil.RoleServer: *server, tlsutil.RoleClient: *client,
+		tlsutil.RoleProxy: *proxy, tlsutil.RoleCLI: *cliRole} {
 		if on {
 			roles = append(roles, role)
 		}
 	}
+	if len(roles) == 1 && roles[0] == tlsutil.RoleCLI && *node == "" {
+		*node = "operator"
+	}
 	if len(roles) != 1 || *node == "" {
-		c.UI.Error("Give exactly one of -server, -client, -proxy, and -node.\n\n" + c.Help())
+		c.UI.Error("Give exactly one of -server, -client, -proxy, -cli, and -node.\n\n" + c.Help())
 		return 2
 	}
 	var ipList []net.IP

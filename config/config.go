@@ -10,10 +10,13 @@ import (
 // Config is the agent configuration in effect, after every file was merged and defaults applied.
 // Field tags name the HCL keys; see website/docs/agent-config.md for every field.
 type Config struct {
-	NodeName      string `json:"node_name"`
-	Datacenter    string `json:"datacenter"`
-	DataDir       string `json:"data_dir"`
-	BindAddr      string `json:"bind_addr"`
+	NodeName   string `json:"node_name"`
+	Datacenter string `json:"datacenter"`
+	DataDir    string `json:"data_dir"`
+	BindAddr   string `json:"bind_addr"`
+	// ClientAddr is where the HTTP API listens, as Consul's client_addr: loopback by default,
+	// because without TLS anyone who reaches the API can tear sessions down.
+	ClientAddr    string `json:"client_addr"`
 	AdvertiseAddr string `json:"advertise_addr"`
 	LogLevel      string `json:"log_level"`
 	LogJSON       bool   `json:"log_json"`
@@ -27,6 +30,7 @@ type Config struct {
 	Client      Client    `json:"client"`
 	Telemetry   Telemetry `json:"telemetry"`
 	TLS         TLS       `json:"tls"`
+	Limits      Limits    `json:"limits"`
 
 	// DevMode is set by `nullnet agent -dev`, never from a file.
 	DevMode bool `json:"dev_mode"`
@@ -143,6 +147,21 @@ type TLS struct {
 	VerifyServerHostname bool   `json:"verify_server_hostname"`
 }
 
+// Limits bound what callers of the HTTP API can hold, like Consul's limits block: every idle or
+// slow connection costs a file descriptor the data plane needs.
+type Limits struct {
+	// HTTPMaxConnsPerClient caps concurrent HTTP API connections from one IP address.
+	HTTPMaxConnsPerClient int `json:"http_max_conns_per_client"`
+	// HTTPMaxConns caps concurrent HTTP API connections in total.
+	HTTPMaxConns int `json:"http_max_conns"`
+	// HTTPReadTimeout bounds reading one request, headers and body.
+	HTTPReadTimeout time.Duration `json:"http_read_timeout"`
+	// HTTPWriteTimeout bounds writing one response; blocking queries get their wait on top.
+	HTTPWriteTimeout time.Duration `json:"http_write_timeout"`
+	// HTTPIdleTimeout closes keep-alive connections idle for this long.
+	HTTPIdleTimeout time.Duration `json:"http_idle_timeout"`
+}
+
 // Enabled reports whether any TLS material is configured.
 func (t TLS) Enabled() bool { return t.CertFile != "" || t.CAFile != "" }
 
@@ -164,25 +183,32 @@ func (c *Config) Roles() []string {
 
 // Defaults, applied in exactly one place (Default and applyDefaults in load.go).
 const (
-	DefaultHTTPPort        = 4700
-	DefaultGRPCPort        = 4701
-	DefaultDatacenter      = "dc1"
-	DefaultLogLevel        = "info"
-	DefaultBindAddr        = "0.0.0.0"
-	DefaultProxyHTTPAddr   = ":80"
-	DefaultSetupTimeout    = 10 * time.Second
-	DefaultNodeGrace       = 15 * time.Second
-	DefaultOrphanGrace     = 60 * time.Second
-	DefaultReloadDebounce  = 100 * time.Millisecond
-	DefaultEventBufferSize = 4096
-	DefaultNetIDMin        = 101
-	DefaultNetIDMax        = 2097151
-	DefaultDialTimeout     = 5 * time.Second
-	DefaultUDPIdleTimeout  = 60 * time.Second
-	DefaultUDPMaxSessions  = 200000
-	DefaultUDPQueueLength  = 64
-	DefaultUseLinger       = time.Second
-	DefaultDrainTimeout    = 30 * time.Second
-	DefaultCheckInterval   = 5 * time.Second
-	DefaultPromRetention   = 60 * time.Second
+	DefaultHTTPPort   = 4700
+	DefaultGRPCPort   = 4701
+	DefaultDatacenter = "dc1"
+	DefaultLogLevel   = "info"
+	DefaultBindAddr   = "0.0.0.0"
+	DefaultClientAddr = "127.0.0.1"
+	// HTTP API limits (limits block).
+	DefaultHTTPMaxConnsPerClient = 200
+	DefaultHTTPMaxConns          = 1024
+	DefaultHTTPReadTimeout       = 30 * time.Second
+	DefaultHTTPWriteTimeout      = 30 * time.Second
+	DefaultHTTPIdleTimeout       = 60 * time.Second
+	DefaultProxyHTTPAddr         = ":80"
+	DefaultSetupTimeout          = 10 * time.Second
+	DefaultNodeGrace             = 15 * time.Second
+	DefaultOrphanGrace           = 60 * time.Second
+	DefaultReloadDebounce        = 100 * time.Millisecond
+	DefaultEventBufferSize       = 4096
+	DefaultNetIDMin              = 101
+	DefaultNetIDMax              = 2097151
+	DefaultDialTimeout           = 5 * time.Second
+	DefaultUDPIdleTimeout        = 60 * time.Second
+	DefaultUDPMaxSessions        = 200000
+	DefaultUDPQueueLength        = 64
+	DefaultUseLinger             = time.Second
+	DefaultDrainTimeout          = 30 * time.Second
+	DefaultCheckInterval         = 5 * time.Second
+	DefaultPromRetention         = 60 * time.Second
 )

@@ -183,6 +183,12 @@ func applyDefaults(c *Config) {
 	setStr(&c.Datacenter, DefaultDatacenter)
 	setStr(&c.LogLevel, DefaultLogLevel)
 	setStr(&c.BindAddr, DefaultBindAddr)
+	setStr(&c.ClientAddr, DefaultClientAddr)
+	setInt(&c.Limits.HTTPMaxConnsPerClient, DefaultHTTPMaxConnsPerClient)
+	setInt(&c.Limits.HTTPMaxConns, DefaultHTTPMaxConns)
+	setDur(&c.Limits.HTTPReadTimeout, DefaultHTTPReadTimeout)
+	setDur(&c.Limits.HTTPWriteTimeout, DefaultHTTPWriteTimeout)
+	setDur(&c.Limits.HTTPIdleTimeout, DefaultHTTPIdleTimeout)
 	setInt(&c.Ports.HTTP, DefaultHTTPPort)
 	setInt(&c.Ports.GRPC, DefaultGRPCPort)
 	if c.Consul.Address == "" {

@@ -28,6 +28,7 @@ func (m *merger) applyDev() {
 	m.cfg.Client.Enabled = true
 	m.cfg.AdvertiseAddr = "127.0.0.1"
 	m.cfg.BindAddr = "127.0.0.1"
+	m.cfg.ClientAddr = "127.0.0.1"
 	m.cfg.Proxy.HTTPAddr = "127.0.0.1:8080"
 	m.cfg.Proxy.BindAddr = "127.0.0.1"
 	m.cfg.Proxy.Servers = []string{"127.0.0.1:4701"}
@@ -44,6 +45,7 @@ var blockTypes = map[string]any{
 	"client":    rawClient{},
 	"telemetry": rawTelemetry{},
 	"tls":       rawTLS{},
+	"limits":    rawLimits{},
 	"service":   rawHostService{},
 }
 
@@ -75,6 +77,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 	pick(&c.Datacenter, r.Datacenter)
 	pick(&c.DataDir, r.DataDir)
 	pick(&c.BindAddr, r.BindAddr)
+	pick(&c.ClientAddr, r.ClientAddr)
 	pick(&c.AdvertiseAddr, r.AdvertiseAddr)
 	pick(&c.LogLevel, r.LogLevel)
 	pick(&c.LogJSON, r.LogJSON)
@@ -141,6 +144,13 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.TLS.VerifyIncoming, t.VerifyIncoming)
 		pick(&c.TLS.VerifyOutgoing, t.VerifyOutgoing)
 		pick(&c.TLS.VerifyServerHostname, t.VerifyServerHostname)
+	}
+	if l := r.Limits; l != nil {
+		pick(&c.Limits.HTTPMaxConnsPerClient, l.HTTPMaxConnsPerClient)
+		pick(&c.Limits.HTTPMaxConns, l.HTTPMaxConns)
+		diags = append(diags, pickDur(&c.Limits.HTTPReadTimeout, l.HTTPReadTimeout)...)
+		diags = append(diags, pickDur(&c.Limits.HTTPWriteTimeout, l.HTTPWriteTimeout)...)
+		diags = append(diags, pickDur(&c.Limits.HTTPIdleTimeout, l.HTTPIdleTimeout)...)
 	}
 	return diags
 }

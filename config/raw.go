@@ -10,6 +10,7 @@ type rawConfig struct {
 	Datacenter    *string       `hcl:"datacenter,optional"`
 	DataDir       *string       `hcl:"data_dir,optional"`
 	BindAddr      *string       `hcl:"bind_addr,optional"`
+	ClientAddr    *string       `hcl:"client_addr,optional"`
 	AdvertiseAddr *string       `hcl:"advertise_addr,optional"`
 	LogLevel      *string       `hcl:"log_level,optional"`
 	LogJSON       *bool         `hcl:"log_json,optional"`
@@ -21,6 +22,15 @@ type rawConfig struct {
 	Client        *rawClient    `hcl:"client,block"`
 	Telemetry     *rawTelemetry `hcl:"telemetry,block"`
 	TLS           *rawTLS       `hcl:"tls,block"`
+	Limits        *rawLimits    `hcl:"limits,block"`
+}
+
+type rawLimits struct {
+	HTTPMaxConnsPerClient *int           `hcl:"http_max_conns_per_client,optional"`
+	HTTPMaxConns          *int           `hcl:"http_max_conns,optional"`
+	HTTPReadTimeout       *hcl.Attribute `hcl:"http_read_timeout,optional"`
+	HTTPWriteTimeout      *hcl.Attribute `hcl:"http_write_timeout,optional"`
+	HTTPIdleTimeout       *hcl.Attribute `hcl:"http_idle_timeout,optional"`
 }
 
 type rawPorts struct {

@@ -26,6 +26,15 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 	if net.ParseIP(c.BindAddr) == nil {
 		diags = append(diags, errAt(at("bind_addr"), "Invalid bind_addr", "%q is not an IP address.", c.BindAddr))
 	}
+	if net.ParseIP(c.ClientAddr) == nil {
+		diags = append(diags, errAt(at("client_addr"), "Invalid client_addr", "%q is not an IP address.", c.ClientAddr))
+	}
+	for key, n := range map[string]int{"limits.http_max_conns_per_client": c.Limits.HTTPMaxConnsPerClient,
+		"limits.http_max_conns": c.Limits.HTTPMaxConns} {
+		if n < 1 {
+			diags = append(diags, errAt(at(key), "Invalid connection limit", "%s = %d: it must be at least 1.", key, n))
+		}
+	}
 	if c.AdvertiseAddr != "" && net.ParseIP(c.AdvertiseAddr) == nil {
 		diags = append(diags, errAt(at("advertise_addr"), "Invalid advertise_addr",
 			"%q is not an IP address; it is the underlay address tunnels use.", c.AdvertiseAddr))

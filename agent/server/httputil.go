@@ -18,6 +18,9 @@ const (
 	defaultBlockingWait = 5 * time.Minute
 	// maxBlockingWait caps ?wait, as Consul does, so a client cannot pin a goroutine forever.
 	maxBlockingWait = 10 * time.Minute
+	// MaxBlockingWait is maxBlockingWait for the agent's HTTP server, which extends a blocking
+	// request's write deadline by it.
+	MaxBlockingWait = maxBlockingWait
 )
 
 // parseBlocking reads ?index and ?wait. index 0 means "do not block". wait accepts a Go duration

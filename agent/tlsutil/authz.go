@@ -72,6 +72,10 @@ func (a *Authorizer) identify(ctx context.Context, method string) (Identity, err
 	if !known {
 		return Identity{}, a.refuse(method, id.Node, codes.PermissionDenied, "method not allowed")
 	}
+	if role == "" && !id.IsNode() {
+		return Identity{}, a.refuse(method, id.Node, codes.PermissionDenied,
+			fmt.Sprintf("%s's certificate is an operator's (cli), not a node's", id.Node))
+	}
 	if role != "" && !id.Has(role) {
 		return Identity{}, a.refuse(method, id.Node, codes.PermissionDenied,
 			fmt.Sprintf("node %s's certificate lacks the %s role", id.Node, role))

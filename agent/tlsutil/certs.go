@@ -22,6 +22,9 @@ const (
 	RoleServer = "server"
 	RoleClient = "client"
 	RoleProxy  = "proxy"
+	// RoleCLI is an operator's certificate (`nullnet tls cert create -cli`): it may call the
+	// HTTP API's writes but is no node, so it serves nothing and has no gRPC authority.
+	RoleCLI = "cli"
 )
 
 // Domain is the TLS naming domain: server.<dc>.nullnet, <node>.<role>.<dc>.nullnet.
@@ -105,23 +108,31 @@ type CertRequest struct {
 	IPs        []net.IP
 }
 
-// Issue signs a certificate for a node. Every certificate is usable both ways (server and
-// client auth) because agents dial servers and servers are dialled. A proxy certificate also
-// carries the client role: a proxy host runs the node side.
+// Issue signs a certificate for a node. A node certificate is usable both ways (server and
+// client auth) because agents dial servers and servers are dialled, and names localhost and
+// 127.0.0.1 too, so that `curl https://127.0.0.1:4700/...` on the host verifies the agent's HTTP
+// API. A proxy certificate also carries the client role: a proxy host runs the node side. An
+// operator (cli) certificate is for client auth only.
 func (ca *CA) Issue(r CertRequest) (certPEM, keyPEM []byte, err error) {
 	if r.Node == "" || strings.ContainsAny(r.Node, ". ") {
 		return nil, nil, fmt.Errorf("node name %q: must be non-empty and contain no dots or spaces", r.Node)
 	}
 	dns := []string{NodeName(r.Node, r.Role, r.Datacenter)}
+	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	switch r.Role {
 	case RoleServer:
-		dns = append(dns, ServerName(r.Datacenter), "localhost")
-		r.IPs = append(r.IPs, net.IPv4(127, 0, 0, 1))
+		dns = append(dns, ServerName(r.Datacenter))
 	case RoleProxy:
 		dns = append(dns, NodeName(r.Node, RoleClient, r.Datacenter))
 	case RoleClient:
+	case RoleCLI:
+		usage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	default:
-		return nil, nil, fmt.Errorf("role %q: must be server, client or proxy", r.Role)
+		return nil, nil, fmt.Errorf("role %q: must be server, client, proxy or cli", r.Role)
+	}
+	if r.Role != RoleCLI {
+		dns = append(dns, "localhost")
+		r.IPs = append(r.IPs, net.IPv4(127, 0, 0, 1))
 	}
 	dns = append(dns, r.DNSNames...)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -143,7 +154,7 @@ func (ca *CA) Issue(r CertRequest) (certPEM, keyPEM []byte, err error) {
 		NotBefore:    time.Now().Add(-time.Minute),
 		NotAfter:     time.Now().AddDate(0, 0, r.Days),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  usage,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
 	if err != nil {
@@ -165,6 +176,12 @@ type Identity struct {
 // Has reports whether the identity carries role.
 func (id Identity) Has(role string) bool { return id.Roles[role] }
 
+// IsNode reports whether the identity is a nullnet node's (server, client or proxy), not only
+// an operator's.
+func (id Identity) IsNode() bool {
+	return id.Has(RoleServer) || id.Has(RoleClient) || id.Has(RoleProxy)
+}
+
 // IdentityOf reads the node and roles from a verified certificate's <node>.<role>.<dc>.nullnet
 // names, for the given datacenter. Names of other datacenters prove nothing here.
 func IdentityOf(cert *x509.Certificate, dc string) (Identity, error) {
@@ -179,7 +196,7 @@ func IdentityOf(cert *x509.Certificate, dc string) (Identity, error) {
 			continue // server.<dc>.nullnet and the like
 		}
 		node, role := parts[0], parts[1]
-		if role != RoleServer && role != RoleClient && role != RoleProxy {
+		if role != RoleServer && role != RoleClient && role != RoleProxy && role != RoleCLI {
 			continue
 		}
 		if id.Node != "" && id.Node != node {

@@ -191,7 +191,14 @@ func TestMutualTLSAuthority(t *testing.T) {
 			t.Fatalf("want a welcome, got %v %v", m, err)
 		}
 	})
-	if len(refused) != 5 {
+	t.Run("operator certificate has no gRPC authority", func(t *testing.T) {
+		cc := dial(t, addr, p.issue(t, RoleCLI, "alice"))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := pb.NewControlClient(cc).ReportEvent(ctx, &pb.AgentEvent{Kind: "x"})
+		wantCode(t, err, codes.PermissionDenied, "operator's (cli), not a node's")
+	})
+	if len(refused) != 6 {
 		t.Fatalf("every refusal must be reported; got %v", refused)
 	}
 }
@@ -209,7 +216,8 @@ func TestIdentityOf(t *testing.T) {
 	for _, tc := range []struct {
 		role  string
 		roles []string
-	}{{RoleServer, []string{"server"}}, {RoleClient, []string{"client"}}, {RoleProxy, []string{"client", "proxy"}}} {
+	}{{RoleServer, []string{"server"}}, {RoleClient, []string{"client"}}, {RoleProxy, []string{"client", "proxy"}},
+		{RoleCLI, []string{"cli"}}} {
 		certPEM, keyPEM, err := ca.Issue(CertRequest{Role: tc.role, Node: "n1", Datacenter: "dc1"})
 		if err != nil {
 			t.Fatal(err)

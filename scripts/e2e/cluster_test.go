@@ -348,6 +348,8 @@ func (c *cluster) agentConfig(h *host) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name = %q\ndata_dir = %q\nadvertise_addr = %q\nlog_level = \"debug\"\n",
 		h.name, filepath.Join(c.dir, "nullnet-"+h.name), h.ip)
+	// The suite calls every host's API from outside its namespace (over TLS).
+	b.WriteString("client_addr = \"0.0.0.0\"\n")
 	fmt.Fprintf(&b, "ports {\n  http = %d\n  grpc = %d\n}\n", apiPort, grpcPort)
 	fmt.Fprintf(&b, "consul {\n  address = \"127.0.0.1:%d\"\n}\n", consulHTTP)
 	b.WriteString(c.tlsBlock(h.name))

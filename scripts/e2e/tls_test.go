@@ -46,7 +46,7 @@ func (c *cluster) makePKI() error {
 		return os.WriteFile(filepath.Join(dir, node+"-key.pem"), key, 0o600)
 	}
 	for node, role := range map[string]string{hostCtl.name: tlsutil.RoleServer, hostEdge.name: tlsutil.RoleProxy,
-		hostN1.name: tlsutil.RoleClient, hostN2.name: tlsutil.RoleClient, operatorNode: tlsutil.RoleClient} {
+		hostN1.name: tlsutil.RoleClient, hostN2.name: tlsutil.RoleClient, operatorNode: tlsutil.RoleCLI} {
 		if err := issue(role, node); err != nil {
 			return fmt.Errorf("certificate for %s: %w", node, err)
 		}
