@@ -57,12 +57,25 @@ type Agent struct {
 	httpLn    net.Listener
 	runCancel context.CancelFunc
 	leave     leaveState // Leave: drain, then stop (leave.go)
+	dev       *devSetup  // -dev only
 }
 
 // New builds an agent; nothing runs until Run. Listeners are bound here so that a port clash is
 // reported at once, with the port.
-func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
+func New(cfg *config.Config, logger hclog.Logger) (_ *Agent, err error) {
 	a := &Agent{cfg: cfg, logger: logger, started: time.Now(), roles: map[string]Role{}}
+	if cfg.DevMode {
+		if a.dev, err = newDevSetup(cfg, logger.Named("dev")); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				a.dev.close()
+			}
+		}()
+		cfg = a.dev.apply(cfg)
+		a.cfg = cfg
+	}
 	m, err := NewMetrics(cfg.Telemetry, cfg.NodeName)
 	if err != nil {
 		return nil, err
@@ -197,6 +210,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.conn != nil {
 		goRun("serverconn", func() error { a.conn.Run(ctx); return nil })
 	}
+	if a.dev != nil {
+		goRun("dev", func() error { return a.dev.run(ctx) })
+	}
 	if a.reporter != nil {
 		goRun("events", func() error { a.reporter.Run(ctx); return nil })
 	}
@@ -242,6 +258,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Reload applies a new configuration: log level, and each role's reloadable parts.
 func (a *Agent) Reload(cfg *config.Config) error {
+	if a.dev != nil {
+		cfg = a.dev.apply(cfg)
+	}
 	a.mu.Lock()
 	a.cfg = cfg
 	a.mu.Unlock()

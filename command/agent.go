@@ -37,9 +37,12 @@ Options:
 ` + configFlagsHelp + `
 
   -dev
-     Development mode: every role in one process, network = "direct", the
-     demo stacks under scripts/dev/stacks, everything on 127.0.0.1. Files
-     given with -config-file still override these settings.
+     Development mode: every role in one process, network = "direct",
+     everything on 127.0.0.1, the demo stacks (built into the binary) and a
+     replica of each demo service served by the agent itself: a TCP echo
+     (proxy port 9000), a UDP echo (9053) and an HTTP page (Host
+     web.localhost on 127.0.0.1:8080). Runs from any directory. Files given
+     with -config-file still override these settings.
 
   -node=<name>
      Overrides node_name.
@@ -75,9 +78,6 @@ func (c *AgentCommand) Run(args []string) int {
 	load := func() (*config.Config, bool) {
 		res := config.Load(sources, dev)
 		overrides(res.Config, node, level, logJSON)
-		if dev && res.Config.Server.StacksDir == "" {
-			res.Config.Server.StacksDir = devStacksDir()
-		}
 		if len(res.Diags) > 0 {
 			var b strings.Builder
 			_ = config.WriteDiagnostics(&b, res.Files, res.Diags)
@@ -160,14 +160,4 @@ func overrides(cfg *config.Config, node, level string, logJSON bool) {
 	if logJSON {
 		cfg.LogJSON = true
 	}
-}
-
-// devStacksDir finds the demo stacks shipped in the repository.
-func devStacksDir() string {
-	for _, p := range []string{"scripts/dev/stacks", "../scripts/dev/stacks"} {
-		if st, err := os.Stat(p); err == nil && st.IsDir() {
-			return p
-		}
-	}
-	return "scripts/dev/stacks"
 }

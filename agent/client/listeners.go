@@ -126,7 +126,11 @@ func parseProcAddr(h string) (netip.Addr, error) {
 // bound to its port: the tunnel delivers to this host's bridge address (+2 of the net id), so
 // only a listener on all addresses (0.0.0.0 or ::) receives it. Upstream only checked that some
 // socket used the port, so a 127.0.0.1 listener passed and failed silently.
-func listenerHealth(name, proto string, port int, socks []socket) (status, output string) {
+//
+// direct, when valid, is the address upstreams dial without a tunnel: a server in this process
+// uses network = "direct" (as -dev does), so the upstream is the check address itself and a
+// listener bound on exactly that address (127.0.0.1 in -dev) is reachable too.
+func listenerHealth(name, proto string, port int, socks []socket, direct netip.Addr) (status, output string) {
 	var bound []string
 	onlyLoopback := true
 	for _, s := range socks {
@@ -135,6 +139,10 @@ func listenerHealth(name, proto string, port int, socks []socket) (status, outpu
 		}
 		if s.addr.IsUnspecified() {
 			return api.HealthPassing, fmt.Sprintf("%s listens on %s: all addresses, reachable over the overlay",
+				name, netip.AddrPortFrom(s.addr, uint16(port)))
+		}
+		if direct.IsValid() && s.addr == direct {
+			return api.HealthPassing, fmt.Sprintf("%s listens on %s, the address upstreams dial with network = \"direct\"",
 				name, netip.AddrPortFrom(s.addr, uint16(port)))
 		}
 		bound = append(bound, netip.AddrPortFrom(s.addr, uint16(port)).String())

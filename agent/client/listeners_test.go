@@ -64,7 +64,7 @@ func TestScanListenersSeesRealSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	status, out := listenerHealth("svc", "tcp", port, socks)
+	status, out := listenerHealth("svc", "tcp", port, socks, netip.Addr{})
 	if status != api.HealthCritical || !strings.Contains(out, "127.0.0.1") || !strings.Contains(out, "loopback") {
 		t.Fatalf("%s: %s; want critical naming the loopback listener", status, out)
 	}
@@ -78,19 +78,27 @@ func TestListenerHealth(t *testing.T) {
 		proto  string
 		status string
 		says   string
+		direct string // the address upstreams dial with network = "direct", if any
 	}{
-		{"nothing", nil, "tcp", api.HealthCritical, "nothing listens on tcp port 22"},
-		{"other port", []socket{s("tcp", "0.0.0.0", 23)}, "tcp", api.HealthCritical, "nothing listens"},
-		{"other protocol", []socket{s("udp", "0.0.0.0", 22)}, "tcp", api.HealthCritical, "nothing listens"},
-		{"wildcard v4", []socket{s("tcp", "0.0.0.0", 22)}, "tcp", api.HealthPassing, "all addresses"},
-		{"wildcard v6", []socket{s("tcp", "::", 22)}, "tcp", api.HealthPassing, "all addresses"},
-		{"loopback only", []socket{s("tcp", "127.0.0.1", 22), s("tcp", "::1", 22)}, "tcp", api.HealthCritical, "127.0.0.1:22, [::1]:22 only (loopback)"},
-		{"specific address", []socket{s("tcp", "192.0.2.7", 22)}, "tcp", api.HealthWarning, "192.0.2.7:22 only"},
-		{"loopback and wildcard", []socket{s("tcp", "127.0.0.1", 22), s("tcp", "0.0.0.0", 22)}, "tcp", api.HealthPassing, "all addresses"},
-		{"udp wildcard", []socket{s("udp", "0.0.0.0", 22)}, "udp", api.HealthPassing, "all addresses"},
+		{"nothing", nil, "tcp", api.HealthCritical, "nothing listens on tcp port 22", ""},
+		{"other port", []socket{s("tcp", "0.0.0.0", 23)}, "tcp", api.HealthCritical, "nothing listens", ""},
+		{"other protocol", []socket{s("udp", "0.0.0.0", 22)}, "tcp", api.HealthCritical, "nothing listens", ""},
+		{"wildcard v4", []socket{s("tcp", "0.0.0.0", 22)}, "tcp", api.HealthPassing, "all addresses", ""},
+		{"wildcard v6", []socket{s("tcp", "::", 22)}, "tcp", api.HealthPassing, "all addresses", ""},
+		{"loopback only", []socket{s("tcp", "127.0.0.1", 22), s("tcp", "::1", 22)}, "tcp", api.HealthCritical, "127.0.0.1:22, [::1]:22 only (loopback)", ""},
+		{"specific address", []socket{s("tcp", "192.0.2.7", 22)}, "tcp", api.HealthWarning, "192.0.2.7:22 only", ""},
+		{"loopback and wildcard", []socket{s("tcp", "127.0.0.1", 22), s("tcp", "0.0.0.0", 22)}, "tcp", api.HealthPassing, "all addresses", ""},
+		{"udp wildcard", []socket{s("udp", "0.0.0.0", 22)}, "udp", api.HealthPassing, "all addresses", ""},
+		{"direct loopback", []socket{s("tcp", "127.0.0.1", 22)}, "tcp", api.HealthPassing, "network = \"direct\"", "127.0.0.1"},
+		{"direct udp loopback", []socket{s("udp", "127.0.0.1", 22)}, "udp", api.HealthPassing, "network = \"direct\"", "127.0.0.1"},
+		{"direct other address", []socket{s("tcp", "127.0.0.2", 22)}, "tcp", api.HealthCritical, "loopback", "127.0.0.1"},
 	}
 	for _, tc := range cases {
-		status, out := listenerHealth("sshd", tc.proto, 22, tc.socks)
+		var direct netip.Addr
+		if tc.direct != "" {
+			direct = netip.MustParseAddr(tc.direct)
+		}
+		status, out := listenerHealth("sshd", tc.proto, 22, tc.socks, direct)
 		if status != tc.status || !strings.Contains(out, tc.says) {
 			t.Errorf("%s: %s %q; want %s containing %q", tc.name, status, out, tc.status, tc.says)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"reflect"
 	"sort"
 	"strconv"
@@ -60,6 +61,7 @@ type hostServices struct {
 	mu         sync.Mutex
 	node       string
 	checkAddr  string
+	direct     netip.Addr                    // see listenerHealth
 	desired    map[string]config.HostService // by service ID
 	registered map[string]config.HostService // what Consul has, by service ID
 	listener   map[string][2]string          // status, output by service ID
@@ -75,10 +77,16 @@ func (h *hostServices) set(cfg *config.Config) {
 	h.mu.Lock()
 	h.node = cfg.NodeName
 	h.checkAddr = checkAddress(cfg)
+	h.direct = netip.Addr{}
+	if cfg.Server.Enabled && cfg.Server.Network == config.NetworkDirect {
+		if ip, err := netip.ParseAddr(h.checkAddr); err == nil {
+			h.direct = ip.Unmap()
+		}
+	}
 	h.desired = map[string]config.HostService{}
 	for _, s := range cfg.Client.Services {
 		h.desired[ServiceID(cfg.NodeName, s.Name)] = s
-		if ip := net.ParseIP(s.Address); ip != nil && ip.IsLoopback() {
+		if ip := net.ParseIP(s.Address); ip != nil && ip.IsLoopback() && !h.direct.IsValid() {
 			h.logger.Warn("host service listens on loopback only and cannot be reached over the overlay; "+
 				"listen on 0.0.0.0", "service", s.Name, "address", s.Address)
 		}
@@ -270,13 +278,14 @@ func (h *hostServices) updateListeners() {
 		return
 	}
 	h.mu.Lock()
+	direct := h.direct
 	regs := make(map[string]config.HostService, len(h.registered))
 	for id, s := range h.registered {
 		regs[id] = s
 	}
 	h.mu.Unlock()
 	for id, s := range regs {
-		status, out := listenerHealth(s.Name, s.Protocol, s.Port, socks)
+		status, out := listenerHealth(s.Name, s.Protocol, s.Port, socks, direct)
 		if err := h.consul.Agent().UpdateTTL(listenerCheckID(id), out, status); err != nil {
 			h.logger.Debug("updating a listener check failed", "check", listenerCheckID(id), "error", err)
 			continue

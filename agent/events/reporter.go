@@ -19,11 +19,13 @@ type Reporter struct {
 	local  *Store
 }
 
-// NewReporter returns a Reporter for node. local, when not nil, also keeps the events (an agent
-// that runs the server role in the same process passes its store and no connection).
+// NewReporter returns a Reporter for node. local, when not nil, is the store of a server that runs
+// in the same process: the events go there and nowhere else. Forwarding them too would store each
+// one twice when the connection leads back to this process (as in -dev), and a server's ring is
+// the place the node's operator reads (`nullnet events` against this agent). conn is then unused.
 func NewReporter(node string, conn grpc.ClientConnInterface, local *Store, logger hclog.Logger) *Reporter {
 	r := &Reporter{node: node, queue: make(chan Event, 1024), local: local}
-	if conn != nil {
+	if conn != nil && local == nil {
 		r.client = pb.NewControlClient(conn)
 	}
 	if r.local == nil {

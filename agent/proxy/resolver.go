@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -154,16 +156,35 @@ func (r *grpcResolver) call(ctx context.Context, req *pb.ProxyRequest) (Lease, e
 func classify(service string, err error) error {
 	switch status.Code(err) {
 	case codes.NotFound:
-		return fmt.Errorf("%w %q: %s", ErrUnknownService, service, status.Convert(err).Message())
+		return serverSaid(ErrUnknownService, service, err)
 	case codes.FailedPrecondition:
-		return fmt.Errorf("%w: %q: %s", ErrNotEntryPoint, service, status.Convert(err).Message())
+		return serverSaid(ErrNotEntryPoint, service, err)
 	case codes.Unavailable:
-		return fmt.Errorf("%w for %q: %s", ErrNoReplica, service, status.Convert(err).Message())
+		return serverSaid(ErrNoReplica, service, err)
 	case codes.DeadlineExceeded:
 		return fmt.Errorf("resolving %q: %w", service, context.DeadlineExceeded)
 	default:
 		return fmt.Errorf("resolving %q: %w", service, err)
 	}
+}
+
+// resolveError is a failure the server explained: it reads as the server's message alone when
+// that message already names the service (it says "no healthy replica of "x": why"; prefixing
+// the sentinel printed the cause twice), and matches its sentinel with errors.Is.
+type resolveError struct {
+	kind error
+	msg  string
+}
+
+func (e *resolveError) Error() string { return e.msg }
+func (e *resolveError) Unwrap() error { return e.kind }
+
+func serverSaid(kind error, service string, err error) error {
+	msg := status.Convert(err).Message()
+	if !strings.Contains(msg, strconv.Quote(service)) {
+		msg = fmt.Sprintf("%v for %q: %s", kind, service, msg)
+	}
+	return &resolveError{kind: kind, msg: msg}
 }
 
 // Release sends ReleaseProxy in the background, retrying transient failures a few times.
