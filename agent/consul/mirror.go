@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,8 +46,12 @@ type MirrorConfig struct {
 	// failures; the write is retried with backoff (optional).
 	OnWriteError func(error)
 	// OnSynced is called after every reconcile that left the catalog equal to the desired set,
-	// with the number of writes it took (optional; used by tests and metrics).
+	// with the number of service writes it took (optional; used by tests and metrics).
 	OnSynced func(writes int)
+	// ExternalWatch: the caller already watches Node (with ReadNode) and hands every answer
+	// to Observe, so the mirror holds no blocking query of its own: one connection to Consul
+	// fewer, and readers and writer see the same answers.
+	ExternalWatch bool
 }
 
 // Mirror makes the services carrying Tag on Node match a desired set, but only while it holds
@@ -53,6 +59,12 @@ type MirrorConfig struct {
 // node with a blocking query, so drift (someone deleting a definition by hand, a Consul that
 // lost its state) is repaired, and it writes nothing when the catalog already matches: a
 // restart with unchanged stacks changes nothing in Consul.
+//
+// Writes go in Consul transactions of at most MaxTxnOps operations, not one HTTP request per
+// service: 10,000 definitions take 79 transactions on one connection instead of 10,000
+// requests. The first transaction of a change also sets the node meta MetaDigest/MetaCount to
+// the set being written, so a reader can tell (NodeState.Complete) whether the services it sees
+// are the whole announced set or an intermediate state between two transactions.
 type Mirror struct {
 	cfg    MirrorConfig
 	logger hclog.Logger
@@ -62,6 +74,13 @@ type Mirror struct {
 	desired     map[string]CatalogService
 	haveDesired bool
 	kick        chan struct{} // capacity 1: "something changed, reconcile"
+
+	// current is the node as last read. floor drops watch answers older than our last writes:
+	// the watch may still deliver an intermediate state (some of our writes applied, not all),
+	// which would make the next reconcile write the rest a second time.
+	curMu   sync.Mutex
+	current *NodeState
+	floor   uint64
 }
 
 // NewMirror builds a mirror; call Set with the desired services and Run to start it.
@@ -154,6 +173,30 @@ func (m *Mirror) Run(ctx context.Context) {
 	}
 }
 
+// MaxTxnOps is the most operations Consul accepts in one transaction (maxTxnOps in Consul
+// 1.16's txn endpoint; older releases allowed 64, newer ones keep 128).
+const MaxTxnOps = 128
+
+// Observe hands the mirror one answer of the caller's watch of Node (ExternalWatch). A nil
+// state reports a failed query: the next answer is then taken whatever its index, as Consul
+// may have come back without its data.
+func (m *Mirror) Observe(st *NodeState) {
+	m.curMu.Lock()
+	if st == nil {
+		m.floor = 0
+		m.curMu.Unlock()
+		return
+	}
+	stale := st.Index < m.floor
+	if !stale {
+		m.current = st
+	}
+	m.curMu.Unlock()
+	if !stale {
+		m.poke()
+	}
+}
+
 // lead reconciles until the lock is lost or ctx ends. Every goroutine it starts has ended when
 // it returns.
 func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
@@ -162,39 +205,21 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	// current is the node as last read. floor drops watch answers older than our last writes:
-	// the watch may still deliver an intermediate state (some of our writes applied, not all),
-	// which would make the next reconcile write the rest a second time.
-	var curMu sync.Mutex
-	var current *nodeState
-	var floor uint64
-	query := func(ctx context.Context, index uint64, wait time.Duration) (*nodeState, uint64, error) {
-		st, idx, err := m.queryNode(ctx, index, wait)
-		if err != nil {
-			// Consul may come back without its data, its index below floor: accept what the
-			// next answer says.
-			curMu.Lock()
-			floor = 0
-			curMu.Unlock()
-		}
-		return st, idx, err
+	if !m.cfg.ExternalWatch {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			Watch(ctx, WatchConfig{Name: "mirror node " + m.cfg.Node, Logger: m.logger},
+				func(ctx context.Context, index uint64, wait time.Duration) (*NodeState, uint64, error) {
+					st, idx, err := ReadNode(ctx, m.cfg.Client, m.cfg.Node, m.cfg.Tag, index, wait)
+					if err != nil {
+						m.Observe(nil)
+					}
+					return st, idx, err
+				},
+				func(st *NodeState, _ uint64) { m.Observe(st) })
+		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		Watch(ctx, WatchConfig{Name: "mirror node " + m.cfg.Node, Logger: m.logger},
-			query, func(st *nodeState, idx uint64) {
-				curMu.Lock()
-				stale := idx < floor
-				if !stale {
-					current = st
-				}
-				curMu.Unlock()
-				if !stale {
-					m.poke()
-				}
-			})
-	}()
 
 	var retry <-chan time.Time
 	failures := 0
@@ -211,9 +236,9 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 		m.mu.Lock()
 		desired, have := m.desired, m.haveDesired
 		m.mu.Unlock()
-		curMu.Lock()
-		cur := current
-		curMu.Unlock()
+		m.curMu.Lock()
+		cur := m.current
+		m.curMu.Unlock()
 		if !have || cur == nil {
 			continue // nothing to compare yet; the next kick brings it
 		}
@@ -232,106 +257,143 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 			continue
 		}
 		failures = 0
-		if writes > 0 {
+		if writes >= 0 {
 			// Read the node back once, so that the next reconcile compares with a state that
 			// includes every write, and older watch answers are dropped.
-			fresh, idx, err := m.queryNode(ctx, 0, 0)
-			curMu.Lock()
+			fresh, idx, err := ReadNode(ctx, m.cfg.Client, m.cfg.Node, m.cfg.Tag, 0, 0)
+			m.curMu.Lock()
 			if err == nil {
-				current, floor = fresh, idx
+				m.current, m.floor = fresh, idx
 			} else {
-				current = applied(desired)
+				m.current = m.applied(desired)
 			}
-			curMu.Unlock()
+			m.curMu.Unlock()
 		}
 		if m.cfg.OnSynced != nil {
-			m.cfg.OnSynced(writes)
+			m.cfg.OnSynced(max(writes, 0))
 		}
 	}
 }
 
-// nodeState is what the mirror reads back: its owned services and whether the node carries the
-// node meta (a node created by someone else would lack it).
-type nodeState struct {
-	services map[string]*api.AgentService
-	metaOK   bool
-}
-
-// queryNode is the blocking query on the mirror node's services (only those carrying Tag).
-// A missing node is an empty, valid answer.
-func (m *Mirror) queryNode(ctx context.Context, index uint64, wait time.Duration) (*nodeState, uint64, error) {
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-	list, meta, err := m.cfg.Client.Catalog().NodeServiceList(m.cfg.Node, q)
-	if err != nil {
-		return nil, 0, fmt.Errorf("reading node %s: %w", m.cfg.Node, err)
+// wantMeta is the node meta for a desired set: the configured meta plus the announcement.
+func (m *Mirror) wantMeta(desired map[string]CatalogService) map[string]string {
+	meta := maps.Clone(m.cfg.NodeMeta)
+	if meta == nil {
+		meta = map[string]string{}
 	}
-	// A missing node counts as metaOK: the first service registration creates it with its meta.
-	st := &nodeState{services: map[string]*api.AgentService{}, metaOK: true}
-	if list != nil && list.Node != nil {
-		st.metaOK = true
-		for k, v := range m.cfg.NodeMeta {
-			if list.Node.Meta[k] != v {
-				st.metaOK = false
-			}
-		}
-		for _, s := range list.Services {
-			if slices.Contains(s.Tags, m.cfg.Tag) {
-				st.services[s.ID] = s
-			}
-		}
-	}
-	return st, meta.LastIndex, nil
+	meta[MetaDigest] = Digest(slices.Collect(maps.Values(desired)))
+	meta[MetaCount] = strconv.Itoa(len(desired))
+	return meta
 }
 
 // reconcile registers what is missing or different and deregisters owned services that are no
-// longer desired. It returns the number of writes.
-func (m *Mirror) reconcile(ctx context.Context, desired map[string]CatalogService, st *nodeState) (int, error) {
-	writes := 0
-	wopts := (&api.WriteOptions{}).WithContext(ctx)
-	current := st.services
-	if !st.metaOK && len(desired) > 0 {
-		// The node was created by someone else: set its meta (external-node
-		// keeps Consul's anti-entropy and the UI from treating it as a real agent).
-		reg := &api.CatalogRegistration{Node: m.cfg.Node, Address: "127.0.0.1", NodeMeta: m.cfg.NodeMeta}
-		if _, err := m.cfg.Client.Catalog().Register(reg, wopts); err != nil {
-			return writes, fmt.Errorf("registering node %s: %w", m.cfg.Node, err)
-		}
-		writes++
-	}
+// longer desired, in transactions of at most MaxTxnOps operations. It returns the number of
+// service writes, or -1 when nothing at all was written (not even the node).
+func (m *Mirror) reconcile(ctx context.Context, desired map[string]CatalogService, st *NodeState) (int, error) {
+	current := st.Services
+	var ops api.TxnOps
+	var registered, deregistered []string
 	for _, id := range slices.Sorted(maps.Keys(desired)) {
 		want := desired[id]
 		if have, ok := current[id]; ok && equalService(want, have) {
 			continue
 		}
-		reg := &api.CatalogRegistration{
-			Node:           m.cfg.Node,
-			Address:        "127.0.0.1", // required by Consul; nothing connects to a virtual node
-			NodeMeta:       m.cfg.NodeMeta,
-			SkipNodeUpdate: true,
-			Service:        &api.AgentService{ID: want.ID, Service: want.Name, Tags: want.Tags, Meta: want.Meta},
-		}
-		if _, err := m.cfg.Client.Catalog().Register(reg, wopts); err != nil {
-			return writes, fmt.Errorf("registering %s: %w", id, err)
-		}
-		writes++
-		metrics.IncrCounterWithLabels([]string{"nullnet", "server", "mirror", "writes"}, 1,
-			[]metrics.Label{{Name: "op", Value: "register"}})
-		m.logger.Info("registered definition", "service", want.Name, "id", id)
+		ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: m.cfg.Node,
+			Service: api.AgentService{ID: want.ID, Service: want.Name, Tags: want.Tags, Meta: want.Meta}}})
+		registered = append(registered, id)
 	}
 	for _, id := range slices.Sorted(maps.Keys(current)) {
 		if _, ok := desired[id]; ok {
 			continue
 		}
-		dereg := &api.CatalogDeregistration{Node: m.cfg.Node, ServiceID: id}
-		if _, err := m.cfg.Client.Catalog().Deregister(dereg, wopts); err != nil {
-			return writes, fmt.Errorf("deregistering %s: %w", id, err)
-		}
-		writes++
-		metrics.IncrCounterWithLabels([]string{"nullnet", "server", "mirror", "writes"}, 1,
-			[]metrics.Label{{Name: "op", Value: "deregister"}})
-		m.logger.Info("deregistered definition", "service", current[id].Service, "id", id)
+		ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: m.cfg.Node,
+			Service: api.AgentService{ID: id, Service: current[id].Service}}})
+		deregistered = append(deregistered, id)
 	}
-	return writes, nil
+	meta := m.wantMeta(desired)
+	nodeOK := st.Exists && metaCovers(st.Meta, meta)
+	if !st.Exists && len(desired) == 0 {
+		return -1, nil // nothing owned, nothing wanted: do not create the node
+	}
+	if len(ops) == 0 && nodeOK {
+		return -1, nil
+	}
+	if !nodeOK {
+		// First, so the node exists before its services and the announcement precedes them:
+		// a reader sees the new digest with an incomplete set, never a partial set it could
+		// take for complete. external-node keeps Consul's anti-entropy and the UI from treating
+		// the node as a real agent; the address is required but nothing connects to it.
+		node := &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet,
+			Node: api.Node{Node: m.cfg.Node, Address: "127.0.0.1", Meta: meta}}}
+		ops = append(api.TxnOps{node}, ops...)
+	}
+	started := time.Now()
+	txns := 0
+	for chunk := range slices.Chunk(ops, MaxTxnOps) {
+		q := (&api.QueryOptions{}).WithContext(ctx)
+		ok, resp, _, err := m.cfg.Client.Txn().Txn(chunk, q)
+		if err != nil {
+			return 0, QueryError(fmt.Sprintf("writing %d catalog operation(s) on node %s", len(chunk), m.cfg.Node),
+				fmt.Sprintf("node %q { policy = \"write\" } and service:write on every stack service", m.cfg.Node), err)
+		}
+		if !ok {
+			var errs []string
+			if resp != nil {
+				for _, e := range resp.Errors {
+					errs = append(errs, fmt.Sprintf("op %d: %s", e.OpIndex, e.What))
+				}
+			}
+			return 0, fmt.Errorf("catalog transaction on node %s rolled back: %v", m.cfg.Node, errs)
+		}
+		txns++
+	}
+	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "mirror", "writes"}, float32(len(registered)),
+		[]metrics.Label{{Name: "op", Value: "register"}})
+	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "mirror", "writes"}, float32(len(deregistered)),
+		[]metrics.Label{{Name: "op", Value: "deregister"}})
+	// One line per change, not per definition: a stack of thousands must not flood the log.
+	m.logger.Info("mirrored definitions into the catalog", "registered", len(registered),
+		"deregistered", len(deregistered), "total", len(desired), "transactions", txns,
+		"took", time.Since(started).Round(time.Millisecond),
+		"sample", sample(registered, deregistered))
+	for _, id := range registered {
+		m.logger.Debug("registered definition", "id", id)
+	}
+	for _, id := range deregistered {
+		m.logger.Debug("deregistered definition", "id", id)
+	}
+	return len(registered) + len(deregistered), nil
+}
+
+// sample names a few of the changed ids for the log line.
+func sample(registered, deregistered []string) string {
+	var parts []string
+	for _, id := range registered {
+		if len(parts) == 5 {
+			break
+		}
+		parts = append(parts, "+"+id)
+	}
+	for _, id := range deregistered {
+		if len(parts) == 10 {
+			break
+		}
+		parts = append(parts, "-"+id)
+	}
+	if n := len(registered) + len(deregistered); n > len(parts) {
+		parts = append(parts, fmt.Sprintf("(+%d more)", n-len(parts)))
+	}
+	return strings.Join(parts, " ")
+}
+
+// metaCovers reports whether have carries every key of want with the same value.
+func metaCovers(have, want map[string]string) bool {
+	for k, v := range want {
+		if have[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // equalService compares what the mirror controls. Consul returns nil and empty maps alike.
@@ -347,11 +409,11 @@ func equalService(want CatalogService, have *api.AgentService) bool {
 	return len(want.Meta) == len(have.Meta) && maps.Equal(want.Meta, have.Meta)
 }
 
-// applied is current after a successful reconcile toward desired.
-func applied(desired map[string]CatalogService) *nodeState {
-	out := &nodeState{services: make(map[string]*api.AgentService, len(desired)), metaOK: true}
+// applied is the node after a successful reconcile toward desired.
+func (m *Mirror) applied(desired map[string]CatalogService) *NodeState {
+	out := &NodeState{Exists: true, Meta: m.wantMeta(desired), Services: make(map[string]*api.AgentService, len(desired))}
 	for id, s := range desired {
-		out.services[id] = &api.AgentService{ID: id, Service: s.Name, Tags: s.Tags, Meta: s.Meta}
+		out.Services[id] = &api.AgentService{ID: id, Service: s.Name, Tags: s.Tags, Meta: s.Meta}
 	}
 	return out
 }

@@ -20,6 +20,9 @@ type WatchConfig struct {
 	MinInterval time.Duration
 	// MaxBackoff caps the exponential backoff after errors (default 10 s).
 	MaxBackoff time.Duration
+	// OnError is called after each failed query with the number of failures in a row
+	// (optional; e.g. to emit one event per outage, on failures == 1).
+	OnError func(err error, failures int)
 }
 
 // QueryFunc runs one blocking query at index with the given wait and returns the result and
@@ -64,6 +67,9 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 			}
 			lvl("Consul query failed; keeping the last known state", "watch", cfg.Name, "error", err,
 				"retry_in", d.Round(time.Millisecond), "failures", failures)
+			if cfg.OnError != nil {
+				cfg.OnError(err, failures)
+			}
 			if !sleep(ctx, d) {
 				return
 			}

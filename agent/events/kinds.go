@@ -10,8 +10,11 @@ const (
 	CatalogMirrorFailed  = "catalog_mirror_failed"
 	ConsulUnreachable    = "consul_unreachable"
 	ConsulRecovered      = "consul_recovered"
-	LeadershipAcquired   = "leadership_acquired"
-	LeadershipLost       = "leadership_lost"
+	// ConsulACLDenied: Consul refused a query (403) or filtered its answer by ACLs; the last
+	// good state is kept.
+	ConsulACLDenied    = "consul_acl_denied"
+	LeadershipAcquired = "leadership_acquired"
+	LeadershipLost     = "leadership_lost"
 
 	// Nodes and sessions (server).
 	NodeConnected       = "node_connected"

@@ -15,42 +15,72 @@ import (
 	"github.com/nullnet/nullnet/config"
 )
 
-// catalogView is one answer from Consul: every definition instance, from any node.
+// catalogView is the definitions as Consul holds them: every definition instance, from any node.
 type catalogView struct {
 	defs []Definition
 	// invalid lists tagged instances whose meta could not be read, with the reason.
 	invalid map[string]string
+	// complete is false while the leader is still writing a change (the definitions node
+	// does not hold the set its meta announces, see consul.NodeState.Complete).
+	complete bool
+	// have and want count the definitions node's services against the announced count.
+	have, want int
 }
 
-// queryDefinitions reads every instance tagged DefinitionTag. It blocks on the catalog's service
-// list (which moves when any service is added, changed or removed), then reads each tagged
-// service. Any failure fails the whole answer, so a partial table is never built.
-func (s *Server) queryDefinitions(ctx context.Context, index uint64, wait time.Duration) (catalogView, uint64, error) {
-	cat := s.cfg.Consul.Catalog()
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-	names, meta, err := cat.Services(q)
+// servicesAnswer is one answer of the services watch (consulwatch.go): the names on every node
+// but DefinitionsNode, and the definitions registered there (foreign: a hand registration,
+// another cluster), read in the same query so that a failure fails both.
+type servicesAnswer struct {
+	names   servicesView
+	foreign []*api.CatalogService
+}
+
+// queryServicesAndForeign lists the service names off DefinitionsNode, then reads the foreign
+// definitions among them (usually none, so usually no further request).
+func (s *Server) queryServicesAndForeign(ctx context.Context, index uint64, wait time.Duration) (servicesAnswer, uint64, error) {
+	names, idx, err := s.queryServices(ctx, index, wait)
 	if err != nil {
-		return catalogView{}, 0, fmt.Errorf("listing catalog services: %w", err)
+		return servicesAnswer{}, 0, err
 	}
-	view := catalogView{invalid: map[string]string{}}
+	ans := servicesAnswer{names: names}
 	for _, name := range slices.Sorted(maps.Keys(names)) {
 		if !slices.Contains(names[name], DefinitionTag) {
 			continue
 		}
-		instances, _, err := cat.Service(name, DefinitionTag, (&api.QueryOptions{}).WithContext(ctx))
+		q := (&api.QueryOptions{Filter: fmt.Sprintf("Node != %q", DefinitionsNode)}).WithContext(ctx)
+		instances, meta, err := s.cfg.Consul.Catalog().Service(name, DefinitionTag, q)
+		what := "reading definitions of " + name
 		if err != nil {
-			return catalogView{}, 0, fmt.Errorf("reading definitions of %s: %w", name, err)
+			return servicesAnswer{}, 0, consul.QueryError(what, consul.ACLAllRead, err)
 		}
-		for _, inst := range instances {
-			d, err := definitionFromCatalog(inst)
-			if err != nil {
-				view.invalid[inst.Node+"/"+inst.ServiceID] = err.Error()
-				continue
-			}
-			view.defs = append(view.defs, d)
+		if err := consul.CheckFiltered(meta, what, consul.ACLAllRead); err != nil {
+			return servicesAnswer{}, 0, err
 		}
+		ans.foreign = append(ans.foreign, instances...)
 	}
-	return view, meta.LastIndex, nil
+	return ans, idx, nil
+}
+
+// definitionsView combines the definitions node and the foreign definitions.
+func definitionsView(own *consul.NodeState, foreign []*api.CatalogService) catalogView {
+	view := catalogView{invalid: map[string]string{}, complete: own.Complete(), have: len(own.Services), want: own.Expected()}
+	add := func(inst *api.CatalogService) {
+		d, err := definitionFromCatalog(inst)
+		if err != nil {
+			view.invalid[inst.Node+"/"+inst.ServiceID] = err.Error()
+			return
+		}
+		view.defs = append(view.defs, d)
+	}
+	for _, id := range slices.Sorted(maps.Keys(own.Services)) {
+		a := own.Services[id]
+		add(&api.CatalogService{Node: DefinitionsNode, ServiceID: a.ID, ServiceName: a.Service,
+			ServiceTags: a.Tags, ServiceMeta: a.Meta, CreateIndex: a.CreateIndex})
+	}
+	for _, inst := range foreign {
+		add(inst)
+	}
+	return view
 }
 
 // definitionFromCatalog reads a definition from its catalog entry (see the Meta* constants).
@@ -114,6 +144,13 @@ func catalogServices(set *config.StackSet) []consul.CatalogService {
 // for an intermediate empty or partial catalog.
 const settleAfterReset = 5 * time.Second
 
+// incompleteHold is how long an incomplete definitions node (the leader between two
+// transactions of one change) holds the table back. The leader finishes 10,000 definitions in
+// about a second; a leader that died halfway is replaced within the lock TTL and rewrites the
+// whole announcement. Past this, nobody is finishing the change (no server has stacks, or a
+// hand edit): the table follows what Consul has, with a warning.
+const incompleteHold = time.Minute
+
 // catalogState is the watch's memory between answers.
 type catalogState struct {
 	mu              sync.Mutex
@@ -122,20 +159,28 @@ type catalogState struct {
 	first           bool
 	lastIndex       uint64
 	holdUntil       time.Time
-	pending         *resolved   // an answer held back during the settle window
-	timer           *time.Timer // publishes pending when the window ends
+	incompleteUntil time.Time   // zero while complete
+	pending         *resolved   // an answer held back (settle window or incomplete set)
+	timer           *time.Timer // decides again on pending when a window ends
+
+	own     *consul.NodeState     // the definitions node as last read (nil before)
+	foreign []*api.CatalogService // foreign definitions as last read
+	known   bool                  // the services watch answered at least once
 }
 
 // resolved is one catalog answer turned into definitions and a table.
 type resolved struct {
-	defs  map[string]Definition
-	table []Mapping
-	index uint64
+	defs     map[string]Definition
+	table    []Mapping
+	index    uint64
+	complete bool
 }
 
-// watchCatalog keeps the definitions and the port table in line with Consul until ctx ends.
-// During an outage consul.Watch delivers nothing, so the last table stays in force.
-func (s *Server) watchCatalog(ctx context.Context) {
+// watchCatalog keeps the definitions and the port table in line with Consul until ctx ends,
+// with two blocking queries (see consulwatch.go); the services answer also goes to
+// onServices (the replica watcher). During an outage consul.Watch delivers nothing, so the
+// last table stays in force.
+func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView, uint64)) {
 	st := &catalogState{reported: map[string]bool{}, reportedInvalid: map[string]bool{}, first: true}
 	defer func() {
 		st.mu.Lock()
@@ -145,44 +190,107 @@ func (s *Server) watchCatalog(ctx context.Context) {
 		st.pending = nil
 		st.mu.Unlock()
 	}()
-	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger},
-		s.queryDefinitions, func(view catalogView, index uint64) { s.onCatalog(st, view, index) })
-}
-
-// onCatalog handles one answer: report conflicts, then publish, unless the answer lost entries
-// shortly after a Consul state reset (see settleAfterReset).
-func (s *Server) onCatalog(st *catalogState, view catalogView, index uint64) {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if index < st.lastIndex {
-		st.holdUntil = time.Now().Add(settleAfterReset)
-		s.logger.Warn("Consul's index went backwards (restarted without its data or restored); holding back removals while definitions are re-registered",
-			"old_index", st.lastIndex, "new_index", index, "up_to", settleAfterReset)
-	}
-	st.lastIndex = index
-
-	defs, table, conflicts := resolveDefinitions(view.defs)
-	s.reportConflicts(st, conflicts, view.invalid)
-	res := resolved{defs: defs, table: table, index: index}
-
-	if wait := time.Until(st.holdUntil); wait > 0 && !s.covers(res) {
-		st.pending = &res
-		if st.timer == nil {
-			st.timer = time.AfterFunc(wait, func() {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		consul.Watch(ctx, consul.WatchConfig{Name: "catalog services", Logger: s.logger, OnError: s.aclReporter("catalog services")},
+			s.queryServicesAndForeign, func(ans servicesAnswer, index uint64) {
 				st.mu.Lock()
-				defer st.mu.Unlock()
-				st.timer = nil
-				if st.pending != nil {
-					s.logger.Warn("definitions did not come back within the settle window; publishing what Consul has")
-					s.applyCatalog(st, *st.pending)
-					st.pending = nil
+				st.foreign, st.known = ans.foreign, true
+				s.recompute(st, false)
+				st.mu.Unlock()
+				if onServices != nil {
+					onServices(ans.names, index)
 				}
 			})
+	}()
+	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger, OnError: s.aclReporter("definitions")},
+		func(ctx context.Context, index uint64, wait time.Duration) (*consul.NodeState, uint64, error) {
+			st, idx, err := consul.ReadNode(ctx, s.cfg.Consul, DefinitionsNode, DefinitionTag, index, wait)
+			if err != nil && s.mirror != nil {
+				s.mirror.Observe(nil)
+			}
+			return st, idx, err
+		},
+		func(own *consul.NodeState, index uint64) {
+			if s.mirror != nil {
+				s.mirror.Observe(own) // the leader's mirror compares with the same answers
+			}
+			st.mu.Lock()
+			if index < st.lastIndex {
+				st.holdUntil = time.Now().Add(settleAfterReset)
+				s.logger.Warn("Consul's index went backwards (restarted without its data or restored); holding back removals while definitions are re-registered",
+					"old_index", st.lastIndex, "new_index", index, "up_to", settleAfterReset)
+			}
+			st.lastIndex = index
+			st.own = own
+			s.recompute(st, true)
+			st.mu.Unlock()
+		})
+	wg.Wait()
+}
+
+// recompute resolves the current answers and publishes, unless a window holds them back.
+// ownChanged is false when only the foreign definitions moved. Called with st.mu held.
+func (s *Server) recompute(st *catalogState, ownChanged bool) {
+	if st.own == nil || !st.known {
+		return // a table needs both answers: never publish half of the truth
+	}
+	view := definitionsView(st.own, st.foreign)
+	defs, table, conflicts := resolveDefinitions(view.defs)
+	s.reportConflicts(st, conflicts, view.invalid)
+	now := time.Now()
+	switch {
+	case view.complete:
+		if !st.incompleteUntil.IsZero() {
+			s.logger.Info("definitions complete in Consul", "definitions", view.have)
 		}
+		st.incompleteUntil = time.Time{}
+	case st.incompleteUntil.IsZero():
+		st.incompleteUntil = now.Add(incompleteHold)
+		s.logger.Info("the leader is writing definitions into Consul; holding the port table until the set is complete",
+			"have", view.have, "announced", view.want)
+	case ownChanged:
+		s.logger.Debug("definitions still incomplete", "have", view.have, "announced", view.want)
+	}
+	s.decide(st, resolved{defs: defs, table: table, index: st.lastIndex, complete: view.complete})
+}
+
+// decide publishes res, or keeps it pending while the leader is writing (incomplete set) or,
+// shortly after a Consul state reset, while it would drop published entries (see
+// settleAfterReset). Called with st.mu held.
+func (s *Server) decide(st *catalogState, res resolved) {
+	now := time.Now()
+	var until time.Time
+	if !res.complete && now.Before(st.incompleteUntil) {
+		until = st.incompleteUntil
+	}
+	if now.Before(st.holdUntil) && !s.covers(res) && st.holdUntil.After(until) {
+		until = st.holdUntil
+	}
+	if until.IsZero() {
+		if !res.complete {
+			s.logger.Warn("definitions in Consul are still not the set the leader announced; publishing what Consul has",
+				"after", incompleteHold)
+		} else if st.pending != nil && now.After(st.holdUntil) && !st.holdUntil.IsZero() && !s.covers(res) {
+			s.logger.Warn("definitions did not come back within the settle window; publishing what Consul has")
+		}
+		st.pending = nil
+		s.applyCatalog(st, res)
 		return
 	}
-	st.pending = nil
-	s.applyCatalog(st, res)
+	st.pending = &res
+	if st.timer == nil {
+		st.timer = time.AfterFunc(until.Sub(now), func() {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			st.timer = nil
+			if st.pending != nil {
+				s.decide(st, *st.pending)
+			}
+		})
+	}
 }
 
 // covers reports whether res keeps every published definition and port mapping.

@@ -66,7 +66,7 @@ func newPlane(s *Server) (*plane, error) {
 	p.nodes = newRegistry(p.logger.Named("nodes"), s.events,
 		func() time.Duration { return s.agentConfig().Server.NodeGracePeriod }, p.nodeGone)
 	if s.cfg.Consul != nil {
-		p.replicas = newReplicaWatcher(s.cfg.Consul, p.logger.Named("replicas"), p.reconcileService)
+		p.replicas = newReplicaWatcher(s.cfg.Consul, p.logger.Named("replicas"), p.reconcileService, s.aclReporter("replicas"))
 	}
 	p.table = session.New(session.Config{
 		Commander: &commander{p: p},

@@ -3,8 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +17,16 @@ import (
 	"github.com/nullnet/nullnet/agent/serverconn"
 )
 
+// replicaFetchers bounds the reads of changed services in flight, hence the connections they
+// use next to the blocking queries.
+const replicaFetchers = 2
+
+// replicaResync is how often every watched service with instances is read again, whatever the
+// watches said: an instance without a health check that appears next to checked ones, or one
+// re-registered at another address without any check changing, moves neither the checks nor
+// the tags of its service.
+const replicaResync = 5 * time.Minute
+
 // replicaInstance is one Consul instance of a service, healthy or not.
 type replicaInstance struct {
 	session.Replica
@@ -22,6 +34,9 @@ type replicaInstance struct {
 	// metaNode is the instance's own nullnet-node meta (host services of client agents).
 	metaNode string
 	passing  bool
+	// checked: the instance has a service check of its own, so its changes show in the checks
+	// watch.
+	checked bool
 }
 
 // serviceReplicas is the last answer for one service.
@@ -29,68 +44,388 @@ type serviceReplicas struct {
 	known     bool // at least one answer arrived
 	instances []replicaInstance
 	ready     chan struct{} // closed at the first answer
-	cancel    context.CancelFunc
 }
 
-// replicaWatcher keeps, per service that can have sessions, the Consul instances and their
-// health, with one blocking health query per service (only entry points and services asked
-// for are watched), plus one watch of the "nullnet" service that maps Consul nodes to nullnet
-// nodes.
+// checkless reports whether a change of some instance would not show in the checks watch.
+func (s *serviceReplicas) checkless() bool {
+	for _, in := range s.instances {
+		if !in.checked {
+			return true
+		}
+	}
+	return false
+}
+
+// replicaWatcher keeps, per service that can have sessions (entry points and services asked
+// for), the Consul instances and their health, plus the "nullnet" service that maps Consul
+// nodes to nullnet nodes. It holds one blocking query of its own, on every health check in
+// the cluster, and is handed the answers of the server's services watch (consulwatch.go); from
+// the two it works out which services changed and reads only those, replicaFetchers at a time.
 type replicaWatcher struct {
 	client   *api.Client
 	logger   hclog.Logger
 	onChange func(service string) // called after every change of a service's instances
+	onError  func(error, int)     // after a failed read, with the failures in a row
 
 	mu       sync.Mutex
-	ctx      context.Context // set by run; nil before
+	started  bool
 	services map[string]*serviceReplicas
 	nodes    map[string]string // consul node -> nullnet node name
-	wg       sync.WaitGroup
+	// names is the last services answer (nil before the first): a watched name missing from
+	// it has no instance anywhere, and is known empty without a read.
+	names servicesView
+	// svcChecks and nodeChecks fingerprint the checks by service name and by Consul node (node
+	// checks count in every instance's health on that node).
+	svcChecks  map[string]string
+	nodeChecks map[string]string
+	dirty      map[string]bool // services to read again; agentsName for the nullnet agents
+	kick       chan struct{}
 }
 
-func newReplicaWatcher(client *api.Client, logger hclog.Logger, onChange func(string)) *replicaWatcher {
-	return &replicaWatcher{client: client, logger: logger, onChange: onChange,
-		services: map[string]*serviceReplicas{}, nodes: map[string]string{}}
+// agentsName is the dirty-set key of the nullnet agents read.
+const agentsName = serverconn.ConsulServiceName
+
+func newReplicaWatcher(client *api.Client, logger hclog.Logger, onChange func(string), onError func(error, int)) *replicaWatcher {
+	return &replicaWatcher{client: client, logger: logger, onChange: onChange, onError: onError,
+		services: map[string]*serviceReplicas{}, nodes: map[string]string{}, dirty: map[string]bool{agentsName: true},
+		kick: make(chan struct{}, 1)}
 }
 
-// run watches the nullnet agents until ctx ends and stops every service watch on the way out.
+func (w *replicaWatcher) poke() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run watches Consul's checks and reads what changed until ctx ends.
 func (w *replicaWatcher) run(ctx context.Context) {
 	w.mu.Lock()
-	w.ctx = ctx
+	w.started = true
 	w.mu.Unlock()
-	consul.Watch(ctx, consul.WatchConfig{Name: "nullnet agents", Logger: w.logger},
-		func(ctx context.Context, index uint64, wait time.Duration) ([]*api.CatalogService, uint64, error) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); w.fetchLoop(ctx) }()
+	consul.Watch(ctx, consul.WatchConfig{Name: "health checks", Logger: w.logger, OnError: w.onError},
+		func(ctx context.Context, index uint64, wait time.Duration) (api.HealthChecks, uint64, error) {
 			q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-			out, meta, err := w.client.Catalog().Service(serverconn.ConsulServiceName, "", q)
+			checks, meta, err := w.client.Health().State(api.HealthAny, q)
 			if err != nil {
-				return nil, 0, fmt.Errorf("listing nullnet agents: %w", err)
+				return nil, 0, consul.QueryError("reading health checks", consul.ACLAllRead, err)
 			}
-			return out, meta.LastIndex, nil
+			if err := consul.CheckFiltered(meta, "reading health checks", consul.ACLAllRead); err != nil {
+				return nil, 0, err
+			}
+			return checks, meta.LastIndex, nil
 		},
-		func(agents []*api.CatalogService, _ uint64) {
-			m := map[string]string{}
-			for _, a := range agents {
-				if n := a.ServiceMeta[MetaNode]; n != "" {
-					m[a.Node] = n
-				}
-			}
-			w.mu.Lock()
-			w.nodes = m
-			names := make([]string, 0, len(w.services))
-			for name := range w.services {
-				names = append(names, name)
-			}
-			w.mu.Unlock()
-			for _, name := range names {
-				w.onChange(name) // node mapping moved: replicas may have appeared or gone
-			}
-		})
+		w.checksChanged)
+	wg.Wait()
+}
+
+// fingerprints groups checks by service name and by node (node-level checks).
+func fingerprints(checks api.HealthChecks) (bySvc, byNode map[string]string) {
+	sorted := slices.Clone(checks)
+	sort.Slice(sorted, func(i, j int) bool {
+		if sorted[i].Node != sorted[j].Node {
+			return sorted[i].Node < sorted[j].Node
+		}
+		return sorted[i].CheckID < sorted[j].CheckID
+	})
+	svc, node := map[string]*strings.Builder{}, map[string]*strings.Builder{}
+	for _, c := range sorted {
+		m, key := svc, c.ServiceName
+		if c.ServiceID == "" {
+			m, key = node, c.Node
+		}
+		b := m[key]
+		if b == nil {
+			b = &strings.Builder{}
+			m[key] = b
+		}
+		fmt.Fprintf(b, "%s/%s/%s=%s@%d;", c.Node, c.ServiceID, c.CheckID, c.Status, c.ModifyIndex)
+	}
+	bySvc, byNode = map[string]string{}, map[string]string{}
+	for k, b := range svc {
+		bySvc[k] = b.String()
+	}
+	for k, b := range node {
+		byNode[k] = b.String()
+	}
+	return bySvc, byNode
+}
+
+// checksChanged marks the services whose checks, or whose nodes' checks, changed.
+func (w *replicaWatcher) checksChanged(checks api.HealthChecks, _ uint64) {
+	bySvc, byNode := fingerprints(checks)
 	w.mu.Lock()
-	for _, s := range w.services {
-		s.cancel()
+	changedNodes := map[string]bool{}
+	for n := range mapsUnion(byNode, w.nodeChecks) {
+		if byNode[n] != w.nodeChecks[n] {
+			changedNodes[n] = true
+		}
+	}
+	mark := func(name string, s *serviceReplicas) {
+		if w.svcChecks[name] != bySvc[name] {
+			w.dirty[name] = true
+			return
+		}
+		if s == nil {
+			return
+		}
+		for _, in := range s.instances {
+			if changedNodes[in.consulNode] {
+				w.dirty[name] = true
+				return
+			}
+		}
+	}
+	for name, s := range w.services {
+		if _, present := w.names[name]; present || w.names == nil {
+			mark(name, s)
+		}
+	}
+	if w.svcChecks[agentsName] != bySvc[agentsName] || len(changedNodes) > 0 {
+		w.dirty[agentsName] = true
+	}
+	w.svcChecks, w.nodeChecks = bySvc, byNode
+	w.mu.Unlock()
+	w.poke()
+}
+
+func mapsUnion(a, b map[string]string) map[string]bool {
+	out := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}
+
+// servicesChanged takes an answer of the server's services watch: a watched name that is
+// gone has no instances left (no read needed); one that appeared, changed tags or has
+// instances without checks is read again.
+func (w *replicaWatcher) servicesChanged(names servicesView, _ uint64) {
+	var emptied []string
+	w.mu.Lock()
+	old := w.names
+	w.names = names
+	for name, s := range w.services {
+		tags, present := names[name]
+		oldTags, was := old[name]
+		switch {
+		case !present:
+			if !s.known || len(s.instances) > 0 {
+				w.setLocked(name, s, nil)
+				emptied = append(emptied, name)
+			}
+		case old == nil || !was || !slices.Equal(tags, oldTags) || !s.known || s.checkless():
+			w.dirty[name] = true
+		}
+	}
+	if t, ok := names[agentsName]; !ok || !slices.Equal(t, old[agentsName]) || old == nil {
+		w.dirty[agentsName] = true
 	}
 	w.mu.Unlock()
-	w.wg.Wait()
+	for _, name := range emptied {
+		w.onChange(name)
+	}
+	w.poke()
+}
+
+// setLocked records a service's instances and reports whether they changed.
+func (w *replicaWatcher) setLocked(name string, s *serviceReplicas, inst []replicaInstance) bool {
+	changed := !s.known || !slices.Equal(s.instances, inst)
+	s.instances = inst
+	if !s.known {
+		s.known = true
+		close(s.ready)
+	}
+	return changed
+}
+
+// fetchLoop reads the dirty services, replicaFetchers at a time, until ctx ends.
+func (w *replicaWatcher) fetchLoop(ctx context.Context) {
+	resync := time.NewTicker(replicaResync)
+	defer resync.Stop()
+	var retry <-chan time.Time
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.kick:
+		case <-retry:
+		case <-resync.C:
+			w.mu.Lock()
+			for name := range w.services {
+				if _, present := w.names[name]; present {
+					w.dirty[name] = true
+				}
+			}
+			w.dirty[agentsName] = true
+			w.mu.Unlock()
+		}
+		retry = nil
+		w.mu.Lock()
+		if w.names == nil {
+			w.mu.Unlock()
+			continue // the services watch has not answered: nothing can be judged yet
+		}
+		batch := slices.Sorted(maps.Keys(w.dirty))
+		w.dirty = map[string]bool{}
+		w.mu.Unlock()
+		if len(batch) == 0 {
+			continue
+		}
+		err := w.fetch(ctx, batch)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			failures++
+			d := consul.Backoff(failures, 10*time.Second)
+			lvl := w.logger.Warn
+			if failures > 1 {
+				lvl = w.logger.Debug
+			}
+			lvl("reading replicas from Consul failed; keeping the last known state", "error", err, "retry_in", d)
+			if w.onError != nil {
+				w.onError(err, failures)
+			}
+			retry = time.After(d)
+			continue
+		}
+		if failures > 0 {
+			w.logger.Info("reading replicas from Consul recovered", "after_failures", failures)
+			failures = 0
+		}
+	}
+}
+
+// fetch reads every name in batch; a failed name is marked dirty again.
+func (w *replicaWatcher) fetch(ctx context.Context, batch []string) error {
+	jobs := make(chan string)
+	var mu sync.Mutex
+	var firstErr error
+	var changed []string
+	var wg sync.WaitGroup
+	for range min(replicaFetchers, len(batch)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range jobs {
+				var err error
+				var did bool
+				if name == agentsName {
+					did, err = w.fetchAgents(ctx)
+				} else {
+					did, err = w.fetchService(ctx, name)
+				}
+				mu.Lock()
+				if err != nil {
+					if firstErr == nil {
+						firstErr = err
+					}
+					w.mu.Lock()
+					w.dirty[name] = true
+					w.mu.Unlock()
+				} else if did {
+					changed = append(changed, name)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, name := range batch {
+		select {
+		case jobs <- name:
+		case <-ctx.Done():
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	for _, name := range changed {
+		if name == agentsName {
+			w.mu.Lock()
+			all := slices.Collect(maps.Keys(w.services))
+			w.mu.Unlock()
+			for _, n := range all {
+				w.onChange(n) // node mapping moved: replicas may have appeared or gone
+			}
+			continue
+		}
+		w.onChange(name)
+	}
+	return firstErr
+}
+
+// fetchAgents reads the "nullnet" service: which Consul node runs which nullnet node.
+func (w *replicaWatcher) fetchAgents(ctx context.Context) (bool, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	agents, meta, err := w.client.Catalog().Service(serverconn.ConsulServiceName, "", q)
+	if err != nil {
+		return false, consul.QueryError("listing nullnet agents", consul.ACLAllRead, err)
+	}
+	if err := consul.CheckFiltered(meta, "listing nullnet agents", consul.ACLAllRead); err != nil {
+		return false, err
+	}
+	m := map[string]string{}
+	for _, a := range agents {
+		if n := a.ServiceMeta[MetaNode]; n != "" {
+			m[a.Node] = n
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if maps.Equal(m, w.nodes) {
+		return false, nil
+	}
+	w.nodes = m
+	return true, nil
+}
+
+// fetchService reads one service's instances with their health.
+func (w *replicaWatcher) fetchService(ctx context.Context, service string) (bool, error) {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	entries, meta, err := w.client.Health().Service(service, "", false, q)
+	what := "reading instances of " + service
+	if err != nil {
+		return false, consul.QueryError(what, consul.ACLAllRead, err)
+	}
+	if err := consul.CheckFiltered(meta, what, consul.ACLAllRead); err != nil {
+		return false, err
+	}
+	var inst []replicaInstance
+	for _, e := range entries {
+		if slices.Contains(e.Service.Tags, DefinitionTag) {
+			continue // a stack definition, not something that serves traffic
+		}
+		addr := e.Service.Address
+		if addr == "" {
+			addr = e.Node.Address
+		}
+		checked := false
+		for _, c := range e.Checks {
+			checked = checked || c.ServiceID != ""
+		}
+		inst = append(inst, replicaInstance{
+			Replica:    session.Replica{ID: e.Node.Node + "/" + e.Service.ID, Address: addr, Port: e.Service.Port},
+			consulNode: e.Node.Node,
+			metaNode:   e.Service.Meta[MetaNode],
+			passing:    e.Checks.AggregatedStatus() == api.HealthPassing,
+			checked:    checked,
+		})
+	}
+	sort.Slice(inst, func(i, j int) bool { return inst[i].ID < inst[j].ID })
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.services[service]
+	if s == nil {
+		return false, nil // no longer watched
+	}
+	return w.setLocked(service, s, inst), nil
 }
 
 // ensure starts watching service (idempotent) and returns a channel closed at its first answer.
@@ -101,73 +436,36 @@ func (w *replicaWatcher) ensure(service string) <-chan struct{} {
 	if s := w.services[service]; s != nil {
 		return s.ready
 	}
-	if w.ctx == nil || w.ctx.Err() != nil {
+	if !w.started {
 		return nil
 	}
-	ctx, cancel := context.WithCancel(w.ctx)
-	s := &serviceReplicas{ready: make(chan struct{}), cancel: cancel}
+	s := &serviceReplicas{ready: make(chan struct{})}
 	w.services[service] = s
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		w.watchService(ctx, service, s)
-	}()
+	if _, present := w.names[service]; w.names != nil && !present {
+		w.setLocked(service, s, nil) // no instance anywhere: known without a read
+		return s.ready
+	}
+	w.dirty[service] = true
+	w.poke()
 	return s.ready
 }
 
-// retain stops the watches of services not in keep.
+// retain stops watching services not in keep.
 func (w *replicaWatcher) retain(keep map[string]bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for name, s := range w.services {
+	for name := range w.services {
 		if !keep[name] {
-			s.cancel()
 			delete(w.services, name)
 		}
 	}
 }
 
-func (w *replicaWatcher) watchService(ctx context.Context, service string, s *serviceReplicas) {
-	consul.Watch(ctx, consul.WatchConfig{Name: "replicas of " + service, Logger: w.logger},
-		func(ctx context.Context, index uint64, wait time.Duration) ([]*api.ServiceEntry, uint64, error) {
-			q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
-			out, meta, err := w.client.Health().Service(service, "", false, q)
-			if err != nil {
-				return nil, 0, fmt.Errorf("reading instances of %s: %w", service, err)
-			}
-			return out, meta.LastIndex, nil
-		},
-		func(entries []*api.ServiceEntry, _ uint64) {
-			var inst []replicaInstance
-			for _, e := range entries {
-				if slices.Contains(e.Service.Tags, DefinitionTag) {
-					continue // a stack definition, not something that serves traffic
-				}
-				addr := e.Service.Address
-				if addr == "" {
-					addr = e.Node.Address
-				}
-				inst = append(inst, replicaInstance{
-					Replica:    session.Replica{ID: e.Node.Node + "/" + e.Service.ID, Address: addr, Port: e.Service.Port},
-					consulNode: e.Node.Node,
-					metaNode:   e.Service.Meta[MetaNode],
-					passing:    e.Checks.AggregatedStatus() == api.HealthPassing,
-				})
-			}
-			sort.Slice(inst, func(i, j int) bool { return inst[i].ID < inst[j].ID })
-			w.mu.Lock()
-			if w.services[service] != s {
-				w.mu.Unlock()
-				return
-			}
-			s.instances = inst
-			if !s.known {
-				s.known = true
-				close(s.ready)
-			}
-			w.mu.Unlock()
-			w.onChange(service)
-		})
+// watched is the number of services watched (tests and logs).
+func (w *replicaWatcher) watched() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.services)
 }
 
 // replicaView is the resolved state of one service's instances.

@@ -86,7 +86,11 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); s.plane.run(ctx) }()
 	if s.cfg.Consul != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); s.watchCatalog(ctx) }()
+		var onServices func(servicesView, uint64)
+		if s.plane.replicas != nil {
+			onServices = s.plane.replicas.servicesChanged
+		}
+		go func() { defer wg.Done(); s.watchCatalog(ctx, onServices) }()
 	}
 	if s.mirror != nil {
 		wg.Add(2)
@@ -128,6 +132,7 @@ func (s *Server) initStacks() error {
 	m, err := consul.NewMirror(consul.MirrorConfig{
 		Client: s.cfg.Consul, Logger: s.logger.Named("mirror"), LockKey: key,
 		Node: DefinitionsNode, NodeMeta: map[string]string{"external-node": "true"}, Tag: DefinitionTag,
+		ExternalWatch: true, // watchCatalog reads the same node and hands every answer over
 		OnLeadership: func(leader bool) {
 			kind := events.LeadershipAcquired
 			if !leader {

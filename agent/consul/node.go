@@ -1,0 +1,114 @@
+package consul
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Node meta the mirror writes next to the services it owns, so that every reader can tell a
+// complete set from one the leader is still writing: Consul applies one transaction at a time,
+// and a large set takes several (at most MaxTxnOps operations each).
+const (
+	// MetaDigest is the digest (see Digest) of the owned services the node should hold.
+	MetaDigest = "nullnet-digest"
+	// MetaCount is how many owned services the node should hold (for progress logs).
+	MetaCount = "nullnet-count"
+)
+
+// NodeState is one read of a mirror node: the services carrying the owner tag and the node's
+// meta. A node that does not exist reads as Exists false and no services.
+type NodeState struct {
+	Exists   bool
+	Meta     map[string]string
+	Services map[string]*api.AgentService // by service ID
+	Index    uint64
+}
+
+// Complete reports whether the owned services are the set the mirror announced in the node
+// meta. A node without the announcement (written by an older nullnet, or by hand) counts as
+// complete: there is nothing to compare with.
+func (s *NodeState) Complete() bool {
+	want, ok := s.Meta[MetaDigest]
+	if !ok {
+		return true
+	}
+	return want == Digest(s.Owned())
+}
+
+// Expected is the announced number of owned services (-1 when not announced).
+func (s *NodeState) Expected() int {
+	n, err := strconv.Atoi(s.Meta[MetaCount])
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// Owned returns the owned services in the mirror's form.
+func (s *NodeState) Owned() []CatalogService {
+	out := make([]CatalogService, 0, len(s.Services))
+	for _, a := range s.Services {
+		out = append(out, CatalogService{ID: a.ID, Name: a.Service, Tags: a.Tags, Meta: a.Meta})
+	}
+	return out
+}
+
+// ReadNode reads node's services that carry tag, with a blocking query when index > 0. The
+// filter runs in Consul, so foreign services on the node cost nothing to transfer; the index
+// is the node's own (it moves only when this node changes, not on every catalog write).
+func ReadNode(ctx context.Context, client *api.Client, node, tag string, index uint64, wait time.Duration) (*NodeState, uint64, error) {
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait, Filter: fmt.Sprintf("%q in Tags", tag)}).WithContext(ctx)
+	list, meta, err := client.Catalog().NodeServiceList(node, q)
+	if err != nil {
+		return nil, 0, QueryError(fmt.Sprintf("reading node %s", node), ACLNodeRead(node)+" and service:read on its services", err)
+	}
+	if err := CheckFiltered(meta, fmt.Sprintf("reading node %s", node), ACLNodeRead(node)+" and service:read on its services"); err != nil {
+		return nil, 0, err
+	}
+	st := &NodeState{Services: map[string]*api.AgentService{}, Meta: map[string]string{}, Index: meta.LastIndex}
+	if list != nil && list.Node != nil {
+		st.Exists = true
+		maps.Copy(st.Meta, list.Node.Meta)
+		for _, s := range list.Services {
+			if slices.Contains(s.Tags, tag) { // the filter did this already; kept for old agents
+				st.Services[s.ID] = s
+			}
+		}
+	}
+	return st, meta.LastIndex, nil
+}
+
+// Digest identifies a set of owned services by what the mirror controls: IDs, names, tags
+// (order ignored) and meta. Writer and readers compute it the same way.
+func Digest(services []CatalogService) string {
+	sorted := slices.Clone(services)
+	slices.SortFunc(sorted, func(a, b CatalogService) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	h := sha256.New()
+	for _, s := range sorted {
+		tags := slices.Clone(s.Tags)
+		slices.Sort(tags)
+		tags = slices.Compact(tags)
+		fmt.Fprintf(h, "%q %q %q", s.ID, s.Name, tags)
+		for _, k := range slices.Sorted(maps.Keys(s.Meta)) {
+			fmt.Fprintf(h, " %q=%q", k, s.Meta[k])
+		}
+		h.Write([]byte{'\n'})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
