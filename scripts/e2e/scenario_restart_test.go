@@ -75,8 +75,8 @@ func (c *cluster) writeBigFile() (string, error) {
 func download(ns string, extra ...string) <-chan string {
 	ch := make(chan string, 1)
 	go func() {
-		cmd := fmt.Sprintf("set -o pipefail; curl -sS --fail --max-time 150 --limit-rate %s %s | sha256sum", bigRate, strings.Join(extra, " "))
-		out, err := nsRun(160*time.Second, ns, "bash", "-c", cmd)
+		cmd := fmt.Sprintf("set -o pipefail; curl -sS --fail --max-time 60 --limit-rate %s %s | sha256sum", bigRate, strings.Join(extra, " "))
+		out, err := nsRun(70*time.Second, ns, "bash", "-c", cmd)
 		if err != nil {
 			ch <- "error: " + err.Error()
 			return
@@ -152,7 +152,7 @@ func testNodeAgentRestart(t *testing.T, c *cluster, sum string) {
 		if r != sum {
 			t.Fatalf("download through the restart: %s, want sha256 %s", r, sum)
 		}
-	case <-time.After(170 * time.Second):
+	case <-time.After(80 * time.Second):
 		t.Fatal("the download never ended")
 	}
 	t.Logf("%d MiB downloaded in %v across the restart of %s's agent", bigSize>>20, time.Since(start).Round(100*time.Millisecond), svc.name)
@@ -226,7 +226,7 @@ func testProxyAgentRestart(t *testing.T, c *cluster, sum string) {
 		if r != sum {
 			t.Fatalf("download over the tunnel through the restart: %s, want sha256 %s", r, sum)
 		}
-	case <-time.After(170 * time.Second):
+	case <-time.After(80 * time.Second):
 		t.Fatal("the download never ended")
 	}
 	t.Logf("%d MiB downloaded over the tunnel in %v across the restart of edge's agent", bigSize>>20, time.Since(start).Round(100*time.Millisecond))

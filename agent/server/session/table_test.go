@@ -267,6 +267,34 @@ func TestReleaseNodeAndDoomedSetup(t *testing.T) {
 	waitFor(t, "rollback", func() bool { return tb.Stats().NetIDsInUse == 0 })
 }
 
+// A restarted proxy node: the uses taken before the cut-off are released, a use its new process
+// took afterwards keeps the session.
+func TestReleaseNodeBefore(t *testing.T) {
+	tb := newTable(t, &fakeCommander{}, 101, 200)
+	r, _ := tb.Acquire(context.Background(), req("1.2.3.4", 50*time.Millisecond))
+	_, _ = tb.Acquire(context.Background(), req("1.2.3.4", 50*time.Millisecond))
+	cut := time.Now()
+	time.Sleep(time.Millisecond)
+	if n := tb.ReleaseNodeBefore("p2", time.Now()); n != 0 {
+		t.Fatalf("released %d uses of another proxy node", n)
+	}
+	fresh, _ := tb.Acquire(context.Background(), req("1.2.3.4", 50*time.Millisecond))
+	if n := tb.ReleaseNodeBefore("p1", cut); n != 2 {
+		t.Fatalf("released %d, want the 2 uses taken before the cut-off", n)
+	}
+	if s, ok := tb.Get(r.Session.ID); !ok || s.Uses != 1 {
+		t.Fatalf("session after the release: %+v %v, want 1 use (the new process's)", s, ok)
+	}
+	time.Sleep(120 * time.Millisecond) // past the timeout: a session in use stays
+	if _, ok := tb.Get(r.Session.ID); !ok {
+		t.Fatal("the session of a live use expired")
+	}
+	if err := tb.Release(fresh.LeaseID, "p1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "idle teardown", func() bool { _, ok := tb.Get(r.Session.ID); return !ok })
+}
+
 func TestNoCandidates(t *testing.T) {
 	tb := newTable(t, &fakeCommander{}, 101, 200)
 	r := req("1.2.3.4", 0)
