@@ -44,7 +44,7 @@ Options:
 `)
 }
 
-func (c *ValidateCommand) Synopsis() string { return "Validates agent configuration files" }
+func (c *ValidateCommand) Synopsis() string { return "Validates agent configuration and stack files" }
 
 func (c *ValidateCommand) Run(args []string) int {
 	var quiet bool
