@@ -97,3 +97,38 @@ func TestFIFOInDirectoriesIsAnError(t *testing.T) {
 		t.Fatal("reading a directory with a FIFO blocked")
 	}
 }
+
+// FuzzReadRegularFile: for any content of a regular file, ReadRegularFile returns exactly what
+// os.ReadFile does (the raw open, fstat and bounded read lose nothing and add nothing).
+func FuzzReadRegularFile(f *testing.F) {
+	f.Add([]byte("node_name = \"n1\"\n"))
+	f.Add([]byte{})
+	f.Add([]byte{0, 0xff, '\n'})
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, content []byte) {
+		p := filepath.Join(dir, "f.hcl")
+		if err := os.WriteFile(p, content, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadRegularFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != string(content) {
+			t.Fatalf("read %d bytes, wrote %d", len(got), len(content))
+		}
+	})
+}
+
+// FuzzIsStackFile: deciding whether a file is a stack file never panics, and a file judged one
+// is then parsed as a stack set without panicking either.
+func FuzzIsStackFile(f *testing.F) {
+	f.Add([]byte("stack \"a\" {\n  service \"x\" {\n    timeout = \"1s\"\n  }\n}\n"))
+	f.Add([]byte("node_name = \"n1\"\nserver {\n  enabled = true\n}\n"))
+	f.Add([]byte("stack {"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		if IsStackFile("f.hcl", src) {
+			_ = ParseStacks([]StackFile{{Path: "f.hcl", Bytes: src}}, StackRulesFor(Default()))
+		}
+	})
+}
