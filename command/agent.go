@@ -112,6 +112,32 @@ func (c *AgentCommand) Run(args []string) int {
 	defer signal.Stop(sigs)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
+
+	// Reloads run on their own goroutine: they read files (the configuration, a server's stacks),
+	// and the goroutine that handles signals must never wait on file I/O, or a stuck read would
+	// make SIGTERM wait with it. SIGHUPs that arrive during a reload coalesce into one more.
+	reloads := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-reloads:
+			}
+			newCfg, ok := load()
+			if !ok {
+				logger.Error("configuration reload rejected; keeping the running configuration")
+				continue
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if err := a.Reload(newCfg); err != nil {
+				logger.Error("configuration reload failed in part", "error", err)
+			}
+		}
+	}()
+	shutdownCh := c.ShutdownCh
 	leaving := false
 	for {
 		select {
@@ -121,7 +147,8 @@ func (c *AgentCommand) Run(args []string) int {
 				return 1
 			}
 			return 0
-		case <-c.ShutdownCh:
+		case <-shutdownCh:
+			shutdownCh = nil
 			cancel()
 		case s := <-sigs:
 			if s != syscall.SIGHUP {
@@ -138,13 +165,10 @@ func (c *AgentCommand) Run(args []string) int {
 				continue
 			}
 			logger.Info("caught SIGHUP, reloading configuration")
-			newCfg, ok := load()
-			if !ok {
-				logger.Error("configuration reload rejected; keeping the running configuration")
-				continue
-			}
-			if err := a.Reload(newCfg); err != nil {
-				logger.Error("configuration reload failed in part", "error", err)
+			select {
+			case reloads <- struct{}{}:
+			default:
+				logger.Info("a reload is already pending; this SIGHUP joins it")
 			}
 		}
 	}

@@ -4,6 +4,7 @@ package command
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/hashicorp/cli"
@@ -11,16 +12,20 @@ import (
 )
 
 // Run executes the CLI and returns the exit code.
-func Run(args []string) int {
-	ui := &cli.BasicUi{Reader: os.Stdin, Writer: os.Stdout, ErrorWriter: os.Stderr}
+func Run(args []string) int { return RunIO(args, os.Stdout, os.Stderr) }
+
+// RunIO is Run with its output streams given (the docs tests compare the real help output with
+// the samples in website/docs).
+func RunIO(args []string, stdout, stderr io.Writer) int {
+	ui := &cli.BasicUi{Reader: os.Stdin, Writer: stdout, ErrorWriter: stderr}
 	c := cli.NewCLI("nullnet", version.Version)
 	c.Args = args
 	c.Commands = Commands(ui)
-	c.HelpWriter = os.Stdout
-	c.ErrorWriter = os.Stderr
+	c.HelpWriter = stdout
+	c.ErrorWriter = stderr
 	code, err := c.Run()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "Error executing CLI: %v\n", err)
+		fmt.Fprintf(stderr, "Error executing CLI: %v\n", err)
 		return 1
 	}
 	if code == 127 { // unknown command: a usage error

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/cli"
+	"github.com/nullnet/nullnet/agent/events"
 )
 
 // EventsCommand prints the server's event ring, optionally following it.
@@ -39,7 +40,8 @@ Options:
      Print one JSON object per line (the API's event objects).
 
   -kind=<kind>
-     Only events of this kind (e.g. session_torn_down).
+     Only events of this kind (e.g. session_torn_down). An unknown kind is
+     an error (exit 2) that lists the valid ones.
 
   -severity=<info|warning|error>
      Only events of this severity.
@@ -72,6 +74,10 @@ func (c *EventsCommand) Run(args []string) int {
 	client, code := parseAPICommand(c.UI, fs, &hf, args, c.Help())
 	if code != 0 {
 		return code
+	}
+	if kind != "" && !events.Known(kind) {
+		c.UI.Error(fmt.Sprintf("unknown -kind %q; valid kinds:\n  %s", kind, strings.Join(events.Kinds(), "\n  ")))
+		return 2
 	}
 	switch severity {
 	case "", "info", "warning", "error":

@@ -129,10 +129,14 @@ func Load(sources []Source, dev bool) *Result {
 	for _, p := range paths {
 		var f *hcl.File
 		var d hcl.Diagnostics
-		if strings.HasSuffix(p, ".json") {
-			f, d = parser.ParseJSONFile(p)
-		} else {
-			f, d = parser.ParseHCLFile(p)
+		src, err := ReadRegularFile(p)
+		switch {
+		case err != nil:
+			d = hcl.Diagnostics{{Severity: hcl.DiagError, Summary: "Cannot read config file", Detail: err.Error()}}
+		case strings.HasSuffix(p, ".json"):
+			f, d = parser.ParseJSON(src, p)
+		default:
+			f, d = parser.ParseHCL(src, p)
 		}
 		res.Diags = append(res.Diags, d...)
 		if f == nil || d.HasErrors() {

@@ -3,7 +3,9 @@ package config
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"os"
@@ -109,7 +111,9 @@ func (s *StackSet) Services() []StackService {
 }
 
 // ReadStackFiles reads every *.hcl file directly in dir (no recursion), in lexical order. Hidden
-// files are skipped: editors write their swap and backup files as dot files.
+// files are skipped: editors write their swap and backup files as dot files. Each must be a
+// regular file of at most MaxFileSize bytes (ReadRegularFile): anything else named *.hcl is an
+// error, returned at once, never a read that waits.
 func ReadStackFiles(dir string) ([]StackFile, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -122,10 +126,10 @@ func ReadStackFiles(dir string) ([]StackFile, error) {
 			continue
 		}
 		p := filepath.Join(dir, name)
-		b, err := os.ReadFile(p)
+		b, err := ReadRegularFile(p)
 		if err != nil {
-			if os.IsNotExist(err) {
-				continue // removed between ReadDir and ReadFile; the watcher will see it
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed between ReadDir and the open; the watcher will see it
 			}
 			return nil, fmt.Errorf("reading stack file: %w", err)
 		}
@@ -144,6 +148,21 @@ func StackFingerprint(files []StackFile) string {
 		h.Write(f.Bytes)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// IsStackFile reports whether src (an HCL file) holds top-level `stack` blocks, i.e. is a stack
+// file rather than an agent configuration file, so that `nullnet validate FILE` can check it as
+// one. A file that does not parse is not judged a stack file.
+func IsStackFile(path string, src []byte) bool {
+	if filepath.Ext(path) != ".hcl" {
+		return false
+	}
+	file, diags := hclparse.NewParser().ParseHCL(src, path)
+	if file == nil || diags.HasErrors() {
+		return false
+	}
+	content, _, _ := file.Body.PartialContent(stackFileSchema)
+	return content != nil && len(content.Blocks) > 0
 }
 
 // LoadStacks reads and validates every stack file in dir.

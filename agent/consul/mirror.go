@@ -70,6 +70,11 @@ type Mirror struct {
 	logger hclog.Logger
 	leader atomic.Bool
 
+	// ineligible is set while this server must not hold the lock (SetEligible); eligibility
+	// (capacity 1) wakes Run when it changes.
+	ineligible  atomic.Bool
+	eligibility chan struct{}
+
 	mu          sync.Mutex
 	desired     map[string]CatalogService
 	haveDesired bool
@@ -94,7 +99,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
-	return &Mirror{cfg: cfg, logger: cfg.Logger, kick: make(chan struct{}, 1)}, nil
+	return &Mirror{cfg: cfg, logger: cfg.Logger, kick: make(chan struct{}, 1), eligibility: make(chan struct{}, 1)}, nil
 }
 
 // Set replaces the desired set. It never blocks: the latest set wins.
@@ -112,6 +117,52 @@ func (m *Mirror) Set(services []CatalogService) {
 	m.poke()
 }
 
+// SetEligible says whether this server may hold the leader lock. A server that cannot read its
+// stacks (or whose read has stalled) is not: it gives the lock up at once, so that a server that
+// can read its stacks leads instead of this one mirroring a stale set, and it does not campaign
+// again until it is eligible. What it mirrored stays in the catalog.
+func (m *Mirror) SetEligible(ok bool) {
+	if m.ineligible.Swap(!ok) == !ok {
+		return
+	}
+	select {
+	case m.eligibility <- struct{}{}:
+	default:
+	}
+}
+
+// awaitEligible blocks while the mirror is ineligible; false when ctx ended.
+func (m *Mirror) awaitEligible(ctx context.Context) bool {
+	for m.ineligible.Load() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-m.eligibility:
+		}
+	}
+	return true
+}
+
+// stepDownOn returns a channel closed when lost closes, when the mirror becomes ineligible, or
+// when done closes; lead treats it as the loss of the lock.
+func (m *Mirror) stepDownOn(lost, done <-chan struct{}) <-chan struct{} {
+	out := make(chan struct{})
+	go func() {
+		defer close(out)
+		for !m.ineligible.Load() {
+			select {
+			case <-lost:
+				return
+			case <-done:
+				return
+			case <-m.eligibility:
+			}
+		}
+		m.logger.Warn("giving up the leader lock: this server cannot read its stacks", "key", m.cfg.LockKey)
+	}()
+	return out
+}
+
 // IsLeader reports whether this mirror holds the lock.
 func (m *Mirror) IsLeader() bool { return m.leader.Load() }
 
@@ -127,6 +178,9 @@ func (m *Mirror) poke() {
 func (m *Mirror) Run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
+		if !m.awaitEligible(ctx) {
+			return
+		}
 		lock, err := m.cfg.Client.LockOpts(&api.LockOptions{
 			Key:            m.cfg.LockKey,
 			SessionName:    "nullnet leader",
@@ -157,14 +211,16 @@ func (m *Mirror) Run(ctx context.Context) {
 		if m.cfg.OnLeadership != nil {
 			m.cfg.OnLeadership(true)
 		}
-		m.lead(ctx, lost)
+		leadDone := make(chan struct{})
+		m.lead(ctx, m.stepDownOn(lost, leadDone))
+		close(leadDone)
 		m.leader.Store(false)
 		// Release with a fresh context: ctx may be over, and a clean release lets another
 		// server take over at once instead of after the session TTL.
 		if err := lock.Unlock(); err != nil && !errors.Is(err, api.ErrLockNotHeld) {
 			m.logger.Debug("releasing the leader lock", "error", err)
 		}
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !m.ineligible.Load() {
 			m.logger.Warn("lost the leader lock; campaigning again", "key", m.cfg.LockKey)
 		}
 		if m.cfg.OnLeadership != nil {

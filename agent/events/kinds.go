@@ -1,5 +1,7 @@
 package events
 
+import "sort"
+
 // Event kinds. Every kind nullnet emits is declared here (and documented in
 // website/docs/events.md; a test checks that). Add new kinds to this list.
 const (
@@ -55,3 +57,95 @@ const (
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
 )
+
+// Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
+// exactly these for the kind (TestDocsEventFields), and every emit site in the source sets only
+// these (TestEmitSitesMatchSpecs scans the source). A field that only some events of a kind carry
+// (net_id, batch_size) is listed too.
+type Spec struct {
+	Kind   string
+	Fields []string
+	// Reserved kinds are declared and documented but not emitted yet.
+	Reserved bool
+}
+
+var sessionFields = []string{"session", "service", "client_ip", "proxy_node", "replica", "service_node", "net_id"}
+
+func join(a []string, b ...string) []string { return append(append([]string(nil), a...), b...) }
+
+var specs = []Spec{
+	{Kind: ConfigReloaded, Fields: []string{"dir", "trigger", "stacks", "services"}},
+	{Kind: ConfigReloadRejected, Fields: []string{"dir", "trigger", "diagnostics"}},
+	{Kind: PortMappingConflict, Fields: []string{"service", "stack", "winner_service", "winner_stack", "protocol", "listen_port"}},
+	{Kind: CatalogMirrorFailed},
+	{Kind: ConsulUnreachable, Fields: []string{"error"}, Reserved: true},
+	{Kind: ConsulRecovered, Reserved: true},
+	{Kind: ConsulACLDenied, Fields: []string{"watch", "query", "missing_acl", "filtered"}},
+	{Kind: LeadershipAcquired, Fields: []string{"lock"}},
+	{Kind: LeadershipLost, Fields: []string{"lock"}},
+
+	{Kind: NodeConnected, Fields: []string{"underlay_addr", "roles", "version", "reconnect", "restarted"}},
+	{Kind: NodeDisconnected, Fields: []string{"grace_period"}},
+	{Kind: SessionCreated, Fields: join(sessionFields, "upstream", "setup_latency_ms")},
+	{Kind: SessionTornDown, Fields: join(sessionFields, "reason", "lifetime_s")},
+	{Kind: SessionAdopted, Fields: join(sessionFields, "upstream", "setup_latency_ms")},
+	{Kind: SessionReused, Reserved: true},
+	{Kind: SetupFailed, Fields: join(sessionFields, "setup_latency_ms")},
+	{Kind: SetupTimedOut, Fields: join(sessionFields, "setup_latency_ms")},
+	{Kind: TeardownFailed, Fields: join(sessionFields, "reason")},
+	{Kind: NetIDPoolExhausted, Fields: []string{"service", "client_ip", "proxy_node"}},
+	{Kind: ReplicaRemoved, Fields: []string{"service", "replica", "reason"}},
+	{Kind: ProxyRequestRefused, Fields: []string{"service", "client_ip", "code"}},
+	{Kind: AuthRefused, Fields: []string{"method"}},
+
+	{Kind: ControlChannelEstablished, Fields: []string{"server"}},
+	{Kind: ControlChannelClosed, Fields: []string{"error"}},
+	{Kind: OverlaySetupCompleted, Fields: []string{"command_id", "net_id", "side", "duration_ms", "service", "remote_underlay", "bridge", "changed"}},
+	{Kind: OverlaySetupFailed, Fields: []string{"command_id", "net_id", "side", "duration_ms", "error"}},
+	{Kind: OverlayTeardownCompleted, Fields: []string{"command_id", "net_id", "side", "duration_ms", "batch_size"}},
+	{Kind: OverlayTeardownFailed, Fields: []string{"command_id", "net_id", "side", "duration_ms", "batch_size", "error"}},
+	{Kind: OverlayLeftoversRemoved, Fields: []string{"count"}},
+	{Kind: OverlayEndsRecovered, Fields: []string{"count"}},
+	{Kind: HostServiceRegistered, Fields: []string{"service", "stack", "port", "protocol"}},
+	{Kind: HostServiceDeregistered, Fields: []string{"service"}},
+	{Kind: HostServiceUnreachable, Fields: []string{"service", "port", "protocol", "status"}},
+
+	{Kind: TCPListenerBindFailed, Fields: []string{"protocol", "port", "service", "error"}},
+	{Kind: UDPListenerBindFailed, Fields: []string{"protocol", "port", "service", "error"}},
+	{Kind: TCPUpstreamConnectFailed, Fields: []string{"service", "upstream", "client_ip", "error"}},
+	{Kind: UDPUpstreamConnectFailed, Fields: []string{"service", "upstream", "client_ip", "error"}},
+	{Kind: UpstreamLookupFailed, Fields: []string{"service", "client_ip", "protocol", "error"}},
+	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
+	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
+	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+}
+
+// Specs returns every kind's spec, in the order of the documentation.
+func Specs() []Spec {
+	out := make([]Spec, len(specs))
+	for i, s := range specs {
+		s.Fields = append([]string(nil), s.Fields...)
+		out[i] = s
+	}
+	return out
+}
+
+// Kinds returns every kind name, sorted.
+func Kinds() []string {
+	out := make([]string, len(specs))
+	for i, s := range specs {
+		out[i] = s.Kind
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Known reports whether kind is a declared event kind.
+func Known(kind string) bool {
+	for _, s := range specs {
+		if s.Kind == kind {
+			return true
+		}
+	}
+	return false
+}

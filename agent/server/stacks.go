@@ -19,7 +19,10 @@ import (
 // Consul mirror. It only matters on the leader (the mirror writes nothing otherwise), but every
 // server validates, so a bad file is reported wherever it is.
 type stacks struct {
-	mu sync.Mutex // serializes loads; guards the fields below
+	// loadMu serializes loads (read, validate, apply), so that sets are applied in the order
+	// they were read. It is held during file I/O; mu is not.
+	loadMu sync.Mutex
+	mu     sync.Mutex // guards the fields below
 	// dir is the directory in effect ("" = this server defines no stacks).
 	dir string
 	// accepted is the last set that passed validation (nil before the first).
@@ -34,14 +37,26 @@ type stacks struct {
 // ErrStacksRejected wraps every rejection of a stack set.
 var ErrStacksRejected = errors.New("stack files rejected")
 
+// readStallTimeout is how long reading the stacks directory may take before this server gives up
+// the leader lock (a hung file system: the read goes on, but another server should lead).
+const readStallTimeout = 10 * time.Second
+
 // reloadStacks reads, validates and, when valid, applies the stacks directory. Without force, a
 // directory whose contents did not change since the last load is skipped. A rejected set changes
 // nothing: the previous set stays with the mirror, and the diagnostics go to the log and to a
 // config_reload_rejected event.
+//
+// The files are read under loadMu only, never under stacks.mu (which /v1/agent/self, the
+// watcher and Reload take): a slow read delays the next reload, nothing else. Only regular files
+// are read (config.ReadRegularFile), so a FIFO named *.hcl is an error at once. A directory that
+// cannot be read, or a read that stalls for readStallTimeout, makes this server give up the
+// leader lock until its stacks read again.
 func (s *Server) reloadStacks(trigger string, force bool) error {
+	s.stacks.loadMu.Lock()
+	defer s.stacks.loadMu.Unlock()
 	s.stacks.mu.Lock()
-	defer s.stacks.mu.Unlock()
 	dir := s.stacks.dir
+	s.stacks.mu.Unlock()
 	if dir == "" {
 		return nil
 	}
@@ -49,11 +64,23 @@ func (s *Server) reloadStacks(trigger string, force bool) error {
 	rules := config.StackRulesFor(s.agentCfg)
 	s.mu.Unlock()
 
-	var set *config.StackSet
+	stalled := time.AfterFunc(readStallTimeout, func() {
+		s.logger.Error("reading the stacks directory has stalled; giving up the leader lock", "dir", dir,
+			"after", readStallTimeout)
+		s.setLeaderEligible(false)
+	})
 	files, err := config.ReadStackFiles(dir)
+	stalled.Stop()
+	s.setLeaderEligible(err == nil)
+
+	s.stacks.mu.Lock()
+	defer s.stacks.mu.Unlock()
+	var set *config.StackSet
 	if err != nil {
 		set = &config.StackSet{Diags: hcl.Diagnostics{{Severity: hcl.DiagError,
 			Summary: "Cannot read stacks directory", Detail: err.Error()}}}
+		s.stacks.seen = "" // retried in full next time, whatever the fingerprint
+		force = true
 	} else {
 		set = config.ParseStacks(files, rules)
 	}
@@ -97,7 +124,7 @@ func (s *Server) stacksChangedSinceLoad() bool {
 	s.stacks.mu.Unlock()
 	files, err := config.ReadStackFiles(dir)
 	if err != nil {
-		return seen != ""
+		return false // an unreadable directory is retried by the next event or SIGHUP, not in a loop
 	}
 	return config.StackFingerprint(files) != seen
 }
@@ -180,6 +207,14 @@ func (s *Server) watchStacks(ctx context.Context) {
 				timer.Reset(debounce)
 			}
 		}
+	}
+}
+
+// setLeaderEligible tells the mirror whether this server's stacks can be read (see
+// consul.Mirror.SetEligible).
+func (s *Server) setLeaderEligible(ok bool) {
+	if s.mirror != nil {
+		s.mirror.SetEligible(ok)
 	}
 }
 
