@@ -16,8 +16,8 @@ import (
 // mirror would write for each owned service compares equal to it (no endless rewrites).
 func FuzzNodeStateFrom(f *testing.F) {
 	const tag = "nullnet-definition"
-	f.Add([]byte(`{"Node":{"Node":"nullnet-stacks","Meta":{"nullnet-digest":"abc","nullnet-count":"2"}},"Services":[`+
-		`{"ID":"a/web","Service":"web","Tags":["nullnet-definition","x"],"Meta":{"nullnet-stack":"a"}},`+
+	f.Add([]byte(`{"Node":{"Node":"nullnet-stacks","Meta":{"nullnet-digest":"abc","nullnet-count":"2"}},"Services":[` +
+		`{"ID":"a/web","Service":"web","Tags":["nullnet-definition","x"],"Meta":{"nullnet-stack":"a"}},` +
 		`{"ID":"b/db","Service":"db","Tags":["nullnet-definition"]},{"ID":"other","Service":"o","Tags":["y"]}]}`))
 	f.Add([]byte(`{"Node":null,"Services":[{"ID":"x","Tags":["nullnet-definition"]}]}`))
 	f.Add([]byte(`{"Node":{"Meta":null},"Services":[null,{"ID":"","Tags":["nullnet-definition"]},{"ID":"d","Tags":["nullnet-definition","nullnet-definition"]},{"ID":"d","Service":"second","Tags":["nullnet-definition"]}]}`))
