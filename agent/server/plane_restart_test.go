@@ -328,3 +328,67 @@ func TestProxy_NodeAgentLeaveRemovesTunnels(t *testing.T) {
 	eventually(t, 20*time.Second, "the session torn down", func() bool { return len(e.sessions()) == 0 })
 	eventually(t, 10*time.Second, "the proxy host's end removed", func() bool { return len(tunnelDevices(t, proxyHost)) == 0 })
 }
+
+// A node declared gone comes back with an end of a net id that meanwhile went to a session
+// between two other hosts (here the pool holds a single id, so the id is reused at once): the
+// server removes the returning node's end (reason stale) and leaves the id and the other
+// session alone.
+func TestProxy_NodeReturnsWithReusedNetID(t *testing.T) {
+	hosts := overlaytest.Hosts(t, "nnru", 3)
+	hostA, hostB, proxyHost := hosts[0], hosts[1], hosts[2]
+	e := newPlaneEnv(t, config.NetworkVXLAN, vxlanStack, func(c *config.Config) {
+		c.Server.NodeGracePeriod = 2 * time.Second
+		c.Server.OrphanGrace = time.Second
+		c.Server.NetIDMin, c.Server.NetIDMax = 300, 300
+	})
+	stopA := nodeAgent(t, e, "node-a", hostA)
+	nodeAgent(t, e, "node-b", hostB)
+	nodeAgent(t, e, "proxy-node", proxyHost)
+	echoServer(t, hostA.Listen(t, "tcp", "0.0.0.0:8080"))
+	echoServer(t, hostB.Listen(t, "tcp", "0.0.0.0:8080"))
+	e.waitDefined("web", "proxy-node")
+	e.registerReplica("web-a", "web", "node-a", hostA.Underlay.String(), 8080)
+	id, _ := sessionUp(t, e, proxyHost)
+	if id != 300 {
+		t.Fatalf("net id %d, want 300 (the only one)", id)
+	}
+
+	// node-a's agent stops and stays away past the grace period: the session goes, its end on
+	// node-a stays in the kernel.
+	stopA(stopGraceful)
+	eventually(t, 20*time.Second, "the session torn down", func() bool { return len(e.sessions()) == 0 })
+	if err := e.client.Agent().ServiceDeregister("web-a"); err != nil {
+		t.Fatal(err)
+	}
+	e.registerReplica("web-b", "web", "node-b", hostB.Underlay.String(), 8080)
+	var conn net.Conn
+	eventually(t, 20*time.Second, "a session to node-b on net id 300", func() bool {
+		ss := e.sessions()
+		if len(ss) == 1 && ss[0]["net_id"] == float64(300) {
+			return true
+		}
+		if len(ss) == 0 {
+			if _, err := e.proxy("198.51.100.1", "web", "proxy-node"); err != nil {
+				t.Logf("proxy: %v", err)
+			}
+		}
+		return false
+	})
+	_, conn = sessionUp(t, e, proxyHost) // the same session: a second use
+	aEnd := overlay.NamesFor(300, overlay.SideService)
+	if devs := tunnelDevices(t, hostA); !slices.Contains(devs, aEnd.VXLAN) {
+		t.Fatalf("node-a should still hold its old end: %v", devs)
+	}
+
+	// node-a's agent comes back and reports its old end of 300.
+	nodeAgent(t, e, "node-a", hostA)
+	eventually(t, 20*time.Second, "node-a's stale end removed", func() bool { return len(tunnelDevices(t, hostA)) == 0 })
+	roundTrip(t, conn)
+	ss := e.sessions()
+	if len(ss) != 1 || ss[0]["state"] != "active" || ss[0]["net_id"] != float64(300) {
+		t.Fatalf("sessions after node-a came back: %v", ss)
+	}
+	if devs := tunnelDevices(t, hostB); !slices.Contains(devs, aEnd.VXLAN) {
+		t.Fatalf("node-b lost its end of the live session: %v", devs)
+	}
+}
