@@ -218,7 +218,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.consul != nil {
 		reg := selfRegistration(a.cfg)
-		goRun("consul-registration", func() error { keepRegistered(ctx, a.consul, reg, a.logger); return nil })
+		goRun("consul-registration", func() error { keepRegistered(ctx, a.consul, reg, a.keepsOnStop, a.logger); return nil })
 	}
 	for name, r := range a.roles {
 		goRun(name, func() error { return r.Run(ctx) })
@@ -233,6 +233,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.logger.Error("agent stopping after a fatal error", "error", runErr)
 	case <-a.leave.requested():
 		a.drain(ctx)
+	}
+	if a.leave.remove.Load() && a.client != nil {
+		a.client.Leave() // a leave asked for during a SIGTERM's drain still removes everything
 	}
 	cancel()
 	a.logger.Info("agent stopping")

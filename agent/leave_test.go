@@ -9,25 +9,33 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/config"
 )
 
-// TestAgentLeaveDrains runs every role in one agent against a real Consul (as `make dev`
-// does), holds a TCP connection relayed by its proxy, and asks it to leave with
-// PUT /v1/agent/leave: the proxy stops accepting, the live connection keeps relaying until its
-// client closes it, then the agent stops by itself, within 2 s of that close.
-func TestAgentLeaveDrains(t *testing.T) {
+// leaveTestAgent is the agent of the leave tests, running every role against a real Consul
+// with a TCP entry point on listen relayed to a local echo server (a host service).
+type leaveTestAgent struct {
+	a      *Agent
+	consul *api.Client
+	listen int
+	done   chan error
+}
+
+func startLeaveTestAgent(t *testing.T) *leaveTestAgent {
+	t.Helper()
 	srv := consultest.Start(t)
 	echo, err := net.Listen("tcp", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer echo.Close()
+	t.Cleanup(func() { echo.Close() })
 	go func() {
 		for {
 			c, err := echo.Accept()
@@ -75,6 +83,8 @@ proxy {
 }
 client {
   servers = ["127.0.0.1:%d"]
+  # -dev turns it off; a leave removes everything whatever it says
+  keep_tunnels_on_stop = true
   service "echo.dev" {
     stack          = "dev"
     port           = %d
@@ -93,10 +103,40 @@ client {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	finished := make(chan struct{})
+	go func() { done <- a.Run(ctx); close(finished) }()
+	t.Cleanup(func() { cancel(); <-finished })
+	return &leaveTestAgent{a: a, consul: srv.Client(t), listen: listen, done: done}
+}
 
+// registered lists the agent's own and its host service's (echo.dev) registrations in Consul.
+func (l *leaveTestAgent) registered(t *testing.T) []string {
+	t.Helper()
+	svcs, err := l.consul.Agent().Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for id := range svcs {
+		if id == "nullnet-leave-test" || id == "nullnet-host-leave-test-echo.dev" {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// TestAgentLeaveDrains runs every role in one agent against a real Consul (as `make dev`
+// does), holds a TCP connection relayed by its proxy, and asks it to leave with
+// PUT /v1/agent/leave: the proxy stops accepting, the live connection keeps relaying until its
+// client closes it, then the agent stops by itself, within 2 s of that close,
+// and removes its registrations from Consul.
+func TestAgentLeaveDrains(t *testing.T) {
+	l := startLeaveTestAgent(t)
+	a, listen, done := l.a, l.listen, l.done
+	waitFor(t, "the agent and its host service registered", 30*time.Second, func() bool { return len(l.registered(t)) == 2 })
 	var c net.Conn
 	roundTrip := func(c net.Conn, msg string) error {
 		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -166,4 +206,32 @@ client {
 		t.Fatalf("agent stopped %s after the last connection closed, want < 2 s", took)
 	}
 	t.Logf("agent stopped %s after the last connection closed", time.Since(closed).Round(time.Millisecond))
+	if r := l.registered(t); len(r) != 0 {
+		t.Fatalf("still registered in Consul after a leave: %v", r)
+	}
+}
+
+// TestAgentShutdownKeepsRegistrations: SIGTERM's path (Shutdown) with the default
+// client.keep_tunnels_on_stop leaves the agent's own and its host services' registrations in
+// Consul, so a restart ends no session (replica_gone); a leave after a restart removes them.
+func TestAgentShutdownKeepsRegistrations(t *testing.T) {
+	l := startLeaveTestAgent(t)
+	waitFor(t, "the agent and its host service registered", 30*time.Second, func() bool {
+		return len(l.registered(t)) == 2
+	})
+	if !l.a.keepsOnStop() {
+		t.Fatal("the default configuration does not keep tunnels on stop")
+	}
+	l.a.Shutdown()
+	select {
+	case err := <-l.done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent did not stop")
+	}
+	if r := l.registered(t); len(r) != 2 {
+		t.Fatalf("registrations after SIGTERM's stop: %v, want the agent's and its host service's", r)
+	}
 }

@@ -71,8 +71,9 @@ func selfCheck(cfg *config.Config, addr string) *api.AgentServiceCheck {
 }
 
 // keepRegistered registers the agent in its local Consul agent and re-registers whenever the
-// registration disappears (a restarted dev agent loses it), until ctx ends; then deregisters.
-func keepRegistered(ctx context.Context, client *api.Client, reg *api.AgentServiceRegistration, logger hclog.Logger) {
+// registration disappears (a restarted dev agent loses it), until ctx ends; then deregisters,
+// unless keep says the stop leaves the node's tunnels (and so its registrations) in place.
+func keepRegistered(ctx context.Context, client *api.Client, reg *api.AgentServiceRegistration, keep func() bool, logger hclog.Logger) {
 	logger = logger.Named("consul")
 	registered := false
 	failures := 0
@@ -97,7 +98,10 @@ func keepRegistered(ctx context.Context, client *api.Client, reg *api.AgentServi
 		}
 		select {
 		case <-ctx.Done():
-			if registered {
+			// A node that keeps its tunnels across a restart stays registered (its check goes
+			// critical until it is back): replicas registered by others (Nomad) are tied to a
+			// nullnet node through this registration, and losing it would end their sessions.
+			if registered && !keep() {
 				dctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				_ = client.Agent().ServiceDeregisterOpts(reg.ID, (&api.QueryOptions{}).WithContext(dctx))
 				cancel()

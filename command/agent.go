@@ -31,7 +31,10 @@ Usage: nullnet agent [options]
   configuration that does not validate is rejected and the running one is
   kept. SIGINT or SIGTERM stops the agent gracefully: a proxy first stops
   accepting and lets open connections and requests finish (up to
-  proxy.drain_timeout); a second SIGINT or SIGTERM stops at once.
+  proxy.drain_timeout); a second SIGINT or SIGTERM stops at once. The
+  node's tunnel ends and Consul registrations stay in place, so a restart
+  (an upgrade) keeps live connections (client.keep_tunnels_on_stop);
+  'nullnet leave' removes them.
 
 Options:
 ` + configFlagsHelp + `
@@ -153,11 +156,12 @@ func (c *AgentCommand) Run(args []string) int {
 		case s := <-sigs:
 			if s != syscall.SIGHUP {
 				// The first signal drains (a proxy lets open connections finish, up to
-				// proxy.drain_timeout); a second one stops at once.
+				// proxy.drain_timeout) and stops, leaving the node's tunnel ends in place
+				// (client.keep_tunnels_on_stop); a second one stops at once.
 				if !leaving {
 					leaving = true
 					logger.Info("caught signal, draining then stopping; send it again to stop at once", "signal", s.String())
-					a.Leave()
+					a.Shutdown()
 					continue
 				}
 				logger.Info("caught signal again, stopping now", "signal", s.String())

@@ -115,6 +115,10 @@ type Client struct {
 	Services []HostService `json:"services"`
 	// NetworkInterface carries the underlay (default: the one holding advertise_addr).
 	NetworkInterface string `json:"network_interface"`
+	// KeepTunnelsOnStop leaves the node's tunnel ends and Consul registrations in place when
+	// the agent stops (SIGTERM, SIGINT: a restart for an upgrade), so that live connections go
+	// on and the next start takes them over; `nullnet leave` removes them whatever this says.
+	KeepTunnelsOnStop bool `json:"keep_tunnels_on_stop"`
 }
 
 // HostService is a service running on this host that the agent registers in Consul.

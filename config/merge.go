@@ -33,6 +33,8 @@ func (m *merger) applyDev() {
 	m.cfg.Proxy.BindAddr = "127.0.0.1"
 	m.cfg.Proxy.Servers = []string{"127.0.0.1:4701"}
 	m.cfg.Client.Servers = []string{"127.0.0.1:4701"}
+	// A dev agent is stopped for good: it leaves nothing behind.
+	m.cfg.Client.KeepTunnelsOnStop = false
 }
 
 // blockTypes maps a block path to its raw type, for collecting attribute ranges.
@@ -128,6 +130,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Client.Enabled, cl.Enabled)
 		pick(&c.Client.Servers, cl.Servers)
 		pick(&c.Client.NetworkInterface, cl.NetworkInterface)
+		pick(&c.Client.KeepTunnelsOnStop, cl.KeepTunnelsOnStop)
 		for _, rs := range cl.Services {
 			diags = append(diags, m.mergeService(rs)...)
 		}

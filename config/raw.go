@@ -76,10 +76,11 @@ type rawProxy struct {
 }
 
 type rawClient struct {
-	Enabled          *bool            `hcl:"enabled,optional"`
-	Servers          *[]string        `hcl:"servers,optional"`
-	NetworkInterface *string          `hcl:"network_interface,optional"`
-	Services         []rawHostService `hcl:"service,block"`
+	Enabled           *bool            `hcl:"enabled,optional"`
+	Servers           *[]string        `hcl:"servers,optional"`
+	NetworkInterface  *string          `hcl:"network_interface,optional"`
+	KeepTunnelsOnStop *bool            `hcl:"keep_tunnels_on_stop,optional"`
+	Services          []rawHostService `hcl:"service,block"`
 }
 
 type rawHostService struct {

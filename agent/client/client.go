@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -57,10 +58,6 @@ type Config struct {
 	ReconnectMax time.Duration
 	// Parallel bounds concurrently running commands (default DefaultParallel).
 	Parallel int
-	// LeaveEnds makes Run leave its tunnel ends and spare bridges in the kernel when it
-	// returns, as a crash does: the next start keeps the complete ends (Recover) and reports
-	// them. Tests stand in for kill -9 with it.
-	LeaveEnds bool
 }
 
 // Client is the node role.
@@ -73,6 +70,8 @@ type Client struct {
 	reconnectMax time.Duration
 	acks         chan *pb.CommandAck
 	cleanupOnce  sync.Once
+	// leaving is set by Leave: the stop removes everything whatever keep_tunnels_on_stop says.
+	leaving atomic.Bool
 	// instance is random per process: the server tells a restarted agent from a reconnect.
 	instance string
 
@@ -156,8 +155,11 @@ func (c *Client) Status() any {
 	return st
 }
 
-// Run keeps the control channel and the host services going until ctx ends. On the way out it
-// deregisters the host services and removes the tunnel ends it built.
+// Run keeps the control channel and the host services going until ctx ends. How it stops
+// depends on KeepsOnStop: either the node's tunnel ends stay in the kernel and its host
+// services stay registered (a restart, as for an upgrade: live connections go on and the next
+// start takes the ends over), or both are removed (`nullnet leave`, or
+// client.keep_tunnels_on_stop = false). Spare bridges go either way.
 func (c *Client) Run(ctx context.Context) error {
 	mtu := c.detectUnderlayMTU(c.agentConfig())
 	c.mu.Lock()
@@ -176,7 +178,7 @@ func (c *Client) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c.services.run(ctx)
+			c.services.run(ctx, c.KeepsOnStop)
 		}()
 	}
 	if c.cfg.Conn != nil {
@@ -192,15 +194,21 @@ func (c *Client) Run(ctx context.Context) error {
 	wg.Wait()
 	exec.wait()
 
-	if c.cfg.LeaveEnds {
-		if c.ownsOverlay != nil {
-			c.ownsOverlay.Close()
-		}
-		return nil
-	}
 	tctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c.teardownAll(tctx)
+	if c.KeepsOnStop() {
+		// The kernel carries these ends' connections while no agent runs. The server keeps
+		// their sessions for server.node_grace_period; the next start reports the ends it
+		// finds complete (Recover) and the server keeps those it still has sessions for and
+		// removes the others. An agent that never comes back leaves them until the host
+		// reboots or an agent starts there again.
+		if n := len(c.activeEnds()); n > 0 {
+			c.logger.Info("stopping with the tunnel ends left in place for the next start; `nullnet leave` removes them",
+				"tunnel_ends", n)
+		}
+	} else {
+		c.teardownAll(tctx)
+	}
 	if c.ownsOverlay != nil {
 		// Spare bridges are kept for reuse while the agent runs; a stopped agent leaves none
 		// (what a deadline cuts short, the next start-up cleanup removes).
@@ -212,6 +220,17 @@ func (c *Client) Run(ctx context.Context) error {
 		c.ownsOverlay.Close()
 	}
 	return nil
+}
+
+// Leave makes the coming stop remove the node's tunnel ends and deregister its host
+// services whatever client.keep_tunnels_on_stop says (`nullnet leave`). Call it before
+// cancelling Run's context.
+func (c *Client) Leave() { c.leaving.Store(true) }
+
+// KeepsOnStop reports whether a stop now would leave the tunnel ends and the Consul
+// registrations in place: client.keep_tunnels_on_stop, unless Leave was called.
+func (c *Client) KeepsOnStop() bool {
+	return !c.leaving.Load() && c.agentConfig().Client.KeepTunnelsOnStop
 }
 
 // Reload applies a new agent configuration: host services are registered and deregistered to

@@ -109,8 +109,11 @@ func checkAddress(cfg *config.Config) string {
 	return "127.0.0.1"
 }
 
-// run reconciles until ctx ends, then deregisters every host service it registered.
-func (h *hostServices) run(ctx context.Context) {
+// run reconciles until ctx ends, then deregisters every host service it registered unless
+// keep says otherwise: a registration left in place keeps its replica usable across an agent
+// restart (deregistering it would end its sessions, replica_gone), and its Consul check keeps
+// telling whether the service itself is up.
+func (h *hostServices) run(ctx context.Context, keep func() bool) {
 	failures := 0
 	for {
 		delay := h.interval()
@@ -128,6 +131,10 @@ func (h *hostServices) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			if keep() {
+				h.logger.Info("host services left registered for the next start", "count", h.registeredCount())
+				return
+			}
 			h.deregisterAll()
 			return
 		case <-h.trigger:
@@ -307,27 +314,48 @@ func (h *hostServices) updateListeners() {
 	}
 }
 
-// deregisterAll removes every host service this agent registered (graceful stop).
-func (h *hostServices) deregisterAll() {
+func (h *hostServices) registeredCount() int {
 	h.mu.Lock()
-	ids := make([]string, 0, len(h.registered))
-	for id := range h.registered {
-		ids = append(ids, id)
-	}
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	return len(h.registered)
+}
+
+// deregisterAll removes every host service of this node (leave): those this run registered and
+// those an earlier run left registered (a restart that kept them) that this run had not yet
+// taken over.
+func (h *hostServices) deregisterAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, id := range ids {
-		if err := h.consul.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+	h.mu.Lock()
+	node := h.node
+	ids := make(map[string]bool, len(h.registered))
+	for id := range h.registered {
+		ids[id] = true
+	}
+	h.mu.Unlock()
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	if current, err := h.consul.Agent().ServicesWithFilterOpts(fmt.Sprintf("Meta[%q] == %q", MetaNode, node), q); err == nil {
+		for id := range current {
+			if strings.HasPrefix(id, ServiceID(node, "")) {
+				ids[id] = true
+			}
+		}
+	} else {
+		h.logger.Warn("listing host services at leave failed; deregistering those this run registered", "error", err)
+	}
+	n := 0
+	for id := range ids {
+		if err := h.consul.Agent().ServiceDeregisterOpts(id, q); err != nil {
 			h.logger.Warn("deregistering a host service at shutdown failed", "id", id, "error", err)
 			continue
 		}
+		n++
 		h.mu.Lock()
 		delete(h.registered, id)
 		h.mu.Unlock()
 	}
-	if len(ids) > 0 {
-		h.logger.Info("host services deregistered", "count", len(ids))
+	if n > 0 {
+		h.logger.Info("host services deregistered", "count", n)
 	}
 }
 

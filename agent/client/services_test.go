@@ -215,3 +215,88 @@ func TestUDPHostServiceHealth(t *testing.T) {
 		return err == nil && len(hs) == 1, describe(checks(t, cc, id))
 	})
 }
+
+// A stop with client.keep_tunnels_on_stop (SIGTERM, a restart) leaves the host services
+// registered, so their replicas stay usable while the agent is away; the next run takes them
+// over, and a stop after Leave (`nullnet leave`) deregisters them.
+func TestHostServicesKeptOnStopRemovedOnLeave(t *testing.T) {
+	srv := consultest.Start(t)
+	cc := srv.Client(t)
+	port := freePort(t)
+	cfg := &config.Config{NodeName: "nnkp-node", AdvertiseAddr: hostAddr(t), Client: config.Client{Enabled: true,
+		KeepTunnelsOnStop: true, Services: []config.HostService{{Name: "nnkp-web", Stack: "infra", Port: port,
+			Protocol: "tcp", CheckInterval: time.Second}}}}
+	id := ServiceID("nnkp-node", "nnkp-web")
+	ln, err := net.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go acceptAndClose(ln)
+	// The replica must stay passing across the restart: a critical check would end its
+	// sessions (replica_unhealthy). The new run registers it again; Consul keeps the status.
+	passing := func() bool {
+		ch := checks(t, cc, id)
+		return len(ch) > 0 && ch[id+":port"] != nil && ch[id+":port"].Status == api.HealthPassing
+	}
+	registered := func() bool {
+		svcs, err := cc.Agent().Services()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ok := svcs[id]
+		return ok
+	}
+	run := func() (stop func(leave bool)) {
+		c, err := New(Config{Agent: cfg, Consul: cc, Overlay: &fakeOverlay{j: &journal{}}, Logger: hclog.NewNullLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.Run(ctx) }()
+		eventually(t, "registered and passing", func() (bool, string) { return registered() && passing(), "not yet" })
+		return func(leave bool) {
+			if leave {
+				c.Leave()
+			}
+			if got := c.KeepsOnStop(); got == leave {
+				t.Fatalf("KeepsOnStop = %v after Leave=%v", got, leave)
+			}
+			cancel()
+			<-done
+		}
+	}
+	run()(false)
+	if !registered() || !passing() {
+		t.Fatalf("%s deregistered or not passing after a stop that keeps tunnels", id)
+	}
+	// Watch the check while the next run takes the registration over.
+	stopWatch := make(chan struct{})
+	flapped := make(chan string, 1)
+	go func() {
+		for {
+			select {
+			case <-stopWatch:
+				close(flapped)
+				return
+			default:
+			}
+			if !passing() {
+				flapped <- describe(checks(t, cc, id))
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	stop := run()
+	time.Sleep(2 * time.Second) // a few check intervals
+	close(stopWatch)
+	if f, ok := <-flapped; ok {
+		t.Fatalf("the check left passing while a new run took the registration over: %s", f)
+	}
+	stop(true)
+	if registered() {
+		t.Fatalf("%s still registered after a leave", id)
+	}
+}

@@ -43,10 +43,10 @@ func (s *NodeState) Complete() bool {
 	return want == Digest(s.Owned())
 }
 
-// Expected is the announced number of owned services (-1 when not announced).
+// Expected is the announced number of owned services (-1 when not announced or not a count).
 func (s *NodeState) Expected() int {
 	n, err := strconv.Atoi(s.Meta[MetaCount])
-	if err != nil {
+	if err != nil || n < 0 {
 		return -1
 	}
 	return n
@@ -73,17 +73,29 @@ func ReadNode(ctx context.Context, client *api.Client, node, tag string, index u
 	if err := CheckFiltered(meta, fmt.Sprintf("reading node %s", node), ACLNodeRead(node)+" and service:read on its services"); err != nil {
 		return nil, 0, err
 	}
-	st := &NodeState{Services: map[string]*api.AgentService{}, Meta: map[string]string{}, Index: meta.LastIndex}
-	if list != nil && list.Node != nil {
-		st.Exists = true
-		maps.Copy(st.Meta, list.Node.Meta)
-		for _, s := range list.Services {
-			if slices.Contains(s.Tags, tag) { // the filter did this already; kept for old agents
-				st.Services[s.ID] = s
-			}
+	return NodeStateFrom(list, meta.LastIndex, tag), meta.LastIndex, nil
+}
+
+// NodeStateFrom reads a node's service list answer: the services that carry tag, by ID, and
+// the node's meta. A missing node reads as Exists false; null entries and services without an
+// ID are skipped, and of two services with one ID the first counts, so that no answer can make
+// a reader panic or count a service twice.
+func NodeStateFrom(list *api.CatalogNodeServiceList, index uint64, tag string) *NodeState {
+	st := &NodeState{Services: map[string]*api.AgentService{}, Meta: map[string]string{}, Index: index}
+	if list == nil || list.Node == nil {
+		return st
+	}
+	st.Exists = true
+	maps.Copy(st.Meta, list.Node.Meta)
+	for _, s := range list.Services {
+		if s == nil || s.ID == "" || st.Services[s.ID] != nil {
+			continue
+		}
+		if slices.Contains(s.Tags, tag) { // the filter did this already; kept for old agents
+			st.Services[s.ID] = s
 		}
 	}
-	return st, meta.LastIndex, nil
+	return st
 }
 
 // Digest identifies a set of owned services by what the mirror controls: IDs, names, tags

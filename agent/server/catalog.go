@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -74,11 +75,16 @@ func definitionsView(own *consul.NodeState, foreign []*api.CatalogService) catal
 	}
 	for _, id := range slices.Sorted(maps.Keys(own.Services)) {
 		a := own.Services[id]
+		if a == nil {
+			continue
+		}
 		add(&api.CatalogService{Node: DefinitionsNode, ServiceID: a.ID, ServiceName: a.Service,
 			ServiceTags: a.Tags, ServiceMeta: a.Meta, CreateIndex: a.CreateIndex})
 	}
 	for _, inst := range foreign {
-		add(inst)
+		if inst != nil {
+			add(inst)
+		}
 	}
 	return view
 }
@@ -87,6 +93,9 @@ func definitionsView(own *consul.NodeState, foreign []*api.CatalogService) catal
 func definitionFromCatalog(c *api.CatalogService) (Definition, error) {
 	d := Definition{Service: c.ServiceName, Stack: c.ServiceMeta[MetaStack], Protocol: c.ServiceMeta[MetaProtocol],
 		CreateIndex: c.CreateIndex}
+	if d.Service == "" {
+		return d, errors.New("no service name")
+	}
 	if d.Protocol == "" {
 		d.Protocol = config.ProtocolHTTP
 	}

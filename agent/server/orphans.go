@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/server/session"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -104,8 +105,11 @@ func (p *plane) restoreOrphan(id uint32, or *orphan) {
 // noteOrphans records the ends a (re)connecting node reports that no session holds: an id
 // that is free is reserved and becomes an orphan, an orphan gains the end. Ends this node
 // had in an orphan and no longer reports are forgotten (an orphan without ends gives its id
-// back). It returns how many ids the node reported as orphans.
-func (p *plane) noteOrphans(node string, reported map[uint32][]pb.OverlaySide) int {
+// back). An end whose id a session holds (holders, read just before) without this node on
+// that side is stale and removed at once, the id left to its session: it is what a node
+// brings back after it was declared gone and its freed id went to a session between other
+// hosts. It returns how many ids the node reported as orphans.
+func (p *plane) noteOrphans(node string, reported map[uint32][]pb.OverlaySide, holders map[uint32]session.Session) int {
 	o := p.orphans
 	grace := p.s.agentConfig().Server.OrphanGrace
 	// Orphans wait for proxies that re-announce their uses after a server restart; a server that
@@ -132,11 +136,20 @@ func (p *plane) noteOrphans(node string, reported map[uint32][]pb.OverlaySide) i
 		}
 	}
 	n := 0
+	stale := map[uint32][]orphanEnd{}
 	for id, sides := range reported {
 		or := o.m[id]
 		if or == nil {
-			// Held by a session (its business), or by a removal in flight.
+			// Held by a session (its business, if the end is that session's), or by a
+			// removal in flight.
 			if !p.table.ReserveNetID(id) {
+				if s, held := holders[id]; held {
+					for _, side := range sides {
+						if !sessionEndOn(s, node, side) {
+							stale[id] = append(stale[id], orphanEnd{node: node, side: side})
+						}
+					}
+				}
 				continue
 			}
 			or = &orphan{ends: map[orphanEnd]bool{}, deadline: time.Now().Add(grace)}
@@ -149,7 +162,31 @@ func (p *plane) noteOrphans(node string, reported map[uint32][]pb.OverlaySide) i
 		n++
 	}
 	o.notifyLocked()
+	if len(stale) > 0 {
+		// The id's next owner cannot be this node's end meanwhile: the session holds the id,
+		// and a freed id is reused oldest first, long after this command was sent.
+		p.wg.Add(1) // under o.mu, as in expireOrphan
+		go func() {
+			defer p.wg.Done()
+			for id, ends := range stale {
+				p.logger.Info("a reconnecting node reported an end of a net id another session holds; removing it",
+					"node", node, "net_id", id)
+				p.removeEnds(id, ends)
+			}
+		}()
+	}
 	return n
+}
+
+// sessionEndOn reports whether s has its end of that side on node.
+func sessionEndOn(s session.Session, node string, side pb.OverlaySide) bool {
+	switch side {
+	case pb.OverlaySide_OVERLAY_SIDE_SERVICE:
+		return s.Replica.Node == node
+	case pb.OverlaySide_OVERLAY_SIDE_PROXY:
+		return s.ProxyNode == node
+	}
+	return false
 }
 
 func hasSide(sides []pb.OverlaySide, s pb.OverlaySide) bool {
@@ -189,6 +226,11 @@ func (p *plane) expireOrphan(id uint32, or *orphan) {
 // setup is idempotent).
 func (p *plane) removeStaleEnds(id uint32, ends []orphanEnd) {
 	defer p.table.ReleaseNetID(id)
+	p.removeEnds(id, ends)
+}
+
+// removeEnds tells each end's node to remove it (reason "stale"); failures are logged.
+func (p *plane) removeEnds(id uint32, ends []orphanEnd) {
 	ctx, cancel := context.WithTimeout(p.ctx, max(p.s.agentConfig().Server.SetupTimeout, teardownTimeout))
 	defer cancel()
 	for _, e := range ends {

@@ -219,7 +219,13 @@ func (p *plane) reconcileEnds(h *pb.Hello, connectedAt time.Time) {
 	for e := range has {
 		reported[e.id] = append(reported[e.id], e.side)
 	}
-	orphaned := p.noteOrphans(node, reported)
+	holders := map[uint32]session.Session{}
+	for _, s := range p.table.List() {
+		if s.NetID != 0 {
+			holders[s.NetID] = s
+		}
+	}
+	orphaned := p.noteOrphans(node, reported, holders)
 	if lost > 0 || orphaned > 0 {
 		p.logger.Info("node reconnected", "node", node, "sessions_lost_end", lost, "orphaned_net_ids", orphaned,
 			"orphan_grace", p.s.agentConfig().Server.OrphanGrace)

@@ -58,7 +58,21 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 		if a.Service != b.Service {
 			return a.Service < b.Service
 		}
-		return a.Stack < b.Stack
+		if a.Stack != b.Stack {
+			return a.Stack < b.Stack
+		}
+		// Only a hand-made catalog repeats a name in one stack at one index; the rest of the
+		// fields still decide, so that the answer's order never does.
+		if a.Protocol != b.Protocol {
+			return a.Protocol < b.Protocol
+		}
+		if a.ListenPort != b.ListenPort {
+			return a.ListenPort < b.ListenPort
+		}
+		if a.EntryPoint != b.EntryPoint {
+			return !a.EntryPoint
+		}
+		return a.Timeout < b.Timeout
 	})
 	type portKey struct {
 		proto string

@@ -124,7 +124,7 @@ func (w *replicaWatcher) run(ctx context.Context) {
 
 // fingerprints groups checks by service name and by node (node-level checks).
 func fingerprints(checks api.HealthChecks) (bySvc, byNode map[string]string) {
-	sorted := slices.Clone(checks)
+	sorted := slices.DeleteFunc(slices.Clone(checks), func(c *api.HealthCheck) bool { return c == nil })
 	sort.Slice(sorted, func(i, j int) bool {
 		if sorted[i].Node != sorted[j].Node {
 			return sorted[i].Node < sorted[j].Node
@@ -371,12 +371,7 @@ func (w *replicaWatcher) fetchAgents(ctx context.Context) (bool, error) {
 	if err := consul.CheckFiltered(meta, "listing nullnet agents", consul.ACLAllRead); err != nil {
 		return false, err
 	}
-	m := map[string]string{}
-	for _, a := range agents {
-		if n := a.ServiceMeta[MetaNode]; n != "" {
-			m[a.Node] = n
-		}
-	}
+	m := agentNodes(agents)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if maps.Equal(m, w.nodes) {
@@ -384,6 +379,20 @@ func (w *replicaWatcher) fetchAgents(ctx context.Context) (bool, error) {
 	}
 	w.nodes = m
 	return true, nil
+}
+
+// agentNodes maps Consul node to nullnet node from the instances of the "nullnet" service.
+func agentNodes(agents []*api.CatalogService) map[string]string {
+	m := map[string]string{}
+	for _, a := range agents {
+		if a == nil {
+			continue
+		}
+		if n := a.ServiceMeta[MetaNode]; n != "" && a.Node != "" {
+			m[a.Node] = n
+		}
+	}
+	return m
 }
 
 // fetchService reads one service's instances with their health.
@@ -397,28 +406,7 @@ func (w *replicaWatcher) fetchService(ctx context.Context, service string) (bool
 	if err := consul.CheckFiltered(meta, what, consul.ACLAllRead); err != nil {
 		return false, err
 	}
-	var inst []replicaInstance
-	for _, e := range entries {
-		if slices.Contains(e.Service.Tags, DefinitionTag) {
-			continue // a stack definition, not something that serves traffic
-		}
-		addr := e.Service.Address
-		if addr == "" {
-			addr = e.Node.Address
-		}
-		checked := false
-		for _, c := range e.Checks {
-			checked = checked || c.ServiceID != ""
-		}
-		inst = append(inst, replicaInstance{
-			Replica:    session.Replica{ID: e.Node.Node + "/" + e.Service.ID, Address: addr, Port: e.Service.Port},
-			consulNode: e.Node.Node,
-			metaNode:   e.Service.Meta[MetaNode],
-			passing:    e.Checks.AggregatedStatus() == api.HealthPassing,
-			checked:    checked,
-		})
-	}
-	sort.Slice(inst, func(i, j int) bool { return inst[i].ID < inst[j].ID })
+	inst := replicaInstances(entries)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.services[service]
@@ -426,6 +414,47 @@ func (w *replicaWatcher) fetchService(ctx context.Context, service string) (bool
 		return false, nil // no longer watched
 	}
 	return w.setLocked(service, s, inst), nil
+}
+
+// replicaInstances reads a service's health answer: every instance that can serve traffic,
+// sorted by ID. Stack definitions (DefinitionTag) are not replicas; null entries, entries
+// without a node or service, and instances whose port no connection can reach (outside
+// 1-65535: a service registered without a port) are left out, and of two instances with one
+// ID the first counts.
+func replicaInstances(entries []*api.ServiceEntry) []replicaInstance {
+	var inst []replicaInstance
+	seen := map[string]bool{}
+	for _, e := range entries {
+		if e == nil || e.Node == nil || e.Service == nil || e.Service.Port < 1 || e.Service.Port > 65535 {
+			continue
+		}
+		if slices.Contains(e.Service.Tags, DefinitionTag) {
+			continue // a stack definition, not something that serves traffic
+		}
+		id := e.Node.Node + "/" + e.Service.ID
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		addr := e.Service.Address
+		if addr == "" {
+			addr = e.Node.Address
+		}
+		checks := slices.DeleteFunc(slices.Clone(e.Checks), func(c *api.HealthCheck) bool { return c == nil })
+		checked := false
+		for _, c := range checks {
+			checked = checked || c.ServiceID != ""
+		}
+		inst = append(inst, replicaInstance{
+			Replica:    session.Replica{ID: id, Address: addr, Port: e.Service.Port},
+			consulNode: e.Node.Node,
+			metaNode:   e.Service.Meta[MetaNode],
+			passing:    checks.AggregatedStatus() == api.HealthPassing,
+			checked:    checked,
+		})
+	}
+	sort.Slice(inst, func(i, j int) bool { return inst[i].ID < inst[j].ID })
+	return inst
 }
 
 // ensure starts watching service (idempotent) and returns a channel closed at its first answer.

@@ -1,9 +1,11 @@
 package server
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/nullnet/nullnet/agent/server/session"
 )
 
@@ -59,5 +61,34 @@ func TestReplicaViewStatus(t *testing.T) {
 		if got := v.status(c.r); got != c.want {
 			t.Errorf("status(%+v) = %q, want %q", c.r, got, c.want)
 		}
+	}
+}
+
+// replicaInstances reads a health answer: only instances that can serve traffic, once each.
+func TestReplicaInstances(t *testing.T) {
+	node := func(n, addr string) *api.Node { return &api.Node{Node: n, Address: addr} }
+	svc := func(id string, port int, tags ...string) *api.AgentService {
+		return &api.AgentService{ID: id, Service: "web", Port: port, Tags: tags}
+	}
+	passing := api.HealthChecks{{Node: "c1", CheckID: "p", ServiceID: "w1", Status: api.HealthPassing}}
+	entries := []*api.ServiceEntry{
+		nil,
+		{Node: nil, Service: svc("w0", 80)},
+		{Node: node("c1", "192.0.2.1"), Service: nil},
+		{Node: node("c1", "192.0.2.1"), Service: svc("noport", 0)},
+		{Node: node("c1", "192.0.2.1"), Service: svc("bigport", 65536)},
+		{Node: node("c1", "192.0.2.1"), Service: svc("def", 80, DefinitionTag)},
+		{Node: node("c2", "192.0.2.2"), Service: &api.AgentService{ID: "w2", Port: 8080, Address: "10.9.9.9"},
+			Checks: api.HealthChecks{nil, {Node: "c2", CheckID: "serfHealth", Status: api.HealthCritical}}},
+		{Node: node("c1", "192.0.2.1"), Service: svc("w1", 8080), Checks: passing},
+		{Node: node("c1", "192.0.2.1"), Service: svc("w1", 9090)}, // same ID again: the first counts
+	}
+	got := replicaInstances(entries)
+	want := []replicaInstance{
+		{Replica: session.Replica{ID: "c1/w1", Address: "192.0.2.1", Port: 8080}, consulNode: "c1", passing: true, checked: true},
+		{Replica: session.Replica{ID: "c2/w2", Address: "10.9.9.9", Port: 8080}, consulNode: "c2"},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("replicaInstances:\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -7,15 +7,18 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// Scenario 10: restarting an agent (kill -9, as a crash or a hasty upgrade does) keeps the
-// tunnels of live sessions. The restarted agent keeps the complete tunnel ends it finds, reports
-// them in its Hello, and the server keeps the sessions they belong to.
+// Scenario 10: restarting an agent keeps the tunnels of live sessions, whether it is killed
+// (kill -9, as a crash does) or stopped gracefully (SIGTERM, as `systemctl restart` for an
+// upgrade does: the agent leaves its tunnel ends and Consul registrations in place,
+// client.keep_tunnels_on_stop). The restarted agent keeps the complete tunnel ends it finds,
+// reports them in its Hello, and the server keeps the sessions they belong to.
 
 const (
 	bigFile = "big.bin"
@@ -109,22 +112,64 @@ func (c *cluster) killAgent(h *host) {
 	})
 }
 
+// termAgent stops a host's agent with SIGTERM (the graceful path) and returns at once; wait
+// waits for the process to exit and reports whether it did within d (else it is killed).
+func (c *cluster) termAgent(h *host) (wait func(d time.Duration) error) {
+	c.mu.Lock()
+	p := c.agents[h.name]
+	delete(c.agents, h.name)
+	c.mu.Unlock()
+	if p == nil {
+		return func(time.Duration) error { return fmt.Errorf("no agent runs on %s", h.name) }
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	return func(d time.Duration) error {
+		select {
+		case <-p.done:
+			// The graceful path ran and kept the ends (client.keep_tunnels_on_stop).
+			if log := p.logTail(64 << 10); !strings.Contains(log, "tunnel ends left in place") {
+				return fmt.Errorf("the agent on %s exited without keeping its tunnel ends:\n%s", h.name, p.logTail(3000))
+			}
+			return nil
+		case <-time.After(d):
+			p.stop(0) // SIGKILL
+			return fmt.Errorf("the agent on %s did not exit within %v of SIGTERM", h.name, d)
+		}
+	}
+}
+
 func testAgentRestart(t *testing.T, c *cluster) {
 	sum, err := c.writeBigFile()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Run("NodeAgent", func(t *testing.T) { testNodeAgentRestart(t, c, sum) })
-	t.Run("ProxyAgent", func(t *testing.T) { testProxyAgentRestart(t, c, sum) })
+	kill := func(t *testing.T, h *host, _ func()) { c.killAgent(h) }
+	term := func(t *testing.T, h *host, afterSignal func()) {
+		wait := c.termAgent(h)
+		if afterSignal != nil {
+			afterSignal()
+		}
+		if err := wait(15 * time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+	t.Run("NodeAgent", func(t *testing.T) { testNodeAgentRestart(t, c, sum, kill) })
+	t.Run("ProxyAgent", func(t *testing.T) { testProxyAgentRestart(t, c, sum, kill) })
+	t.Run("NodeAgentSIGTERM", func(t *testing.T) { testNodeAgentRestart(t, c, sum, term) })
+	t.Run("ProxyAgentSIGTERM", func(t *testing.T) { testProxyAgentRestart(t, c, sum, term) })
 	// Nothing leaks: once the sessions idled out, no tunnel device is left anywhere.
 	if err := poll(teardown+10*time.Second, noTunnels); err != nil {
 		t.Errorf("after the transfers ended: %v", err)
 	}
 }
 
+// stopFunc stops a host's agent (killed, or SIGTERM); afterSignal, if not nil, runs once the
+// signal is sent, before the process has exited.
+type stopFunc func(t *testing.T, h *host, afterSignal func())
+
 // A download through the proxy (user-space relay on edge, kernel tunnel to the node) survives
-// the serving node's agent being killed and restarted.
-func testNodeAgentRestart(t *testing.T, c *cluster, sum string) {
+// the serving node's agent being stopped and restarted.
+func testNodeAgentRestart(t *testing.T, c *cluster, sum string, stop stopFunc) {
 	start := time.Now()
 	done := download(hostOut.ns, "-H", "'Host: "+webHost+"'", fmt.Sprintf("http://%s/%s", hostEdge.ip, bigFile))
 	s, err := findSession(webHost)
@@ -141,8 +186,13 @@ func testNodeAgentRestart(t *testing.T, c *cluster, sum string) {
 		t.Fatalf("the download ended before the agent was killed (%s): make it longer", r)
 	default:
 	}
-	t.Logf("session %s (net id %d) on %s; killing its agent", s.ID, s.NetID, svc.name)
-	c.killAgent(svc)
+	t.Logf("session %s (net id %d) on %s; stopping its agent", s.ID, s.NetID, svc.name)
+	stopped := time.Now()
+	stop(t, svc, nil)
+	t.Logf("%s's agent stopped in %v", svc.name, time.Since(stopped).Round(time.Millisecond))
+	if devs, err := svc.tunnelDevices("s"); err != nil || !slices.Contains(devs, fmt.Sprintf("vx_%d_s", s.NetID)) {
+		t.Errorf("the stopped agent did not leave the session's end in place: %v %v", devs, err)
+	}
 	time.Sleep(restartPause)
 	if err := c.startAgent(svc); err != nil {
 		t.Fatalf("restarting %s's agent: %v", svc.name, err)
@@ -161,8 +211,10 @@ func testNodeAgentRestart(t *testing.T, c *cluster, sum string) {
 		t.Errorf("the session after the restart: %+v (%v), want %s with net id %d", after, err, s.ID, s.NetID)
 	}
 	if ev, err := apiEvents(); err == nil {
-		if e, ok := findEvent(ev, "session_torn_down", s.ID, "end_lost"); ok {
-			t.Errorf("the session was torn down for a lost end: %s", e)
+		for _, reason := range []string{"end_lost", "replica_gone", "replica_unhealthy", "node_gone"} {
+			if e, ok := findEvent(ev, "session_torn_down", s.ID, reason); ok {
+				t.Errorf("the session was torn down (%s): %s", reason, e)
+			}
 		}
 	}
 }
@@ -171,7 +223,7 @@ func testNodeAgentRestart(t *testing.T, c *cluster, sum string) {
 // ends stay, so a transfer the kernel carries over the tunnel (here: a download from the proxy
 // host straight to the upstream address, as the kernel fast path's flows are) goes on, and the
 // reconnecting client joins the same session and tunnel.
-func testProxyAgentRestart(t *testing.T, c *cluster, sum string) {
+func testProxyAgentRestart(t *testing.T, c *cluster, sum string, stop stopFunc) {
 	addr := fmt.Sprintf("%s:%d", hostEdge.ip, redisListen)
 	rc, err := dialRedis(addr)
 	if err != nil {
@@ -197,8 +249,13 @@ func testProxyAgentRestart(t *testing.T, c *cluster, sum string) {
 		t.Fatalf("the download ended before the agent was killed (%s)", r)
 	default:
 	}
-	t.Logf("session %s (net id %d, upstream %s on %s); killing edge's agent", s.ID, s.NetID, s.Upstream, who)
-	c.killAgent(hostEdge)
+	t.Logf("session %s (net id %d, upstream %s on %s); stopping edge's agent", s.ID, s.NetID, s.Upstream, who)
+	// A SIGTERM'd proxy drains: it waits for the relayed redis connection, which the client
+	// closes (as a user's client does when the proxy stops accepting).
+	stop(t, hostEdge, func() { rc.Close() })
+	if devs, err := hostEdge.tunnelDevices("c"); err != nil || !slices.Contains(devs, fmt.Sprintf("vx_%d_c", s.NetID)) {
+		t.Errorf("the stopped proxy agent did not leave the session's end in place: %v %v", devs, err)
+	}
 	time.Sleep(restartPause)
 	if err := c.startAgent(hostEdge); err != nil {
 		t.Fatalf("restarting edge's agent: %v", err)

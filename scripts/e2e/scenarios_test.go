@@ -469,8 +469,10 @@ func testServerRestart(t *testing.T, c *cluster) {
 	}
 }
 
-// 7: stopping node1's agent tears its sessions down (on the server and the proxy's tunnel
-// end); the replicated service is then served from node2.
+// 7: stopping node1's agent (SIGTERM, which leaves node1's own tunnel ends in place) tears its
+// sessions down once node_grace_period has passed (on the server and the proxy's tunnel end);
+// the replicated service is then served from node2. The deferred restart of node1's agent
+// removes the ends it left (stale).
 func testNodeFailure(t *testing.T, c *cluster) {
 	defer func() {
 		if err := c.startAgent(hostN1); err != nil {
