@@ -41,6 +41,7 @@ type Agent struct {
 	mu      sync.Mutex
 	cfg     *config.Config
 	started time.Time
+	fds     fdBudget
 
 	consul    *api.Client
 	metrics   *Metrics
@@ -61,7 +62,11 @@ type Agent struct {
 // New builds an agent; nothing runs until Run. Listeners are bound here so that a port clash is
 // reported at once, with the port.
 func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
-	a := &Agent{cfg: cfg, logger: logger, started: time.Now(), roles: map[string]Role{}}
+	a := &Agent{logger: logger, started: time.Now(), roles: map[string]Role{}}
+	// Descriptors first: the caps they impose are part of the configuration every role gets.
+	a.fds = budgetFor(cfg, logger)
+	cfg = a.fds.apply(cfg)
+	a.cfg = cfg
 	m, err := NewMetrics(cfg.Telemetry, cfg.NodeName)
 	if err != nil {
 		return nil, err
@@ -239,6 +244,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Reload applies a new configuration: log level, and each role's reloadable parts.
 func (a *Agent) Reload(cfg *config.Config) error {
+	cfg = a.fds.apply(cfg)
 	a.mu.Lock()
 	a.cfg = cfg
 	a.mu.Unlock()

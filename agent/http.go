@@ -93,7 +93,7 @@ type selfResponse struct {
 
 func (a *Agent) handleSelf(w http.ResponseWriter, r *http.Request) {
 	cfg := a.Config()
-	status := map[string]any{}
+	status := map[string]any{"limits": a.fds}
 	if a.proxy != nil {
 		status["proxy"] = a.proxy.Status()
 	}
