@@ -47,6 +47,10 @@ type Agent struct {
 	metrics   *Metrics
 	events    *events.Store
 	reporter  *events.Reporter
+	// refusals and remote aggregate the events remote parties can trigger at will (see
+	// events.RemoteTriggered): gRPC refusals on servers, relay failures on proxies.
+	refusals *events.Aggregator
+	remote   *events.Aggregator
 	conn      *serverconn.Conn
 	server    *server.Server
 	client    *client.Client
@@ -58,6 +62,9 @@ type Agent struct {
 	httpLn    net.Listener
 	runCancel context.CancelFunc
 }
+
+// aggregateInterval is how often aggregated events are summarised (a variable for tests).
+var aggregateInterval = events.DefaultAggregateInterval
 
 // New builds an agent; nothing runs until Run. Listeners are bound here so that a port clash is
 // reported at once, with the port.
@@ -81,6 +88,8 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 	}
 	if cfg.Server.Enabled {
 		a.events = events.New(cfg.Server.EventBufferSize, logger)
+		a.refusals = events.NewAggregator(events.AggregatorConfig{Next: a.events, Interval: aggregateInterval,
+			Keys: events.RemoteTriggered})
 		a.server, err = server.New(server.Config{Agent: cfg, Consul: a.consul, Events: a.events, Logger: logger.Named("server")})
 		if err != nil {
 			return nil, fmt.Errorf("server role: %w", err)
@@ -111,15 +120,17 @@ func New(cfg *config.Config, logger hclog.Logger) (*Agent, error) {
 			return nil, err
 		}
 		a.reporter = events.NewReporter(cfg.NodeName, a.conn, a.events, logger)
+		a.remote = events.NewAggregator(events.AggregatorConfig{Next: a.reporter, Interval: aggregateInterval,
+			Keys: events.RemoteTriggered})
 		a.client, err = client.New(client.Config{Agent: cfg, Consul: a.consul, Conn: a.conn.ClientConn,
-			Events: a.reporter, Logger: logger.Named("client")})
+			Events: a.remote, Logger: logger.Named("client")})
 		if err != nil {
 			return nil, fmt.Errorf("client role: %w", err)
 		}
 		a.roles["client"] = a.client
 	}
 	if cfg.Proxy.Enabled {
-		a.proxy, err = proxy.New(proxy.Config{Agent: cfg, Conn: a.conn.ClientConn, Events: a.reporter,
+		a.proxy, err = proxy.New(proxy.Config{Agent: cfg, Conn: a.conn.ClientConn, Events: a.remote,
 			Logger: logger.Named("proxy")})
 		if err != nil {
 			return nil, fmt.Errorf("proxy role: %w", err)
@@ -235,6 +246,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	for _, agg := range []*events.Aggregator{a.refusals, a.remote} {
+		if agg != nil {
+			agg.Stop() // what is held is recorded, not lost
+		}
+	}
 	if a.conn != nil {
 		_ = a.conn.Close()
 	}

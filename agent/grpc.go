@@ -19,9 +19,10 @@ func (a *Agent) grpcServerOptions() ([]grpc.ServerOption, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 5 * time.Second}),
 	}
-	tc, authz, err := tlsutil.GRPCServerConfig(a.cfg.TLS, a.cfg.Datacenter, func(method, node, reason string) {
-		a.events.Emit(events.Event{Kind: events.AuthRefused, Severity: events.Warning, Node: node,
-			Message: reason, Fields: map[string]string{"method": method}})
+	tc, authz, err := tlsutil.GRPCServerConfig(a.cfg.TLS, a.cfg.Datacenter, func(method, node, peer, reason string) {
+		// Through the aggregator: one event (and log line) per peer and reason per interval.
+		a.refusals.Emit(events.Event{Kind: events.AuthRefused, Severity: events.Warning, Node: node,
+			Message: reason, Fields: map[string]string{"method": method, "peer": peer, "reason": reason}})
 	})
 	if err != nil {
 		return nil, err

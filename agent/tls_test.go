@@ -82,7 +82,7 @@ func (p *testPKI) client(t *testing.T, certFile, keyFile string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
 }
 
-func status(t *testing.T, c *http.Client, method, url string) int {
+func httpStatus(t *testing.T, c *http.Client, method, url string) int {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, nil)
 	resp, err := c.Do(req)
@@ -121,13 +121,13 @@ func TestAgentTLSSelfCheckQuiet(t *testing.T) {
 
 	// The curl of the docs works: the server certificate names 127.0.0.1.
 	base := "https://" + a.HTTPAddr()
-	if code := status(t, p.client(t, "", ""), "GET", base+HealthPath); code != 200 {
+	if code := httpStatus(t, p.client(t, "", ""), "GET", base+HealthPath); code != 200 {
 		t.Fatalf("GET %s without a client certificate: %d, want 200", HealthPath, code)
 	}
-	if code := status(t, p.client(t, "", ""), "GET", base+"/v1/agent/self"); code != 401 {
+	if code := httpStatus(t, p.client(t, "", ""), "GET", base+"/v1/agent/self"); code != 401 {
 		t.Fatalf("GET /v1/agent/self without a client certificate: %d, want 401", code)
 	}
-	if code := status(t, p.client(t, cert, key), "GET", base+"/v1/agent/self"); code != 200 {
+	if code := httpStatus(t, p.client(t, cert, key), "GET", base+"/v1/agent/self"); code != 200 {
 		t.Fatalf("GET /v1/agent/self with a certificate: %d, want 200", code)
 	}
 
