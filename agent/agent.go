@@ -43,14 +43,14 @@ type Agent struct {
 	started time.Time
 	fds     fdBudget
 
-	consul    *api.Client
-	metrics   *Metrics
-	events    *events.Store
-	reporter  *events.Reporter
+	consul   *api.Client
+	metrics  *Metrics
+	events   *events.Store
+	reporter *events.Reporter
 	// refusals and remote aggregate the events remote parties can trigger at will (see
 	// events.RemoteTriggered): gRPC refusals on servers, relay failures on proxies.
-	refusals *events.Aggregator
-	remote   *events.Aggregator
+	refusals  *events.Aggregator
+	remote    *events.Aggregator
 	conn      *serverconn.Conn
 	server    *server.Server
 	client    *client.Client
