@@ -58,6 +58,7 @@ type Agent struct {
 	roles     map[string]Role
 	grpc      *grpc.Server
 	grpcLn    net.Listener
+	streams   *streamLimiter
 	http      *http.Server
 	httpLn    net.Listener
 	runCancel context.CancelFunc

@@ -13,8 +13,15 @@ import (
 // grpcServerOptions secures a server's gRPC listener: TLS when a certificate is configured and,
 // with verify_incoming, the per-node authority checks of tlsutil.Authorizer.
 func (a *Agent) grpcServerOptions() ([]grpc.ServerOption, error) {
+	a.streams = newStreamLimiter(a.cfg.Limits.GRPCMaxStreamsPerClient, a.logger.Named("grpc"))
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(4 << 20),
+		// Streams per connection are refused at the HTTP/2 level; calls per peer address across
+		// its connections by the limiter, before the authorizer, so unauthenticated floods are
+		// bounded too.
+		grpc.MaxConcurrentStreams(uint32(a.cfg.Limits.GRPCMaxConcurrentStreams)),
+		grpc.ChainUnaryInterceptor(a.streams.unary()),
+		grpc.ChainStreamInterceptor(a.streams.stream()),
 		// Agents ping every 10 s while idle; allow it rather than closing their connections.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 15 * time.Second, Timeout: 5 * time.Second}),
