@@ -26,7 +26,8 @@ const (
 	NetIDPoolExhausted  = "net_id_pool_exhausted"
 	ReplicaRemoved      = "replica_removed"
 	ProxyRequestRefused = "proxy_request_refused"
-	// AuthRefused: a gRPC caller's certificate did not allow what it asked (mutual TLS).
+	// AuthRefused: a gRPC or HTTPS API caller's certificate did not allow what it asked (mutual
+	// TLS). Aggregated per caller address and reason (see RemoteTriggered).
 	AuthRefused = "auth_refused"
 
 	// Node side (client agents).
