@@ -84,23 +84,28 @@ func TestGRPCStreamLimits(t *testing.T) {
 	waitCount("127.0.0.1", 10)
 
 	second := open(dial("127.0.0.1"), 10)
-	exhausted := 0
+	// The refused streams end at once with ResourceExhausted; the admitted ones stay open.
+	results := make(chan error, len(second))
 	for _, s := range second {
-		rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		errc := make(chan error, 1)
-		go func() { _, err := s.Recv(); errc <- err }()
+		go func() { _, err := s.Recv(); results <- err }()
+	}
+	exhausted := 0
+	timeout := time.After(10 * time.Second)
+	for exhausted < 5 {
 		select {
-		case err := <-errc:
+		case err := <-results:
 			if status.Code(err) != codes.ResourceExhausted {
-				t.Fatalf("a refused stream: %v, want ResourceExhausted", err)
+				t.Fatalf("a stream of the second connection ended with %v, want ResourceExhausted", err)
 			}
 			exhausted++
-		case <-rctx.Done():
+		case <-timeout:
+			t.Fatalf("%d streams of the second connection refused, want 5 (15 per address)", exhausted)
 		}
-		rcancel()
 	}
-	if exhausted != 5 {
-		t.Fatalf("%d streams of the second connection refused, want 5 (15 per address)", exhausted)
+	select {
+	case err := <-results:
+		t.Fatalf("a sixth stream ended: %v; want 10 admitted in all", err)
+	case <-time.After(300 * time.Millisecond):
 	}
 	waitCount("127.0.0.1", 15)
 
