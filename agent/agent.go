@@ -41,11 +41,16 @@ type Agent struct {
 	mu      sync.Mutex
 	cfg     *config.Config
 	started time.Time
+	fds     fdBudget
 
-	consul    *api.Client
-	metrics   *Metrics
-	events    *events.Store
-	reporter  *events.Reporter
+	consul   *api.Client
+	metrics  *Metrics
+	events   *events.Store
+	reporter *events.Reporter
+	// refusals and remote aggregate the events remote parties can trigger at will (see
+	// events.RemoteTriggered): gRPC refusals on servers, relay failures on proxies.
+	refusals  *events.Aggregator
+	remote    *events.Aggregator
 	conn      *serverconn.Conn
 	server    *server.Server
 	client    *client.Client
@@ -53,12 +58,16 @@ type Agent struct {
 	roles     map[string]Role
 	grpc      *grpc.Server
 	grpcLn    net.Listener
+	streams   *streamLimiter
 	http      *http.Server
 	httpLn    net.Listener
 	runCancel context.CancelFunc
 	leave     leaveState // Leave: drain, then stop (leave.go)
 	dev       *devSetup  // -dev only
 }
+
+// aggregateInterval is how often aggregated events are summarised (a variable for tests).
+var aggregateInterval = events.DefaultAggregateInterval
 
 // New builds an agent; nothing runs until Run. Listeners are bound here so that a port clash is
 // reported at once, with the port.
@@ -76,6 +85,10 @@ func New(cfg *config.Config, logger hclog.Logger) (_ *Agent, err error) {
 		cfg = a.dev.apply(cfg)
 		a.cfg = cfg
 	}
+	// Descriptors next: the caps they impose are part of the configuration every role gets.
+	a.fds = budgetFor(cfg, logger)
+	cfg = a.fds.apply(cfg)
+	a.cfg = cfg
 	m, err := NewMetrics(cfg.Telemetry, cfg.NodeName)
 	if err != nil {
 		return nil, err
@@ -90,6 +103,8 @@ func New(cfg *config.Config, logger hclog.Logger) (_ *Agent, err error) {
 	}
 	if cfg.Server.Enabled {
 		a.events = events.New(cfg.Server.EventBufferSize, logger)
+		a.refusals = events.NewAggregator(events.AggregatorConfig{Next: a.events, Interval: aggregateInterval,
+			Keys: events.RemoteTriggered})
 		a.server, err = server.New(server.Config{Agent: cfg, Consul: a.consul, Events: a.events, Logger: logger.Named("server")})
 		if err != nil {
 			return nil, fmt.Errorf("server role: %w", err)
@@ -120,15 +135,17 @@ func New(cfg *config.Config, logger hclog.Logger) (_ *Agent, err error) {
 			return nil, err
 		}
 		a.reporter = events.NewReporter(cfg.NodeName, a.conn, a.events, logger)
+		a.remote = events.NewAggregator(events.AggregatorConfig{Next: a.reporter, Interval: aggregateInterval,
+			Keys: events.RemoteTriggered})
 		a.client, err = client.New(client.Config{Agent: cfg, Consul: a.consul, Conn: a.conn.ClientConn,
-			Events: a.reporter, Logger: logger.Named("client")})
+			Events: a.remote, Logger: logger.Named("client")})
 		if err != nil {
 			return nil, fmt.Errorf("client role: %w", err)
 		}
 		a.roles["client"] = a.client
 	}
 	if cfg.Proxy.Enabled {
-		a.proxy, err = proxy.New(proxy.Config{Agent: cfg, Conn: a.conn.ClientConn, Events: a.reporter,
+		a.proxy, err = proxy.New(proxy.Config{Agent: cfg, Conn: a.conn.ClientConn, Events: a.remote,
 			Logger: logger.Named("proxy")})
 		if err != nil {
 			return nil, fmt.Errorf("proxy role: %w", err)
@@ -252,6 +269,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	wg.Wait()
+	for _, agg := range []*events.Aggregator{a.refusals, a.remote} {
+		if agg != nil {
+			agg.Stop() // what is held is recorded, not lost
+		}
+	}
 	if a.conn != nil {
 		_ = a.conn.Close()
 	}
@@ -264,6 +286,7 @@ func (a *Agent) Reload(cfg *config.Config) error {
 	if a.dev != nil {
 		cfg = a.dev.apply(cfg)
 	}
+	cfg = a.fds.apply(cfg)
 	a.mu.Lock()
 	a.cfg = cfg
 	a.mu.Unlock()

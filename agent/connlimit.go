@@ -23,11 +23,11 @@ type limitListener struct {
 	plain  bool
 	logger hclog.Logger
 
-	mu      sync.Mutex
-	byIP    map[netip.Addr]int
-	open    int
-	refused uint64    // refusals not yet logged
-	logged  time.Time // when refusals were last logged
+	mu   sync.Mutex
+	byIP map[netip.Addr]int
+	open int
+
+	logs logThrottle
 }
 
 // refusalLogEvery bounds the log lines refusals produce, however fast a client retries.
@@ -35,7 +35,7 @@ const refusalLogEvery = 10 * time.Second
 
 func newLimitListener(ln net.Listener, perClient, total int, plain bool, logger hclog.Logger) *limitListener {
 	return &limitListener{Listener: ln, perClient: perClient, total: total, plain: plain,
-		logger: logger, byIP: map[netip.Addr]int{}}
+		logger: logger, byIP: map[netip.Addr]int{}, logs: logThrottle{every: refusalLogEvery}}
 }
 
 // Accept returns the next connection within the limits; connections past them are refused here
@@ -102,18 +102,10 @@ func (l *limitListener) refuse(c net.Conn, ip netip.Addr, status int, why string
 	}
 	_ = c.Close()
 
-	l.mu.Lock()
-	l.refused++
-	now := time.Now()
-	if now.Sub(l.logged) < refusalLogEvery {
-		l.mu.Unlock()
-		return
+	if ok, held := l.logs.allow(); ok {
+		l.logger.Warn("HTTP API connection refused", "client", ip.String(), "reason", why,
+			"refused_before", held, "per", refusalLogEvery.String())
 	}
-	n := l.refused
-	l.refused, l.logged = 0, now
-	l.mu.Unlock()
-	l.logger.Warn("HTTP API connections refused", "client", ip.String(), "reason", why, "refused", n,
-		"per", refusalLogEvery.String())
 }
 
 func remoteIP(c net.Conn) netip.Addr {

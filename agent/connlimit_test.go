@@ -211,29 +211,51 @@ func TestHTTPAPIConnLimitTotal(t *testing.T) {
 }
 
 // TestHTTPAPIBlockingQueryOutlivesWriteTimeout: a blocking query waits longer than
-// limits.http_write_timeout and still gets its answer, as blocking queries of up to 10 min must.
+// limits.http_write_timeout and still gets its answer, as blocking queries of up to 10 min must:
+// over HTTP/1.1 and over HTTPS with HTTP/2 (as curl speaks it), whose streams have their own
+// write deadlines.
 func TestHTTPAPIBlockingQueryOutlivesWriteTimeout(t *testing.T) {
 	srv := consultest.Start(t)
-	cfg := testConfig(t, srv.HTTPAddr, "limits {\n  http_write_timeout = \"1s\"\n}\n")
-	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: testWriter{t}}))
-	if err != nil {
-		t.Fatalf("New: %v", err)
+	for _, withTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", withTLS), func(t *testing.T) {
+			body := "limits {\n  http_write_timeout = \"1s\"\n}\n"
+			client, scheme := http.DefaultClient, "http"
+			var p *testPKI
+			if withTLS {
+				p = newTestPKI(t)
+				cert, key := p.issue(t, "server", "agent-test")
+				body += p.tlsBlock(cert, key)
+				client, scheme = p.client(t, cert, key), "https"
+				client.Transport.(*http.Transport).ForceAttemptHTTP2 = true
+			}
+			cfg := testConfig(t, srv.HTTPAddr, body)
+			a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: testWriter{t}}))
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { _ = a.Run(ctx); close(done) }()
+			defer func() { cancel(); <-done }()
+			blockingQueryOutlives(t, client, scheme+"://"+a.HTTPAddr()+"/v1/events", withTLS)
+		})
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+}
 
-	base := "http://" + a.HTTPAddr() + "/v1/events"
+func blockingQueryOutlives(t *testing.T, client *http.Client, base string, wantH2 bool) {
+	t.Helper()
 	for attempt := 0; attempt < 5; attempt++ {
-		resp, err := http.Get(base)
+		resp, err := client.Get(base)
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
+		if wantH2 && resp.ProtoMajor != 2 {
+			t.Fatalf("HTTPS answered with %s, want HTTP/2", resp.Proto)
+		}
 		idx := max(resp.Header.Get("X-Nullnet-Index"), "1")
 		start := time.Now()
-		resp, err = http.Get(base + "?wait=3s&index=" + idx)
+		resp, err = client.Get(base + "?wait=3s&index=" + idx)
 		if err != nil {
 			t.Fatalf("blocking query after %v: %v", time.Since(start), err)
 		}
@@ -244,7 +266,7 @@ func TestHTTPAPIBlockingQueryOutlivesWriteTimeout(t *testing.T) {
 			t.Fatalf("blocking query after %v: %d %v", took, resp.StatusCode, err)
 		}
 		if took > 2*time.Second {
-			t.Logf("blocking query answered after %v with http_write_timeout = 1s", took.Round(time.Millisecond))
+			t.Logf("blocking query answered after %v with http_write_timeout = 1s (%s)", took.Round(time.Millisecond), resp.Proto)
 			return
 		}
 		// An event arrived during the wait (the agent is starting): block again.

@@ -155,13 +155,3 @@ client {
 		t.Errorf("no listener_opened, control_channel_established or host_service_registered event: %s", body)
 	}
 }
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
-}

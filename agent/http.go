@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/server"
 	"github.com/nullnet/nullnet/agent/tlsutil"
 	"github.com/nullnet/nullnet/agent/version"
@@ -46,9 +47,27 @@ func (a *Agent) routes() http.Handler {
 	})
 	var h http.Handler = mux
 	if a.cfg.TLS.VerifyIncoming {
-		h = (&tlsutil.HTTPAuthorizer{Public: []string{HealthPath}}).Wrap(h)
+		h = (&tlsutil.HTTPAuthorizer{Datacenter: a.cfg.Datacenter, Public: []string{HealthPath},
+			OnRefuse: a.onHTTPRefuse}).Wrap(h)
 	}
 	return a.withWriteDeadline(h)
+}
+
+// onHTTPRefuse records an HTTP API refusal as an aggregated auth_refused event, where the
+// agent has somewhere to record it.
+func (a *Agent) onHTTPRefuse(route, node, peer, reason string) {
+	var agg *events.Aggregator
+	switch {
+	case a.refusals != nil:
+		agg = a.refusals
+	case a.remote != nil:
+		agg = a.remote
+	default:
+		a.logger.Debug("HTTP API request refused", "route", route, "peer", peer, "reason", reason)
+		return
+	}
+	agg.Emit(events.Event{Kind: events.AuthRefused, Severity: events.Warning, Node: node, Message: reason,
+		Fields: map[string]string{"method": route, "peer": peer, "reason": reason}})
 }
 
 // withWriteDeadline gives each response limits.http_write_timeout to be written, plus the time
@@ -94,7 +113,7 @@ type selfResponse struct {
 
 func (a *Agent) handleSelf(w http.ResponseWriter, r *http.Request) {
 	cfg := a.Config()
-	status := map[string]any{}
+	status := map[string]any{"limits": a.fds}
 	if a.proxy != nil {
 		status["proxy"] = a.proxy.Status()
 	}

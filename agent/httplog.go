@@ -3,7 +3,6 @@ package agent
 import (
 	"log"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -15,17 +14,14 @@ import (
 // TCP port check, a scanner) and is logged at debug. Remote parties can trigger these lines at
 // will, so the warnings are limited to one per errorLogEvery with a count of those held back.
 func newHTTPErrorLog(logger hclog.Logger) *log.Logger {
-	return log.New(&httpErrorLog{logger: logger}, "", 0)
+	return log.New(&httpErrorLog{logger: logger, warn: logThrottle{every: errorLogEvery}}, "", 0)
 }
 
 const errorLogEvery = 10 * time.Second
 
 type httpErrorLog struct {
 	logger hclog.Logger
-
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
+	warn   logThrottle
 }
 
 func (w *httpErrorLog) Write(p []byte) (int, error) {
@@ -36,20 +32,13 @@ func (w *httpErrorLog) Write(p []byte) (int, error) {
 	case strings.HasPrefix(msg, "http: panic serving"):
 		w.logger.Error(msg) // a bug of ours, never suppressed
 	default:
-		w.mu.Lock()
-		now := time.Now()
-		if now.Sub(w.last) < errorLogEvery {
-			w.suppressed++
-			w.mu.Unlock()
+		ok, held := w.warn.allow()
+		switch {
+		case !ok:
 			w.logger.Debug(msg)
-			return len(p), nil
-		}
-		n := w.suppressed
-		w.last, w.suppressed = now, 0
-		w.mu.Unlock()
-		if n > 0 {
-			w.logger.Warn(msg, "suppressed", n, "per", errorLogEvery.String())
-		} else {
+		case held > 0:
+			w.logger.Warn(msg, "suppressed", held, "per", errorLogEvery.String())
+		default:
 			w.logger.Warn(msg)
 		}
 	}

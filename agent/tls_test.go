@@ -82,7 +82,7 @@ func (p *testPKI) client(t *testing.T, certFile, keyFile string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc}}
 }
 
-func status(t *testing.T, c *http.Client, method, url string) int {
+func httpStatus(t *testing.T, c *http.Client, method, url string) int {
 	t.Helper()
 	req, _ := http.NewRequest(method, url, nil)
 	resp, err := c.Do(req)
@@ -121,13 +121,13 @@ func TestAgentTLSSelfCheckQuiet(t *testing.T) {
 
 	// The curl of the docs works: the server certificate names 127.0.0.1.
 	base := "https://" + a.HTTPAddr()
-	if code := status(t, p.client(t, "", ""), "GET", base+HealthPath); code != 200 {
+	if code := httpStatus(t, p.client(t, "", ""), "GET", base+HealthPath); code != 200 {
 		t.Fatalf("GET %s without a client certificate: %d, want 200", HealthPath, code)
 	}
-	if code := status(t, p.client(t, "", ""), "GET", base+"/v1/agent/self"); code != 401 {
+	if code := httpStatus(t, p.client(t, "", ""), "GET", base+"/v1/agent/self"); code != 401 {
 		t.Fatalf("GET /v1/agent/self without a client certificate: %d, want 401", code)
 	}
-	if code := status(t, p.client(t, cert, key), "GET", base+"/v1/agent/self"); code != 200 {
+	if code := httpStatus(t, p.client(t, cert, key), "GET", base+"/v1/agent/self"); code != 200 {
 		t.Fatalf("GET /v1/agent/self with a certificate: %d, want 200", code)
 	}
 
@@ -186,4 +186,66 @@ func grepLines(text, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestHTTPAPIRoles: the HTTPS API follows the gRPC API's rule that authority follows identity:
+// any certificate of the CA reads, only an operator (cli) certificate writes, and refusals are
+// aggregated auth_refused events.
+func TestHTTPAPIRoles(t *testing.T) {
+	saved := aggregateInterval
+	aggregateInterval = 200 * time.Millisecond
+	defer func() { aggregateInterval = saved }()
+
+	srv := consultest.Start(t)
+	p := newTestPKI(t)
+	cert, key := p.issue(t, tlsutil.RoleServer, "agent-test")
+	cfg := testConfig(t, srv.HTTPAddr, p.tlsBlock(cert, key))
+	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: testWriter{t}}))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = a.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	base := "https://" + a.HTTPAddr()
+	anon := p.client(t, "", "")
+	nc, nk := p.issue(t, tlsutil.RoleProxy, "edge1")
+	node := p.client(t, nc, nk)
+	oc, ok := p.issue(t, tlsutil.RoleCLI, "alice")
+	op := p.client(t, oc, ok)
+	for _, tc := range []struct {
+		who    string
+		c      *http.Client
+		method string
+		path   string
+		want   int
+	}{
+		{"anonymous", anon, "GET", "/v1/sessions", 401},
+		{"anonymous", anon, "DELETE", "/v1/sessions/nope", 401},
+		{"anonymous", anon, "GET", HealthPath, 200},
+		{"node", node, "GET", "/v1/sessions", 200},
+		{"node", node, "GET", "/v1/agent/self", 200},
+		{"node", node, "DELETE", "/v1/sessions/nope", 403},
+		{"operator", op, "GET", "/v1/sessions", 200},
+		{"operator", op, "DELETE", "/v1/sessions/nope", 404}, // let through: no such session
+	} {
+		if got := httpStatus(t, tc.c, tc.method, base+tc.path); got != tc.want {
+			t.Errorf("%s %s %s: %d, want %d", tc.who, tc.method, tc.path, got, tc.want)
+		}
+	}
+	time.Sleep(3 * aggregateInterval)
+	evs, _ := a.events.Since(0)
+	var reasons []string
+	for _, e := range evs {
+		if e.Kind == "auth_refused" && e.Fields["peer"] == "127.0.0.1" {
+			reasons = append(reasons, e.Fields["method"]+": "+e.Fields["reason"])
+		}
+	}
+	joined := strings.Join(reasons, "\n")
+	if !strings.Contains(joined, "client certificate signed by the CA is required") ||
+		!strings.Contains(joined, "DELETE /v1/sessions/nope: DELETE needs an operator certificate") {
+		t.Fatalf("refusals not recorded as auth_refused events:\n%s", joined)
+	}
 }

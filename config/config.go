@@ -164,6 +164,11 @@ type Limits struct {
 	HTTPWriteTimeout time.Duration `json:"http_write_timeout"`
 	// HTTPIdleTimeout closes keep-alive connections idle for this long.
 	HTTPIdleTimeout time.Duration `json:"http_idle_timeout"`
+	// GRPCMaxConcurrentStreams caps concurrent gRPC streams on one connection (servers).
+	GRPCMaxConcurrentStreams int `json:"grpc_max_concurrent_streams"`
+	// GRPCMaxStreamsPerClient caps concurrent gRPC calls from one IP address, across its
+	// connections (servers).
+	GRPCMaxStreamsPerClient int `json:"grpc_max_streams_per_client"`
 }
 
 // Enabled reports whether any TLS material is configured.
@@ -194,25 +199,27 @@ const (
 	DefaultBindAddr   = "0.0.0.0"
 	DefaultClientAddr = "127.0.0.1"
 	// HTTP API limits (limits block).
-	DefaultHTTPMaxConnsPerClient = 200
-	DefaultHTTPMaxConns          = 1024
-	DefaultHTTPReadTimeout       = 30 * time.Second
-	DefaultHTTPWriteTimeout      = 30 * time.Second
-	DefaultHTTPIdleTimeout       = 60 * time.Second
-	DefaultProxyHTTPAddr         = ":80"
-	DefaultSetupTimeout          = 10 * time.Second
-	DefaultNodeGrace             = 15 * time.Second
-	DefaultOrphanGrace           = 60 * time.Second
-	DefaultReloadDebounce        = 100 * time.Millisecond
-	DefaultEventBufferSize       = 4096
-	DefaultNetIDMin              = 101
-	DefaultNetIDMax              = 2097151
-	DefaultDialTimeout           = 5 * time.Second
-	DefaultUDPIdleTimeout        = 60 * time.Second
-	DefaultUDPMaxSessions        = 200000
-	DefaultUDPQueueLength        = 64
-	DefaultUseLinger             = time.Second
-	DefaultDrainTimeout          = 30 * time.Second
-	DefaultCheckInterval         = 5 * time.Second
-	DefaultPromRetention         = 60 * time.Second
+	DefaultHTTPMaxConnsPerClient    = 200
+	DefaultHTTPMaxConns             = 1024
+	DefaultHTTPReadTimeout          = 30 * time.Second
+	DefaultHTTPWriteTimeout         = 30 * time.Second
+	DefaultHTTPIdleTimeout          = 60 * time.Second
+	DefaultGRPCMaxConcurrentStreams = 1024
+	DefaultGRPCMaxStreamsPerClient  = 4096
+	DefaultProxyHTTPAddr            = ":80"
+	DefaultSetupTimeout             = 10 * time.Second
+	DefaultNodeGrace                = 15 * time.Second
+	DefaultOrphanGrace              = 60 * time.Second
+	DefaultReloadDebounce           = 100 * time.Millisecond
+	DefaultEventBufferSize          = 4096
+	DefaultNetIDMin                 = 101
+	DefaultNetIDMax                 = 2097151
+	DefaultDialTimeout              = 5 * time.Second
+	DefaultUDPIdleTimeout           = 60 * time.Second
+	DefaultUDPMaxSessions           = 200000
+	DefaultUDPQueueLength           = 64
+	DefaultUseLinger                = time.Second
+	DefaultDrainTimeout             = 30 * time.Second
+	DefaultCheckInterval            = 5 * time.Second
+	DefaultPromRetention            = 60 * time.Second
 )

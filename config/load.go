@@ -195,6 +195,8 @@ func applyDefaults(c *Config) {
 	setDur(&c.Limits.HTTPReadTimeout, DefaultHTTPReadTimeout)
 	setDur(&c.Limits.HTTPWriteTimeout, DefaultHTTPWriteTimeout)
 	setDur(&c.Limits.HTTPIdleTimeout, DefaultHTTPIdleTimeout)
+	setInt(&c.Limits.GRPCMaxConcurrentStreams, DefaultGRPCMaxConcurrentStreams)
+	setInt(&c.Limits.GRPCMaxStreamsPerClient, DefaultGRPCMaxStreamsPerClient)
 	setInt(&c.Ports.HTTP, DefaultHTTPPort)
 	setInt(&c.Ports.GRPC, DefaultGRPCPort)
 	if c.Consul.Address == "" {

@@ -154,6 +154,8 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		diags = append(diags, pickDur(&c.Limits.HTTPReadTimeout, l.HTTPReadTimeout)...)
 		diags = append(diags, pickDur(&c.Limits.HTTPWriteTimeout, l.HTTPWriteTimeout)...)
 		diags = append(diags, pickDur(&c.Limits.HTTPIdleTimeout, l.HTTPIdleTimeout)...)
+		pick(&c.Limits.GRPCMaxConcurrentStreams, l.GRPCMaxConcurrentStreams)
+		pick(&c.Limits.GRPCMaxStreamsPerClient, l.GRPCMaxStreamsPerClient)
 	}
 	return diags
 }

@@ -26,11 +26,13 @@ type rawConfig struct {
 }
 
 type rawLimits struct {
-	HTTPMaxConnsPerClient *int           `hcl:"http_max_conns_per_client,optional"`
-	HTTPMaxConns          *int           `hcl:"http_max_conns,optional"`
-	HTTPReadTimeout       *hcl.Attribute `hcl:"http_read_timeout,optional"`
-	HTTPWriteTimeout      *hcl.Attribute `hcl:"http_write_timeout,optional"`
-	HTTPIdleTimeout       *hcl.Attribute `hcl:"http_idle_timeout,optional"`
+	HTTPMaxConnsPerClient    *int           `hcl:"http_max_conns_per_client,optional"`
+	HTTPMaxConns             *int           `hcl:"http_max_conns,optional"`
+	HTTPReadTimeout          *hcl.Attribute `hcl:"http_read_timeout,optional"`
+	HTTPWriteTimeout         *hcl.Attribute `hcl:"http_write_timeout,optional"`
+	HTTPIdleTimeout          *hcl.Attribute `hcl:"http_idle_timeout,optional"`
+	GRPCMaxConcurrentStreams *int           `hcl:"grpc_max_concurrent_streams,optional"`
+	GRPCMaxStreamsPerClient  *int           `hcl:"grpc_max_streams_per_client,optional"`
 }
 
 type rawPorts struct {

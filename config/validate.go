@@ -30,7 +30,8 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 		diags = append(diags, errAt(at("client_addr"), "Invalid client_addr", "%q is not an IP address.", c.ClientAddr))
 	}
 	for key, n := range map[string]int{"limits.http_max_conns_per_client": c.Limits.HTTPMaxConnsPerClient,
-		"limits.http_max_conns": c.Limits.HTTPMaxConns} {
+		"limits.http_max_conns": c.Limits.HTTPMaxConns, "limits.grpc_max_concurrent_streams": c.Limits.GRPCMaxConcurrentStreams,
+		"limits.grpc_max_streams_per_client": c.Limits.GRPCMaxStreamsPerClient} {
 		if n < 1 {
 			diags = append(diags, errAt(at(key), "Invalid connection limit", "%s = %d: it must be at least 1.", key, n))
 		}

@@ -31,7 +31,8 @@ const (
 	NetIDPoolExhausted  = "net_id_pool_exhausted"
 	ReplicaRemoved      = "replica_removed"
 	ProxyRequestRefused = "proxy_request_refused"
-	// AuthRefused: a gRPC caller's certificate did not allow what it asked (mutual TLS).
+	// AuthRefused: a gRPC or HTTPS API caller's certificate did not allow what it asked (mutual
+	// TLS). Aggregated per caller address and reason (see RemoteTriggered).
 	AuthRefused = "auth_refused"
 
 	// Node side (client agents).
@@ -69,6 +70,10 @@ type Spec struct {
 	Reserved bool
 }
 
+// AggregateFields are the fields an Aggregator adds to the kinds it summarises: every kind in
+// RemoteTriggered carries them besides the fields its emit sites set.
+var AggregateFields = []string{"count", "interval"}
+
 var sessionFields = []string{"session", "service", "client_ip", "proxy_node", "replica", "service_node", "net_id"}
 
 func join(a []string, b ...string) []string { return append(append([]string(nil), a...), b...) }
@@ -96,7 +101,7 @@ var specs = []Spec{
 	{Kind: NetIDPoolExhausted, Fields: []string{"service", "client_ip", "proxy_node"}},
 	{Kind: ReplicaRemoved, Fields: []string{"service", "replica", "reason"}},
 	{Kind: ProxyRequestRefused, Fields: []string{"service", "client_ip", "code"}},
-	{Kind: AuthRefused, Fields: []string{"method"}},
+	{Kind: AuthRefused, Fields: []string{"method", "peer", "reason"}},
 
 	{Kind: ControlChannelEstablished, Fields: []string{"server"}},
 	{Kind: ControlChannelClosed, Fields: []string{"error"}},
@@ -125,6 +130,9 @@ func Specs() []Spec {
 	out := make([]Spec, len(specs))
 	for i, s := range specs {
 		s.Fields = append([]string(nil), s.Fields...)
+		if _, ok := RemoteTriggered[s.Kind]; ok {
+			s.Fields = append(s.Fields, AggregateFields...)
+		}
 		out[i] = s
 	}
 	return out

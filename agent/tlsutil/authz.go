@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
 
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
@@ -24,8 +25,9 @@ type Authorizer struct {
 	// verification to the Authorizer, so that a foreign or missing certificate is a gRPC status
 	// and an event instead of a silent handshake failure.
 	Roots *x509.CertPool
-	// OnRefuse is told about every refusal (the server turns it into an event).
-	OnRefuse func(method, node, reason string)
+	// OnRefuse is told about every refusal with the caller's address (the server turns it into
+	// an aggregated event: callers can be refused as fast as they can call).
+	OnRefuse func(method, node, peer, reason string)
 }
 
 type identityKey struct{}
@@ -45,14 +47,27 @@ var methodRole = map[string]string{
 	pb.Control_ReportEvent_FullMethodName:       "", // any nullnet node
 }
 
+// peerAddr is the caller's IP address, for refusals.
+func peerAddr(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return ""
+	}
+	if host, _, err := net.SplitHostPort(p.Addr.String()); err == nil {
+		return host
+	}
+	return p.Addr.String()
+}
+
 func (a *Authorizer) identify(ctx context.Context, method string) (Identity, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return Identity{}, a.refuse(method, "", codes.Unauthenticated, "no peer information")
+		return Identity{}, a.refuse(method, "", "", codes.Unauthenticated, "no peer information")
 	}
+	from := peerAddr(ctx)
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return Identity{}, a.refuse(method, "", codes.Unauthenticated, "a client certificate signed by the CA is required")
+		return Identity{}, a.refuse(method, "", from, codes.Unauthenticated, "a client certificate signed by the CA is required")
 	}
 	certs := ti.State.PeerCertificates
 	inter := x509.NewCertPool()
@@ -61,62 +76,62 @@ func (a *Authorizer) identify(ctx context.Context, method string) (Identity, err
 	}
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: a.Roots, Intermediates: inter,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return Identity{}, a.refuse(method, "", codes.Unauthenticated,
+		return Identity{}, a.refuse(method, "", from, codes.Unauthenticated,
 			fmt.Sprintf("client certificate %q is not signed by the CA: %v", certs[0].Subject.CommonName, err))
 	}
 	id, err := IdentityOf(certs[0], a.Datacenter)
 	if err != nil {
-		return Identity{}, a.refuse(method, "", codes.PermissionDenied, err.Error())
+		return Identity{}, a.refuse(method, "", from, codes.PermissionDenied, err.Error())
 	}
 	role, known := methodRole[method]
 	if !known {
-		return Identity{}, a.refuse(method, id.Node, codes.PermissionDenied, "method not allowed")
+		return Identity{}, a.refuse(method, id.Node, from, codes.PermissionDenied, "method not allowed")
 	}
 	if role == "" && !id.IsNode() {
-		return Identity{}, a.refuse(method, id.Node, codes.PermissionDenied,
+		return Identity{}, a.refuse(method, id.Node, from, codes.PermissionDenied,
 			fmt.Sprintf("%s's certificate is an operator's (cli), not a node's", id.Node))
 	}
 	if role != "" && !id.Has(role) {
-		return Identity{}, a.refuse(method, id.Node, codes.PermissionDenied,
+		return Identity{}, a.refuse(method, id.Node, from, codes.PermissionDenied,
 			fmt.Sprintf("node %s's certificate lacks the %s role", id.Node, role))
 	}
 	return id, nil
 }
 
-func (a *Authorizer) refuse(method, node string, code codes.Code, reason string) error {
+func (a *Authorizer) refuse(method, node, from string, code codes.Code, reason string) error {
 	if a.OnRefuse != nil {
-		a.OnRefuse(method, node, reason)
+		a.OnRefuse(method, node, from, reason)
 	}
 	return status.Errorf(code, "%s refused: %s", method, reason)
 }
 
 // checkNode makes a message's self-declared node agree with the certificate: an empty field
 // is filled in, a different one is refused.
-func (a *Authorizer) checkNode(method string, id Identity, field *string, what string) error {
+func (a *Authorizer) checkNode(method, from string, id Identity, field *string, what string) error {
 	if *field == "" {
 		*field = id.Node
 		return nil
 	}
 	if *field != id.Node {
-		return a.refuse(method, id.Node, codes.PermissionDenied,
+		return a.refuse(method, id.Node, from, codes.PermissionDenied,
 			fmt.Sprintf("%s %q does not match the certificate's node %q", what, *field, id.Node))
 	}
 	return nil
 }
 
-func (a *Authorizer) checkMessage(method string, id Identity, m any) error {
+func (a *Authorizer) checkMessage(method, from string, id Identity, m any) error {
 	switch r := m.(type) {
 	case *pb.ProxyRequest:
-		return a.checkNode(method, id, &r.ProxyNode, "proxy_node")
+		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
 	case *pb.ReleaseProxyRequest:
-		return a.checkNode(method, id, &r.ProxyNode, "proxy_node")
+		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
 	case *pb.WatchPortMappingsRequest:
-		return a.checkNode(method, id, &r.ProxyNode, "proxy_node")
+		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
 	case *pb.AgentEvent:
-		return a.checkNode(method, id, &r.Node, "node")
+		return a.checkNode(method, from, id, &r.Node, "node")
 	case *pb.NodeMessage:
 		if h := r.GetHello(); h != nil {
-			return a.checkNode(method, id, &h.NodeName, "hello.node_name")
+			return a.checkNode(method, from, id, &h.NodeName, "hello.node_name")
 		}
 	}
 	return nil
@@ -129,7 +144,7 @@ func (a *Authorizer) Unary() grpc.UnaryServerInterceptor {
 		if err != nil {
 			return nil, err
 		}
-		if err := a.checkMessage(info.FullMethod, id, req); err != nil {
+		if err := a.checkMessage(info.FullMethod, peerAddr(ctx), id, req); err != nil {
 			return nil, err
 		}
 		return h(context.WithValue(ctx, identityKey{}, id), req)
@@ -162,12 +177,12 @@ func (s *checkedStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return s.a.checkMessage(s.method, s.id, m)
+	return s.a.checkMessage(s.method, peerAddr(s.ServerStream.Context()), s.id, m)
 }
 
 // GRPCServerConfig is the tls.Config for a server's gRPC listener together with the Authorizer
 // that must guard it when verify_incoming is on (nil when it is off). nil, nil when TLS is off.
-func GRPCServerConfig(c config.TLS, dc string, onRefuse func(method, node, reason string)) (*tls.Config, *Authorizer, error) {
+func GRPCServerConfig(c config.TLS, dc string, onRefuse func(method, node, peer, reason string)) (*tls.Config, *Authorizer, error) {
 	tc, err := ServerConfig(c)
 	if err != nil || tc == nil {
 		return nil, nil, err

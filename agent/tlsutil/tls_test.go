@@ -74,7 +74,7 @@ func (r *recorder) ControlChannel(s grpc.BidiStreamingServer[pb.NodeMessage, pb.
 func startServer(t *testing.T, p *pki, refused *[]string) string {
 	srvTLS := p.issue(t, RoleServer, "ctl1")
 	var mu sync.Mutex
-	tc, authz, err := GRPCServerConfig(srvTLS, "dc1", func(method, node, reason string) {
+	tc, authz, err := GRPCServerConfig(srvTLS, "dc1", func(method, node, peer, reason string) {
 		mu.Lock()
 		*refused = append(*refused, method+" "+node+": "+reason)
 		mu.Unlock()

@@ -95,7 +95,7 @@ job "nullnet-server" {
       }
 
       # The agent registers itself in Consul as service "nullnet" (tag "server", with a health
-      # check on /v1/agent/self): that is how clients and proxies find it. A Nomad service
+      # check on /v1/agent/health): that is how clients and proxies find it. A Nomad service
       # block would register a second, redundant instance, so there is none.
 
       kill_signal  = "SIGTERM"
