@@ -161,7 +161,7 @@ func TestStacks_ThousandsOfServices(t *testing.T) {
 		name := fmt.Sprintf("svc-%05d.scale", i)
 		_, err := admin.Catalog().Register(&api.CatalogRegistration{Node: "scale-node", Address: "127.0.0.1",
 			Service: &api.AgentService{ID: name + "-1", Service: name, Port: port, Meta: map[string]string{server.MetaNode: "node-a"}},
-			Check: &api.AgentCheck{CheckID: name + "-check", Name: "up", Status: api.HealthPassing, ServiceID: name + "-1"}}, nil)
+			Check:   &api.AgentCheck{CheckID: name + "-check", Name: "up", Status: api.HealthPassing, ServiceID: name + "-1"}}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

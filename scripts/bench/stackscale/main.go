@@ -6,14 +6,19 @@
 // http_max_conns_per_client counts them).
 //
 // It prints (text and one JSON line, see scripts/bench/internal/ctrlplane):
+//
 //   - start → the subscriber holds the complete table of N services (target < 10 s);
+//
 //   - the file deleted → the subscriber holds an empty table;
+//
 //   - the server restarted with the definitions in Consul → the complete table again;
+//
 //   - the peak of concurrent connections to Consul over all of it (target <= 8);
+//
 //   - the number of tables the subscriber received that were neither empty nor complete (must
 //     be 0: a table is published only when complete).
 //
-//	go run ./scripts/bench/stackscale [-services 10000]
+//     go run ./scripts/bench/stackscale [-services 10000]
 //
 // Environment: NULLNET_CONSUL_BIN (else the consultest cache); NULLNET_BENCH_SMOKE=1 runs 1,000.
 package main
