@@ -151,6 +151,24 @@ const settleAfterReset = 5 * time.Second
 // hand edit): the table follows what Consul has, with a warning.
 const incompleteHold = time.Minute
 
+// incompleteReadInterval spaces the reads of the definitions node while the leader is writing.
+const incompleteReadInterval = 400 * time.Millisecond
+
+// servicesMinInterval spaces the reads of the service names (consulwatch.go).
+const servicesMinInterval = 500 * time.Millisecond
+
+// sleepCtx waits d or until ctx ends; it reports whether d passed.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 // catalogState is the watch's memory between answers.
 type catalogState struct {
 	mu              sync.Mutex
@@ -194,23 +212,38 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		consul.Watch(ctx, consul.WatchConfig{Name: "catalog services", Logger: s.logger, OnError: s.aclReporter("catalog services")},
+		// MinInterval: this query wakes on every service write in the cluster (the leader's
+		// transactions included); a burst is read a few times, not once per write.
+		consul.Watch(ctx, consul.WatchConfig{Name: "catalog services", Logger: s.logger, OnError: s.aclReporter("catalog services"),
+			MinInterval: servicesMinInterval},
 			s.queryServicesAndForeign, func(ans servicesAnswer, index uint64) {
 				st.mu.Lock()
-				st.foreign, st.known = ans.foreign, true
-				s.recompute(st, false)
+				// This query wakes on every service write in the cluster: resolve again only
+				// when the foreign definitions moved.
+				if !st.known || !sameInstances(st.foreign, ans.foreign) {
+					st.foreign, st.known = ans.foreign, true
+					s.recompute(st, false)
+				}
 				st.mu.Unlock()
 				if onServices != nil {
 					onServices(ans.names, index)
 				}
 			})
 	}()
+	// While the leader is writing a change (the node is incomplete), every transaction wakes the
+	// query; reading the whole node after each one would compete with the writes for Consul's
+	// CPU, so the next read waits a little: intermediate states are never published anyway.
+	incomplete := false
 	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger, OnError: s.aclReporter("definitions")},
 		func(ctx context.Context, index uint64, wait time.Duration) (*consul.NodeState, uint64, error) {
+			if incomplete && !sleepCtx(ctx, incompleteReadInterval) {
+				return nil, 0, ctx.Err()
+			}
 			st, idx, err := consul.ReadNode(ctx, s.cfg.Consul, DefinitionsNode, DefinitionTag, index, wait)
 			if err != nil && s.mirror != nil {
 				s.mirror.Observe(nil)
 			}
+			incomplete = err == nil && !st.Complete()
 			return st, idx, err
 		},
 		func(own *consul.NodeState, index uint64) {
@@ -369,4 +402,11 @@ func sameDefinitions(cur []Definition, next map[string]Definition) bool {
 		}
 	}
 	return true
+}
+
+// sameInstances compares two reads of catalog instances by identity and modification.
+func sameInstances(a, b []*api.CatalogService) bool {
+	return slices.EqualFunc(a, b, func(x, y *api.CatalogService) bool {
+		return x.Node == y.Node && x.ServiceID == y.ServiceID && x.ModifyIndex == y.ModifyIndex
+	})
 }

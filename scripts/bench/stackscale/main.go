@@ -28,11 +28,15 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -113,7 +117,12 @@ func run(n int) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	c, err := consultest.Launch(bin, consultest.Options{}, tmp)
+	var opts consultest.Options
+	consulProfile := os.Getenv("NULLNET_BENCH_CONSUL_CPUPROFILE")
+	if consulProfile != "" {
+		opts.ExtraHCL = "enable_debug = true\n"
+	}
+	c, err := consultest.Launch(bin, opts, tmp)
 	if err != nil {
 		return err
 	}
@@ -127,8 +136,23 @@ func run(n int) error {
 	}
 	counter := &connCounter{}
 	partial := 0
+	if f := os.Getenv("NULLNET_BENCH_CPUPROFILE"); f != "" {
+		out, err := os.Create(f)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	// Start → complete table.
+	if consulProfile != "" {
+		go fetchProfile(c.HTTPAddr, consulProfile)
+	}
+	consulCPU0, selfCPU0 := cpuOf(c.PID()), selfCPU()
 	started := time.Now()
 	s1, err := startServer(c, dir, counter)
 	if err != nil {
@@ -144,6 +168,7 @@ func run(n int) error {
 		return fmt.Errorf("first table: %w", err)
 	}
 	publish := time.Since(started)
+	consulCPU, serverCPU := cpuOf(c.PID())-consulCPU0, selfCPU()-selfCPU0
 
 	// File deleted → empty table.
 	if err := os.Remove(filepath.Join(dir, "scale.hcl")); err != nil {
@@ -187,6 +212,7 @@ func run(n int) error {
 
 	fmt.Printf("%d stack services, real Consul %s:\n", n, consultest.Version)
 	fmt.Printf("  start -> complete table at the subscriber: %s (target < 10s)\n", publish.Round(time.Millisecond))
+	fmt.Printf("  CPU during it: Consul %s, server (and subscriber) %s\n", consulCPU.Round(time.Millisecond), serverCPU.Round(time.Millisecond))
 	fmt.Printf("  file deleted -> empty table: %s\n", remove.Round(time.Millisecond))
 	fmt.Printf("  server restarted -> complete table: %s\n", restart.Round(time.Millisecond))
 	fmt.Printf("  peak concurrent connections to Consul: %d (target <= 8)\n", peak)
@@ -194,6 +220,8 @@ func run(n int) error {
 	label := fmt.Sprintf("%d services", n)
 	figs := []figure{
 		{Name: "publish_s", Title: label + ": start → complete table at a proxy", Unit: "s", Value: publish.Seconds(), Limit: 10},
+		{Name: "publish_consul_cpu_s", Title: label + ": Consul CPU from start to complete table", Unit: "s", Value: consulCPU.Seconds()},
+		{Name: "publish_server_cpu_s", Title: label + ": server CPU from start to complete table", Unit: "s", Value: serverCPU.Seconds()},
 		{Name: "remove_s", Title: label + ": file deleted → empty table", Unit: "s", Value: remove.Seconds(), Limit: 10},
 		{Name: "restart_s", Title: label + ": server restart → complete table", Unit: "s", Value: restart.Seconds(), Limit: 10},
 		{Name: "consul_conns_peak", Title: label + ": peak connections to Consul", Unit: "conns", Value: float64(peak), Limit: 8},
@@ -335,4 +363,45 @@ func (s *subscriber) partial(n int) int {
 		}
 	}
 	return k
+}
+
+// cpuOf is a process's user+system CPU time (from /proc; 0 when unreadable).
+func cpuOf(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command (which may hold spaces) start after the last ')'.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st int64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// fetchProfile saves a 5 s CPU profile of Consul (NULLNET_BENCH_CONSUL_CPUPROFILE).
+func fetchProfile(addr, file string) {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/profile?seconds=5")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "consul profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	out, err := os.Create(file)
+	if err != nil {
+		return
+	}
+	defer out.Close()
+	_, _ = io.Copy(out, resp.Body)
 }
