@@ -471,13 +471,6 @@ func (w *replicaWatcher) retain(keep map[string]bool) {
 	}
 }
 
-// watched is the number of services watched (tests and logs).
-func (w *replicaWatcher) watched() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.services)
-}
-
 // replicaView is the resolved state of one service's instances.
 type replicaView struct {
 	known bool
