@@ -180,6 +180,7 @@ type catalogState struct {
 	incompleteUntil time.Time   // zero while complete
 	pending         *resolved   // an answer held back (settle window or incomplete set)
 	timer           *time.Timer // decides again on pending when a window ends
+	timerAt         time.Time   // when timer fires
 
 	own     *consul.NodeState     // the definitions node as last read (nil before)
 	foreign []*api.CatalogService // foreign definitions as last read
@@ -204,6 +205,7 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 		st.mu.Lock()
 		if st.timer != nil {
 			st.timer.Stop()
+			st.timer = nil
 		}
 		st.pending = nil
 		st.mu.Unlock()
@@ -314,15 +316,24 @@ func (s *Server) decide(st *catalogState, res resolved) {
 		return
 	}
 	st.pending = &res
+	if st.timer != nil && until.Before(st.timerAt) {
+		st.timer.Stop() // a window that ends sooner (a reset during a write): decide then
+		st.timer = nil
+	}
 	if st.timer == nil {
-		st.timer = time.AfterFunc(until.Sub(now), func() {
+		var t *time.Timer
+		t = time.AfterFunc(until.Sub(now), func() {
 			st.mu.Lock()
 			defer st.mu.Unlock()
+			if st.timer != t {
+				return // stopped or replaced while this callback waited for the lock
+			}
 			st.timer = nil
 			if st.pending != nil {
 				s.decide(st, *st.pending)
 			}
 		})
+		st.timer, st.timerAt = t, until
 	}
 }
 
