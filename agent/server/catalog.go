@@ -157,17 +157,6 @@ const incompleteReadInterval = 400 * time.Millisecond
 // servicesMinInterval spaces the reads of the service names (consulwatch.go).
 const servicesMinInterval = 500 * time.Millisecond
 
-// sleepCtx waits d or until ctx ends; it reports whether d passed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
 
 // catalogState is the watch's memory between answers.
 type catalogState struct {
@@ -238,7 +227,7 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 	incomplete := false
 	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger, OnError: s.aclReporter("definitions")},
 		func(ctx context.Context, index uint64, wait time.Duration) (*consul.NodeState, uint64, error) {
-			if incomplete && !sleepCtx(ctx, incompleteReadInterval) {
+			if incomplete && !consul.Sleep(ctx, incompleteReadInterval) {
 				return nil, 0, ctx.Err()
 			}
 			st, idx, err := consul.ReadNode(ctx, s.cfg.Consul, DefinitionsNode, DefinitionTag, index, wait)
