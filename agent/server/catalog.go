@@ -157,7 +157,6 @@ const incompleteReadInterval = 400 * time.Millisecond
 // servicesMinInterval spaces the reads of the service names (consulwatch.go).
 const servicesMinInterval = 500 * time.Millisecond
 
-
 // catalogState is the watch's memory between answers.
 type catalogState struct {
 	mu              sync.Mutex
