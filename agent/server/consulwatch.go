@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -47,6 +48,9 @@ func (s *Server) queryServices(ctx context.Context, index uint64, wait time.Dura
 	}
 	if err := consul.CheckFiltered(meta, "listing catalog services", consul.ACLAllRead); err != nil {
 		return nil, 0, err
+	}
+	for _, tags := range names {
+		slices.Sort(tags) // Consul builds each name's tag union from a map: order varies
 	}
 	if _, ok := names[consulServiceName]; !ok {
 		// Consul leaves out X-Consul-Results-Filtered-By-ACLs for requests without a token,
