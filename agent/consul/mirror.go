@@ -197,7 +197,7 @@ func (m *Mirror) Run(ctx context.Context) {
 			failures++
 			d := Backoff(failures, 10*time.Second)
 			m.logger.Debug("cannot take the leader lock; retrying", "error", err, "retry_in", d)
-			if !sleep(ctx, d) {
+			if !Sleep(ctx, d) {
 				return
 			}
 			continue

@@ -2,7 +2,7 @@ package consul_test
 
 import (
 	"context"
-
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -200,4 +200,63 @@ func keys(m map[string]*api.AgentService) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// More definitions than one transaction holds: they go in chunks of consul.MaxTxnOps, the node
+// announces the set (digest and count), and a reader sees it complete only at the end.
+func TestMirror_ManyServicesInTransactions(t *testing.T) {
+	srv := consultest.Start(t)
+	c := srv.Client(t)
+	var desired []consul.CatalogService
+	for i := range 300 {
+		desired = append(desired, def(fmt.Sprintf("s%03d", i), fmt.Sprint(10000+i)))
+	}
+	_, log, _ := startMirror(t, c, "m1", desired)
+	waitFor(t, "300 registered", func() bool { return len(nodeServices(t, c)) == 300 })
+	st, _, err := consul.ReadNode(context.Background(), c, testNode, testTag, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Complete() || st.Expected() != 300 || st.Meta["external-node"] != "true" {
+		t.Errorf("node meta %v, complete %v", st.Meta, st.Complete())
+	}
+	waitFor(t, "synced", func() bool { return len(log.all()) > 0 })
+	total := 0
+	for _, n := range log.all() {
+		total += n
+	}
+	if total != 300 {
+		t.Errorf("%d writes for 300 definitions (log %v)", total, log.all())
+	}
+}
+
+// The announcement makes a half-written set visible as such.
+func TestNodeState_HalfWrittenIsIncomplete(t *testing.T) {
+	srv := consultest.Start(t)
+	c := srv.Client(t)
+	want := []consul.CatalogService{def("a", "1"), def("b", "2")}
+	for i := range want {
+		want[i].Tags = []string{testTag}
+	}
+	ops := api.TxnOps{
+		{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: testNode, Address: "127.0.0.1",
+			Meta: map[string]string{consul.MetaDigest: consul.Digest(want), consul.MetaCount: "2"}}}},
+		{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: testNode,
+			Service: api.AgentService{ID: want[0].ID, Service: want[0].Name, Tags: want[0].Tags, Meta: want[0].Meta}}},
+	}
+	if ok, resp, _, err := c.Txn().Txn(ops, nil); err != nil || !ok {
+		t.Fatal(err, resp)
+	}
+	st, _, err := consul.ReadNode(context.Background(), c, testNode, testTag, 0, 0)
+	if err != nil || st.Complete() {
+		t.Fatalf("half-written set read as complete (%v)", err)
+	}
+	ops = api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: testNode,
+		Service: api.AgentService{ID: want[1].ID, Service: want[1].Name, Tags: want[1].Tags, Meta: want[1].Meta}}}}
+	if ok, resp, _, err := c.Txn().Txn(ops, nil); err != nil || !ok {
+		t.Fatal(err, resp)
+	}
+	if st, _, err = consul.ReadNode(context.Background(), c, testNode, testTag, 0, 0); err != nil || !st.Complete() {
+		t.Fatalf("whole set read as incomplete (%v)", err)
+	}
 }

@@ -3,11 +3,13 @@ package consul
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -30,17 +32,21 @@ type NodeState struct {
 	Meta     map[string]string
 	Services map[string]*api.AgentService // by service ID
 	Index    uint64
+
+	completeOnce sync.Once
+	complete     bool
 }
 
 // Complete reports whether the owned services are the set the mirror announced in the node
 // meta. A node without the announcement (written by an older nullnet, or by hand) counts as
 // complete: there is nothing to compare with.
+// The digest is computed once per state (several readers ask).
 func (s *NodeState) Complete() bool {
-	want, ok := s.Meta[MetaDigest]
-	if !ok {
-		return true
-	}
-	return want == Digest(s.Owned())
+	s.completeOnce.Do(func() {
+		want, ok := s.Meta[MetaDigest]
+		s.complete = !ok || want == Digest(s.Owned())
+	})
+	return s.complete
 }
 
 // Expected is the announced number of owned services (-1 when not announced or not a count).
@@ -62,10 +68,11 @@ func (s *NodeState) Owned() []CatalogService {
 }
 
 // ReadNode reads node's services that carry tag, with a blocking query when index > 0. The
-// filter runs in Consul, so foreign services on the node cost nothing to transfer; the index
-// is the node's own (it moves only when this node changes, not on every catalog write).
+// index is the node's own: it moves only when this node changes, not on every catalog write.
 func ReadNode(ctx context.Context, client *api.Client, node, tag string, index uint64, wait time.Duration) (*NodeState, uint64, error) {
-	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait, Filter: fmt.Sprintf("%q in Tags", tag)}).WithContext(ctx)
+	// No server-side filter: evaluating one costs Consul CPU per service on every read, and
+	// the node holds little but the owned services anyway.
+	q := (&api.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
 	list, meta, err := client.Catalog().NodeServiceList(node, q)
 	if err != nil {
 		return nil, 0, QueryError(fmt.Sprintf("reading node %s", node), ACLNodeRead(node)+" and service:read on its services", err)
@@ -112,15 +119,28 @@ func Digest(services []CatalogService) string {
 		return 0
 	})
 	h := sha256.New()
+	var buf []byte
+	str := func(v string) { // length-prefixed, so that no two sets encode alike
+		buf = binary.AppendUvarint(buf, uint64(len(v)))
+		buf = append(buf, v...)
+	}
 	for _, s := range sorted {
+		buf = buf[:0]
+		str(s.ID)
+		str(s.Name)
 		tags := slices.Clone(s.Tags)
 		slices.Sort(tags)
 		tags = slices.Compact(tags)
-		fmt.Fprintf(h, "%q %q %q", s.ID, s.Name, tags)
-		for _, k := range slices.Sorted(maps.Keys(s.Meta)) {
-			fmt.Fprintf(h, " %q=%q", k, s.Meta[k])
+		buf = binary.AppendUvarint(buf, uint64(len(tags)))
+		for _, t := range tags {
+			str(t)
 		}
-		h.Write([]byte{'\n'})
+		buf = binary.AppendUvarint(buf, uint64(len(s.Meta)))
+		for _, k := range slices.Sorted(maps.Keys(s.Meta)) {
+			str(k)
+			str(s.Meta[k])
+		}
+		h.Write(buf)
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])
 }

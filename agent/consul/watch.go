@@ -70,7 +70,7 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 			if cfg.OnError != nil {
 				cfg.OnError(err, failures)
 			}
-			if !sleep(ctx, d) {
+			if !Sleep(ctx, d) {
 				return
 			}
 			// After a failure Consul may have restarted without its state, its index now far
@@ -99,7 +99,7 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 		}
 		index = max(next, 1)
 		if wait := cfg.MinInterval - time.Since(started); wait > 0 {
-			if !sleep(ctx, wait) {
+			if !Sleep(ctx, wait) {
 				return
 			}
 		}
@@ -116,7 +116,8 @@ func Backoff(n int, maxDelay time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
+// Sleep waits d or until ctx ends; it reports whether d passed.
+func Sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -160,6 +160,12 @@ const settleAfterReset = 5 * time.Second
 // hand edit): the table follows what Consul has, with a warning.
 const incompleteHold = time.Minute
 
+// incompleteReadInterval spaces the reads of the definitions node while the leader is writing.
+const incompleteReadInterval = 400 * time.Millisecond
+
+// servicesMinInterval spaces the reads of the service names (consulwatch.go).
+const servicesMinInterval = 500 * time.Millisecond
+
 // catalogState is the watch's memory between answers.
 type catalogState struct {
 	mu              sync.Mutex
@@ -171,6 +177,7 @@ type catalogState struct {
 	incompleteUntil time.Time   // zero while complete
 	pending         *resolved   // an answer held back (settle window or incomplete set)
 	timer           *time.Timer // decides again on pending when a window ends
+	timerAt         time.Time   // when timer fires
 
 	own     *consul.NodeState     // the definitions node as last read (nil before)
 	foreign []*api.CatalogService // foreign definitions as last read
@@ -195,6 +202,7 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 		st.mu.Lock()
 		if st.timer != nil {
 			st.timer.Stop()
+			st.timer = nil
 		}
 		st.pending = nil
 		st.mu.Unlock()
@@ -203,23 +211,38 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		consul.Watch(ctx, consul.WatchConfig{Name: "catalog services", Logger: s.logger, OnError: s.aclReporter("catalog services")},
+		// MinInterval: this query wakes on every service write in the cluster (the leader's
+		// transactions included); a burst is read a few times, not once per write.
+		consul.Watch(ctx, consul.WatchConfig{Name: "catalog services", Logger: s.logger, OnError: s.aclReporter("catalog services"),
+			MinInterval: servicesMinInterval},
 			s.queryServicesAndForeign, func(ans servicesAnswer, index uint64) {
 				st.mu.Lock()
-				st.foreign, st.known = ans.foreign, true
-				s.recompute(st, false)
+				// This query wakes on every service write in the cluster: resolve again only
+				// when the foreign definitions moved.
+				if !st.known || !sameInstances(st.foreign, ans.foreign) {
+					st.foreign, st.known = ans.foreign, true
+					s.recompute(st, false)
+				}
 				st.mu.Unlock()
 				if onServices != nil {
 					onServices(ans.names, index)
 				}
 			})
 	}()
+	// While the leader is writing a change (the node is incomplete), every transaction wakes the
+	// query; reading the whole node after each one would compete with the writes for Consul's
+	// CPU, so the next read waits a little: intermediate states are never published anyway.
+	incomplete := false
 	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger, OnError: s.aclReporter("definitions")},
 		func(ctx context.Context, index uint64, wait time.Duration) (*consul.NodeState, uint64, error) {
+			if incomplete && !consul.Sleep(ctx, incompleteReadInterval) {
+				return nil, 0, ctx.Err()
+			}
 			st, idx, err := consul.ReadNode(ctx, s.cfg.Consul, DefinitionsNode, DefinitionTag, index, wait)
 			if err != nil && s.mirror != nil {
 				s.mirror.Observe(nil)
 			}
+			incomplete = err == nil && !st.Complete()
 			return st, idx, err
 		},
 		func(own *consul.NodeState, index uint64) {
@@ -290,15 +313,24 @@ func (s *Server) decide(st *catalogState, res resolved) {
 		return
 	}
 	st.pending = &res
+	if st.timer != nil && until.Before(st.timerAt) {
+		st.timer.Stop() // a window that ends sooner (a reset during a write): decide then
+		st.timer = nil
+	}
 	if st.timer == nil {
-		st.timer = time.AfterFunc(until.Sub(now), func() {
+		var t *time.Timer
+		t = time.AfterFunc(until.Sub(now), func() {
 			st.mu.Lock()
 			defer st.mu.Unlock()
+			if st.timer != t {
+				return // stopped or replaced while this callback waited for the lock
+			}
 			st.timer = nil
 			if st.pending != nil {
 				s.decide(st, *st.pending)
 			}
 		})
+		st.timer, st.timerAt = t, until
 	}
 }
 
@@ -378,4 +410,11 @@ func sameDefinitions(cur []Definition, next map[string]Definition) bool {
 		}
 	}
 	return true
+}
+
+// sameInstances compares two reads of catalog instances by identity and modification.
+func sameInstances(a, b []*api.CatalogService) bool {
+	return slices.EqualFunc(a, b, func(x, y *api.CatalogService) bool {
+		return x.Node == y.Node && x.ServiceID == y.ServiceID && x.ModifyIndex == y.ModifyIndex
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -30,6 +31,9 @@ import (
 // the leader lock's own blocking query, a leader holds four blocking queries, and the rest of
 // its requests share at most replicaFetchers+2 more connections.
 
+// consulServiceName is the service every Consul server registers for itself.
+const consulServiceName = "consul"
+
 // servicesView is one answer of the services watch: names (with the union of their tags) of
 // services on any node but DefinitionsNode.
 type servicesView map[string][]string
@@ -44,6 +48,16 @@ func (s *Server) queryServices(ctx context.Context, index uint64, wait time.Dura
 	}
 	if err := consul.CheckFiltered(meta, "listing catalog services", consul.ACLAllRead); err != nil {
 		return nil, 0, err
+	}
+	for _, tags := range names {
+		slices.Sort(tags) // Consul builds each name's tag union from a map: order varies
+	}
+	if _, ok := names[consulServiceName]; !ok {
+		// Consul leaves out X-Consul-Results-Filtered-By-ACLs for requests without a token,
+		// so an anonymous reader cannot be told that its answer was cut. Every Consul server
+		// registers the service "consul": an answer without it is not the catalog.
+		return nil, 0, &consul.ACLError{Query: "listing catalog services", Missing: consul.ACLAllRead, Filtered: true,
+			Err: errors.New(`the answer lacks the service "consul" every Consul server registers (no token, or a token that cannot read it)`)}
 	}
 	return names, meta.LastIndex, nil
 }

@@ -126,6 +126,9 @@ func buildTable(defs map[string]Definition) []Mapping {
 	return table
 }
 
+// maxDiffParts bounds the changes tableDiff names.
+const maxDiffParts = 20
+
 // tableDiff describes what changed between two tables, for the log line of each publication.
 func tableDiff(old, cur []Mapping) string {
 	key := func(m Mapping) string { return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort) }
@@ -149,6 +152,11 @@ func tableDiff(old, cur []Mapping) string {
 		if k := key(m); !seen[k] {
 			parts = append(parts, "-"+k+"="+m.Service)
 		}
+	}
+	// One log line per publication, bounded: a table of thousands must not make a line of
+	// hundreds of kilobytes.
+	if len(parts) > maxDiffParts {
+		parts = append(parts[:maxDiffParts:maxDiffParts], fmt.Sprintf("(+%d more)", len(parts)-maxDiffParts))
 	}
 	return strings.Join(parts, " ")
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -82,6 +83,9 @@ type replicaWatcher struct {
 	kick       chan struct{}
 }
 
+// serfHealthCheck is the node check every Consul agent has.
+const serfHealthCheck = "serfHealth"
+
 // agentsName is the dirty-set key of the nullnet agents read.
 const agentsName = serverconn.ConsulServiceName
 
@@ -115,6 +119,12 @@ func (w *replicaWatcher) run(ctx context.Context) {
 			}
 			if err := consul.CheckFiltered(meta, "reading health checks", consul.ACLAllRead); err != nil {
 				return nil, 0, err
+			}
+			if !slices.ContainsFunc(checks, func(c *api.HealthCheck) bool { return c.CheckID == serfHealthCheck }) {
+				// As for the services watch: without a token Consul does not flag a filtered
+				// answer, but every Consul agent's node carries serfHealth.
+				return nil, 0, &consul.ACLError{Query: "reading health checks", Missing: consul.ACLAllRead, Filtered: true,
+					Err: errors.New("the answer lacks every agent's serfHealth check (no token, or a token that cannot read nodes)")}
 			}
 			return checks, meta.LastIndex, nil
 		},
@@ -488,13 +498,6 @@ func (w *replicaWatcher) retain(keep map[string]bool) {
 			delete(w.services, name)
 		}
 	}
-}
-
-// watched is the number of services watched (tests and logs).
-func (w *replicaWatcher) watched() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.services)
 }
 
 // replicaView is the resolved state of one service's instances.

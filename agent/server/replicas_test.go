@@ -1,6 +1,7 @@
 package server
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -90,5 +91,55 @@ func TestReplicaInstances(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("replicaInstances:\n got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestFingerprints(t *testing.T) {
+	check := func(node, svcID, svc, id, status string, idx uint64) *api.HealthCheck {
+		return &api.HealthCheck{Node: node, ServiceID: svcID, ServiceName: svc, CheckID: id, Status: status, ModifyIndex: idx}
+	}
+	base := api.HealthChecks{
+		check("n1", "", "", "serfHealth", "passing", 5),
+		check("n1", "web-1", "web", "c1", "passing", 7),
+		check("n2", "web-2", "web", "c2", "passing", 8),
+		check("n2", "db-1", "db", "c3", "critical", 9),
+	}
+	bySvc, byNode := fingerprints(base)
+	if len(bySvc) != 2 || len(byNode) != 1 {
+		t.Fatalf("bySvc %v byNode %v", bySvc, byNode)
+	}
+	// Order of the answer does not matter.
+	rev := slices.Clone(base)
+	slices.Reverse(rev)
+	if s2, n2 := fingerprints(rev); !maps.Equal(s2, bySvc) || !maps.Equal(n2, byNode) {
+		t.Error("order changed the fingerprints")
+	}
+	cases := []struct {
+		name      string
+		change    func(api.HealthChecks) api.HealthChecks
+		svc, node string // which fingerprint must change ("" = none)
+		unchanged string // a service whose fingerprint must not change
+	}{
+		{"status of a service check", func(c api.HealthChecks) api.HealthChecks {
+			c[1] = check("n1", "web-1", "web", "c1", "critical", 10)
+			return c
+		}, "web", "", "db"},
+		{"a node check", func(c api.HealthChecks) api.HealthChecks {
+			c[0] = check("n1", "", "", "serfHealth", "critical", 11)
+			return c
+		}, "", "n1", "web"},
+		{"an instance gone", func(c api.HealthChecks) api.HealthChecks { return c[:3] }, "db", "", "web"},
+	}
+	for _, c := range cases {
+		s2, n2 := fingerprints(c.change(slices.Clone(base)))
+		if c.svc != "" && s2[c.svc] == bySvc[c.svc] {
+			t.Errorf("%s: fingerprint of %s unchanged", c.name, c.svc)
+		}
+		if c.node != "" && n2[c.node] == byNode[c.node] {
+			t.Errorf("%s: fingerprint of node %s unchanged", c.name, c.node)
+		}
+		if s2[c.unchanged] != bySvc[c.unchanged] {
+			t.Errorf("%s: fingerprint of %s changed", c.name, c.unchanged)
+		}
 	}
 }

@@ -59,10 +59,12 @@ type Server struct {
 	HTTPAddr string // host:port of the HTTP API
 	DNSPort  int
 	DataDir  string
-	cmd      *exec.Cmd
-	out      *syncBuffer
-	done     chan struct{}
-	stopOnce sync.Once
+	// ManagementToken is set when the agent runs with ACLs (Options.ACL).
+	ManagementToken string
+	cmd             *exec.Cmd
+	out             *syncBuffer
+	done            chan struct{}
+	stopOnce        sync.Once
 }
 
 // Options tweak the agent.
@@ -77,7 +79,25 @@ type Options struct {
 	// mode keeps the catalog in memory even with a data dir, so only a persistent agent keeps
 	// its catalog across a restart, as a production Consul does.
 	Persistent bool
+	// ACL turns Consul's ACLs on with default_policy "deny", as a production cluster runs
+	// them; Server.ManagementToken then holds the initial management token (also the agent's).
+	ACL bool
 }
+
+// ManagementToken is the initial management token of an agent started with Options.ACL.
+const ManagementToken = "6b1e9c1e-0000-4000-8000-00000000a11c"
+
+// aclHCL is the configuration Options.ACL adds.
+var aclHCL = fmt.Sprintf(`
+acl {
+  enabled        = true
+  default_policy = "deny"
+  tokens {
+    initial_management = %q
+    agent              = %q
+  }
+}
+`, ManagementToken, ManagementToken)
 
 // Start runs `consul agent -dev` on free ports and waits until it has a leader. It is stopped at
 // the end of the test.
@@ -125,6 +145,9 @@ func launch(bin string, o Options, tmp string) (*Server, error) {
 	cfgFile := filepath.Join(tmp, "consul-extra.hcl")
 	hcl := fmt.Sprintf(`ports { http = %d  dns = %d  serf_lan = %d  serf_wan = %d  server = %d  grpc = %d  grpc_tls = -1 }
 `, ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]) + o.ExtraHCL
+	if o.ACL {
+		hcl += aclHCL
+	}
 	if err := os.WriteFile(cfgFile, []byte(hcl), 0o600); err != nil {
 		return nil, err
 	}
@@ -146,6 +169,9 @@ func launch(bin string, o Options, tmp string) (*Server, error) {
 	}
 	s := &Server{HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), DNSPort: ports[1], DataDir: dataDir,
 		cmd: cmd, out: out, done: make(chan struct{})}
+	if o.ACL {
+		s.ManagementToken = ManagementToken
+	}
 	go func() { _ = cmd.Wait(); close(s.done) }()
 	if err := s.waitReady(30 * time.Second); err != nil {
 		s.Stop()
@@ -164,12 +190,16 @@ func (s *Server) Client(t testing.TB) *api.Client {
 	return c
 }
 
-// Config is an API config pointing at the agent.
+// Config is an API config pointing at the agent (with the management token under ACLs).
 func (s *Server) Config() *api.Config {
 	c := api.DefaultConfig()
 	c.Address = s.HTTPAddr
+	c.Token = s.ManagementToken
 	return c
 }
+
+// PID is the agent's process id (to read its CPU time).
+func (s *Server) PID() int { return s.cmd.Process.Pid }
 
 func (s *Server) waitReady(d time.Duration) error {
 	c, err := api.NewClient(s.Config())
