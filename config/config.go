@@ -194,7 +194,7 @@ const (
 	// datagrams fits, where the kernel default (208 KiB) overflows within milliseconds.
 	DefaultUDPReceiveBuffer           = 8 << 20
 	DefaultUDPNewSessionRate          = 1000
-	DefaultUDPNewSessionRatePerPrefix = 100
+	DefaultUDPNewSessionRatePerPrefix = 250
 	DefaultCheckInterval              = 5 * time.Second
 	DefaultPromRetention              = 60 * time.Second
 )
