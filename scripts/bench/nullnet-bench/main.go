@@ -87,7 +87,13 @@ func run() int {
 	limit := raiseNoFile()
 	// Each idle session costs the relay one upstream socket, so the figure is measured at what the
 	// open-file limit allows and scaled (the note in the table says so).
-	if maxSessions := int(limit) - 3000; o.udpSessions > maxSessions {
+	// The flood figure, measured after it with those sessions still open, needs room for its own
+	// (a few thousand under nullnet's default admission rate).
+	headroom := 3000
+	if !o.skip["flood"] {
+		headroom = 8000
+	}
+	if maxSessions := int(limit) - headroom; o.udpSessions > maxSessions {
 		log.Warn("open-file limit caps the idle-session figure", "limit", limit, "sessions", maxSessions)
 		o.udpSessions = max(1000, maxSessions)
 	}
