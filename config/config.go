@@ -100,6 +100,13 @@ type Proxy struct {
 	UDPMaxSessions int `json:"udp_max_sessions"`
 	// UDPQueueLength caps datagrams held for a session that is still resolving.
 	UDPQueueLength int `json:"udp_queue_length"`
+	// UDPReceiveBuffer is the receive buffer (SO_RCVBUF, bytes) of each UDP listener; 0 keeps
+	// the kernel's default.
+	UDPReceiveBuffer int `json:"udp_receive_buffer"`
+	// UDPNewSessionRate and UDPNewSessionRatePerPrefix bound how many new UDP sessions a
+	// listener starts per second, in all and per source /24 (IPv4) or /64 (IPv6); 0 = no limit.
+	UDPNewSessionRate          int `json:"udp_new_session_rate"`
+	UDPNewSessionRatePerPrefix int `json:"udp_new_session_rate_per_prefix"`
 	// UseLinger is how long the proxy keeps a client's shared server use after its last
 	// connection, session or request ended; 0 turns use sharing off (one use per connection).
 	UseLinger time.Duration `json:"use_linger"`
@@ -220,6 +227,11 @@ const (
 	DefaultUDPQueueLength           = 64
 	DefaultUseLinger                = time.Second
 	DefaultDrainTimeout             = 30 * time.Second
-	DefaultCheckInterval            = 5 * time.Second
-	DefaultPromRetention            = 60 * time.Second
+	// DefaultUDPReceiveBuffer is 8 MiB: a second of a 100,000 datagram/s flood of small
+	// datagrams fits, where the kernel default (208 KiB) overflows within milliseconds.
+	DefaultUDPReceiveBuffer           = 8 << 20
+	DefaultUDPNewSessionRate          = 1000
+	DefaultUDPNewSessionRatePerPrefix = 250
+	DefaultCheckInterval              = 5 * time.Second
+	DefaultPromRetention              = 60 * time.Second
 )

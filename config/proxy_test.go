@@ -89,3 +89,32 @@ func TestProxyDrainTimeout(t *testing.T) {
 		t.Errorf("negative drain_timeout: %q", diagText(r))
 	}
 }
+
+// The UDP flood limits default to an 8 MiB receive buffer, 1000 new sessions/s per listener and
+// 100/s per prefix; 0 survives (kernel default / no limit); negatives are refused at the value.
+func TestProxyUDPFloodLimits(t *testing.T) {
+	d := Default().Proxy
+	if d.UDPReceiveBuffer != DefaultUDPReceiveBuffer || d.UDPNewSessionRate != DefaultUDPNewSessionRate ||
+		d.UDPNewSessionRatePerPrefix != DefaultUDPNewSessionRatePerPrefix {
+		t.Fatalf("defaults: %d %d %d", d.UDPReceiveBuffer, d.UDPNewSessionRate, d.UDPNewSessionRatePerPrefix)
+	}
+	r := Load([]Source{{Path: write(t, t.TempDir(), "a.hcl",
+		"proxy {\n  udp_receive_buffer = 0\n  udp_new_session_rate = 0\n  udp_new_session_rate_per_prefix = 7\n}\n")}}, false)
+	if r.Diags.HasErrors() {
+		t.Fatal(diagText(r))
+	}
+	if p := r.Config.Proxy; p.UDPReceiveBuffer != 0 || p.UDPNewSessionRate != 0 || p.UDPNewSessionRatePerPrefix != 7 {
+		t.Fatalf("explicit values: %d %d %d", p.UDPReceiveBuffer, p.UDPNewSessionRate, p.UDPNewSessionRatePerPrefix)
+	}
+	for _, c := range []struct{ body, want string }{
+		{"proxy {\n  udp_new_session_rate = -1\n}\n", "Invalid udp_new_session_rate"},
+		{"proxy {\n  udp_new_session_rate_per_prefix = -5\n}\n", "Invalid udp_new_session_rate_per_prefix"},
+		{"proxy {\n  udp_receive_buffer = -1\n}\n", "Invalid udp_receive_buffer"},
+		{"proxy {\n  udp_receive_buffer = 4294967296\n}\n", "Invalid udp_receive_buffer"},
+	} {
+		r := Load([]Source{{Path: write(t, t.TempDir(), "bad.hcl", c.body)}}, false)
+		if txt := diagText(r); !strings.Contains(txt, c.want) || !strings.Contains(txt, "bad.hcl:2:") {
+			t.Errorf("%q: diagnostics %q, want %q at bad.hcl:2", c.body, txt, c.want)
+		}
+	}
+}

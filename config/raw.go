@@ -75,6 +75,10 @@ type rawProxy struct {
 	UDPQueueLength *int           `hcl:"udp_queue_length,optional"`
 	UseLinger      *hcl.Attribute `hcl:"use_linger,optional"`
 	DrainTimeout   *hcl.Attribute `hcl:"drain_timeout,optional"`
+
+	UDPReceiveBuffer           *int `hcl:"udp_receive_buffer,optional"`
+	UDPNewSessionRate          *int `hcl:"udp_new_session_rate,optional"`
+	UDPNewSessionRatePerPrefix *int `hcl:"udp_new_session_rate_per_prefix,optional"`
 }
 
 type rawClient struct {

@@ -79,6 +79,18 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 	if c.Proxy.UDPQueueLength < 1 {
 		diags = append(diags, errAt(at("proxy.udp_queue_length"), "Invalid udp_queue_length", "It must be at least 1."))
 	}
+	if c.Proxy.UDPReceiveBuffer < 0 || c.Proxy.UDPReceiveBuffer > 1<<30 {
+		diags = append(diags, errAt(at("proxy.udp_receive_buffer"), "Invalid udp_receive_buffer",
+			"It must be between 0 (the kernel's default) and 1073741824 bytes."))
+	}
+	for _, r := range []struct {
+		key string
+		v   int
+	}{{"udp_new_session_rate", c.Proxy.UDPNewSessionRate}, {"udp_new_session_rate_per_prefix", c.Proxy.UDPNewSessionRatePerPrefix}} {
+		if r.v < 0 {
+			diags = append(diags, errAt(at("proxy."+r.key), "Invalid "+r.key, "It must be 0 (no limit) or more."))
+		}
+	}
 	for _, addr := range append(append([]string{}, c.Proxy.Servers...), c.Client.Servers...) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			diags = append(diags, errAt(nil, "Invalid server address", "%q is not host:port: %v.", addr, err))

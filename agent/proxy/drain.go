@@ -46,19 +46,25 @@ func (p *Proxy) Drain(ctx context.Context) DrainResult {
 	}()
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
-	for p.conns.len() > 0 || p.http.inflight.Load() > 0 {
+	completed := false
+wait:
+	for {
+		if p.conns.len() == 0 && p.http.inflight.Load() == 0 {
+			completed = true
+			break
+		}
 		select {
 		case <-dctx.Done():
+			break wait
 		case <-t.C:
-			continue
 		}
-		break
 	}
-	cancel()
-	<-httpDone
+	// Counted before anything else: once ctx ends, Run may already be closing what is left.
 	res := DrainResult{Took: time.Since(start), TCPLeft: int64(p.conns.len()), HTTPLeft: p.http.inflight.Load(),
 		UDPSessions: p.udpSessions()}
-	if res.TCPLeft+res.HTTPLeft == 0 {
+	cancel()
+	<-httpDone
+	if completed {
 		p.logger.Info("drain complete", "took", res.Took.Round(time.Millisecond), "udp_sessions", res.UDPSessions)
 	} else {
 		why := "drain_timeout reached"

@@ -48,15 +48,20 @@ type settings struct {
 	UDPIdleTimeout time.Duration
 	UDPMaxSessions int
 	UDPQueueLength int
-	UseLinger      time.Duration
-	DrainTimeout   time.Duration
+
+	UDPReceiveBuffer           int
+	UDPNewSessionRate          int
+	UDPNewSessionRatePerPrefix int
+	UseLinger                  time.Duration
+	DrainTimeout               time.Duration
 }
 
 func settingsFrom(c *config.Config) *settings {
 	p := c.Proxy
 	return &settings{BindAddr: p.BindAddr, DialTimeout: p.DialTimeout, UDPIdleTimeout: p.UDPIdleTimeout,
 		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength, UseLinger: p.UseLinger,
-		DrainTimeout: p.DrainTimeout}
+		DrainTimeout: p.DrainTimeout, UDPReceiveBuffer: p.UDPReceiveBuffer, UDPNewSessionRate: p.UDPNewSessionRate,
+		UDPNewSessionRatePerPrefix: p.UDPNewSessionRatePerPrefix}
 }
 
 // Proxy is the ingress role.

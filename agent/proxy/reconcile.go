@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -50,12 +52,20 @@ func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 		default:
 			continue
 		}
+		if !config.ValidServiceName(e.GetService()) {
+			// The server validated the stacks; a name that fails the same rule here is a bug or
+			// a hostile peer, and would otherwise reach logs and metric labels unbounded.
+			problems = append(problems, fmt.Sprintf("%s port %d: invalid service name %.80q", p, e.GetListenPort(), e.GetService()))
+			continue
+		}
 		if e.GetListenPort() == 0 || e.GetListenPort() > 65535 {
 			problems = append(problems, fmt.Sprintf("%s %q: listen port %d out of range", p, e.GetService(), e.GetListenPort()))
 			continue
 		}
+		// Seconds past what a Duration holds would wrap (negative or tiny): cap them.
+		secs := min(e.GetIdleTimeoutSecs(), uint64(math.MaxInt64/int64(time.Second)))
 		m := Mapping{Protocol: p, Port: uint16(e.GetListenPort()), Service: e.GetService(), Stack: e.GetStack(),
-			IdleTimeout: time.Duration(e.GetIdleTimeoutSecs()) * time.Second}
+			IdleTimeout: time.Duration(secs) * time.Second}
 		if prev, dup := want[m.key()]; dup {
 			problems = append(problems, fmt.Sprintf("%s/%d listed twice (%q and %q); keeping %q",
 				p, m.Port, prev.Service, m.Service, m.Service))

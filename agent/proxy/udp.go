@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
+	"golang.org/x/sys/unix"
 )
 
 // maxDatagram is the largest UDP payload; every read uses a buffer this big, and every datagram
@@ -28,11 +29,14 @@ const (
 	dropUpstreamWrite
 	dropClientWrite
 	dropClosing
+	dropNewSessionRate   // udp_new_session_rate: the listener admits no more new sessions now
+	dropPrefixRate       // udp_new_session_rate_per_prefix: the source's /24 or /64 is over its rate
+	dropResolveQueueFull // maxResolveQueue new sessions already wait for a resolver
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"session_limit", "queue_full", "lookup_failed", "upstream_write",
-	"client_write", "closing"}
+	"client_write", "closing", "new_session_rate", "prefix_rate", "resolve_queue_full"}
 
 // maxUDPResolvers bounds the goroutines resolving new sessions of one listener. A burst of new
 // clients queues instead of starting a goroutine (and a stack grown by a gRPC call) per
@@ -55,6 +59,7 @@ type udpListener struct {
 
 	resolveQ  []*udpSession // new sessions waiting for a resolver; guarded by mu
 	resolvers int           // goroutines draining resolveQ; guarded by mu
+	admit     admission     // new-session rate limits (udp_admit.go); guarded by mu
 
 	poller *replyPoller
 	wg     sync.WaitGroup // resolvers
@@ -65,6 +70,9 @@ type udpListener struct {
 	dgToUp, dgToClient, bytesToUp, bytesToClient, starts atomic.Uint64
 	flushed                                              [numDropReasons + 5]uint64
 	lastLimitEvent                                       time.Time
+	// Admission refusals already logged, and when (one line per 10 s at most; sweep goroutine).
+	limitLogged [3]uint64
+	limitLogAt  time.Time
 }
 
 func (p *Proxy) openUDP(s *slot) (server, error) {
@@ -74,13 +82,55 @@ func (p *Proxy) openUDP(s *slot) (server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen udp %s: %w", addr, err)
 	}
+	logger := p.logger.With("protocol", "udp", "port", m.Port)
+	if want := p.settings().UDPReceiveBuffer; want > 0 {
+		got, how, err := setReceiveBuffer(pc.(*net.UDPConn), want)
+		switch {
+		case err != nil:
+			logger.Warn("cannot size the UDP receive buffer; keeping the kernel's", "want", want, "error", err)
+		case got < want:
+			logger.Warn("UDP receive buffer smaller than proxy.udp_receive_buffer: run as root (CAP_NET_ADMIN) or raise net.core.rmem_max",
+				"want", want, "got", got)
+		default:
+			logger.Debug("UDP receive buffer sized", "bytes", got, "via", how)
+		}
+	}
 	rp, err := newReplyPoller()
 	if err != nil {
 		pc.Close()
 		return nil, err
 	}
 	return &udpListener{p: p, slot: s, conn: pc.(*net.UDPConn), sessions: map[netip.AddrPort]*udpSession{},
-		poller: rp, logger: p.logger.With("protocol", "udp", "port", m.Port)}, nil
+		poller: rp, logger: logger}, nil
+}
+
+// setReceiveBuffer sizes a listening socket's receive buffer to want bytes: SO_RCVBUFFORCE
+// first (root or CAP_NET_ADMIN may exceed net.core.rmem_max), else SO_RCVBUF (capped by
+// rmem_max). It returns what the socket got (the kernel reports twice the value set, as it
+// counts its own overhead; that is halved here) and which option did it.
+func setReceiveBuffer(c *net.UDPConn, want int) (int, string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, "", err
+	}
+	var got int
+	var how string
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		how = "SO_RCVBUFFORCE"
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, want); serr != nil {
+			how = "SO_RCVBUF"
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, want); serr != nil {
+				return
+			}
+		}
+		got, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+		got /= 2
+	})
+	if err == nil {
+		err = serr
+	}
+	return got, how, err
 }
 
 func (l *udpListener) activeCount() int64 { return l.active.Load() }
@@ -211,6 +261,13 @@ func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort,
 	if l.closing || l.p.draining.Load() {
 		return nil, dropClosing // a drain admits no new client; known ones carry on
 	}
+	if len(l.resolveQ) >= maxResolveQueue {
+		return nil, dropResolveQueueFull
+	}
+	if ok, reason := l.admit.admit(time.Now().UnixNano(), addr.Addr(), set.UDPNewSessionRate,
+		set.UDPNewSessionRatePerPrefix); !ok {
+		return nil, reason
+	}
 	if len(l.sessions) >= set.UDPMaxSessions {
 		if time.Since(l.lastLimitEvent) > 10*time.Second {
 			l.lastLimitEvent = time.Now()
@@ -294,6 +351,7 @@ func (l *udpListener) sweepLoop(ctx context.Context) {
 		}
 		l.sweep(time.Now())
 		l.flushMetrics()
+		l.logAdmission(time.Now())
 	}
 }
 
@@ -310,6 +368,7 @@ func (l *udpListener) sweep(now time.Time) {
 		}
 	}
 	remaining := len(l.sessions)
+	l.admit.prune(now.UnixNano(), l.p.settings().UDPNewSessionRatePerPrefix)
 	l.mu.Unlock()
 	for _, s := range expired {
 		s.end(fmt.Sprintf("idle for %s", idle))
@@ -317,6 +376,27 @@ func (l *udpListener) sweep(now time.Time) {
 	if len(expired) > 0 {
 		l.logger.Info("udp sessions swept", "expired", len(expired), "remaining", remaining, "idle_timeout", idle)
 	}
+}
+
+// logAdmission writes one line, at most every 10 s, with the new-session datagrams refused since
+// the last one: a flood is seen in the log without a line per datagram. Called by the sweeper.
+func (l *udpListener) logAdmission(now time.Time) {
+	if now.Sub(l.limitLogAt) < 10*time.Second {
+		return
+	}
+	var d [3]uint64
+	for i, r := range []int{dropNewSessionRate, dropPrefixRate, dropResolveQueueFull} {
+		v := l.drops[r].Load()
+		d[i], l.limitLogged[i] = v-l.limitLogged[i], v
+	}
+	if d[0]+d[1]+d[2] == 0 {
+		return
+	}
+	l.limitLogAt = now
+	set := l.p.settings()
+	l.logger.Warn("udp new sessions refused (flood of new client addresses?)", "over_listener_rate", d[0],
+		"over_prefix_rate", d[1], "resolve_queue_full", d[2], "rate", set.UDPNewSessionRate,
+		"rate_per_prefix", set.UDPNewSessionRatePerPrefix, "sessions", l.active.Load())
 }
 
 // flushMetrics adds the counters' growth since the last flush to go-metrics and sets the

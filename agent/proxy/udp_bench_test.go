@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nullnet/nullnet/config"
 	"golang.org/x/net/ipv4"
 )
 
@@ -34,7 +35,10 @@ func BenchmarkUDPIdleSessionMemory(b *testing.B) {
 		}
 	}()
 	res.set("echo", addrPortOf(echo.LocalAddr()))
-	tp := startProxy(b, res, nil)
+	// No admission limits: the benchmark opens its sessions as fast as it can.
+	tp := startProxy(b, res, func(a *config.Config, _ *Config) {
+		a.Proxy.UDPNewSessionRate, a.Proxy.UDPNewSessionRatePerPrefix = 0, 0
+	})
 	port := freePort(b)
 	tp.apply(1, Mapping{Protocol: UDP, Port: port, Service: "echo", IdleTimeout: time.Hour})
 	tp.waitListening(b, UDP, port)

@@ -81,7 +81,13 @@ func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
 	want, problems := desiredTable(b)
 	p.logger.Info("port table received", "version", b.GetVersion(), "mappings", len(want),
 		"table", describeTable(want))
-	for _, pr := range problems {
+	// A few problems in full, then a count: a bad table must not flood the log.
+	const maxProblemLines = 10
+	for i, pr := range problems {
+		if i == maxProblemLines {
+			p.logger.Warn("more port table entries ignored", "version", b.GetVersion(), "count", len(problems)-i)
+			break
+		}
 		p.logger.Warn("port table entry ignored", "version", b.GetVersion(), "problem", pr)
 	}
 	p.reconcile(b.GetVersion(), want)

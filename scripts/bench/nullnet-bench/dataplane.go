@@ -32,6 +32,15 @@ const (
 	routeRR    = "rr"    // TCP, one request / one response / close
 	routeEcho  = "echo"  // UDP echo
 	routeSink  = "sink"  // UDP, reads only (idle sessions)
+	routeFlood = "flood" // UDP echo for the flood figure (short session timeout: its sessions go)
+)
+
+// The flood figure: 50,000 new source addresses, two datagrams each, paced (as in
+// TestUDPFloodEstablishedFlow).
+const (
+	floodSources = 50000
+	floodRounds  = 2
+	floodRate    = 50000 // datagrams/s
 )
 
 // target is one path under test: its addresses for each route and, for a relay, its process group.
@@ -43,6 +52,8 @@ type target struct {
 	control *proc.Process
 	stop    func()
 	broken  error // set when the target could not start: every figure records it
+	// admission switches nullnet's UDP new-session limits to the defaults (true) or off.
+	admission func(defaults bool) error
 }
 
 type bench struct {
@@ -93,10 +104,11 @@ func (b *bench) dataPlane(ctx context.Context) error {
 	}
 	defer sink.Close()
 	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: loopback(rr.Addr()),
-		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr())}
+		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr()), routeFlood: loopback(echo.Addr())}
 
 	targets := []*target{{name: report.Direct, addrs: map[string]string{
-		routeIperf: backends[routeIperf], routeRR: backends[routeRR], routeEcho: backends[routeEcho]}, stop: func() {}}}
+		routeIperf: backends[routeIperf], routeRR: backends[routeRR], routeEcho: backends[routeEcho],
+		routeFlood: backends[routeFlood]}, stop: func() {}}}
 	if !b.o.skip["anchors"] {
 		targets = append(targets, b.startAnchor(ctx, report.HAProxy, backends), b.startAnchor(ctx, report.Nginx, backends))
 	}
@@ -127,13 +139,25 @@ func (b *bench) dataPlane(ctx context.Context) error {
 			}
 		}
 	}
+	// After the idle sessions, whose memory figure a flood's churn would distort; they are still
+	// open, and main leaves room for the flood's sessions under the open-file limit.
+	if !b.o.skip["flood"] {
+		for run := range b.o.runs {
+			for i := range targets {
+				if t := targets[(i+run)%len(targets)]; ctx.Err() == nil {
+					b.log.Info("measuring the UDP flood", "run", run+1, "of", b.o.runs, "target", t.name)
+					b.flood(ctx, t)
+				}
+			}
+		}
+	}
 	return nil
 }
 
 func (b *bench) startAnchor(ctx context.Context, name string, backends map[string]string) *target {
 	t := &target{name: name, addrs: map[string]string{}, stop: func() {}}
 	var routes []anchor.Route
-	for _, r := range []struct{ name, proto string }{{routeRR, "tcp"}, {routeIperf, "tcp"}, {routeEcho, "udp"}, {routeSink, "udp"}} {
+	for _, r := range []struct{ name, proto string }{{routeRR, "tcp"}, {routeIperf, "tcp"}, {routeEcho, "udp"}, {routeSink, "udp"}, {routeFlood, "udp"}} {
 		if name == report.HAProxy && r.proto == "udp" {
 			continue // HAProxy has no UDP relay
 		}
@@ -176,7 +200,7 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 	}
 	var svcs []nnrun.Service
 	for _, r := range []struct{ name, proto, timeout string }{
-		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}} {
+		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"}} {
 		port, err := proc.FreePort()
 		if err != nil {
 			t.broken = err
@@ -204,6 +228,7 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 	}
 	t.relay, t.control = a.Relay(), a.Process
 	t.stop = a.Stop
+	t.admission = a.ProxyAdmission
 	// Traffic flows once the stack reached Consul, the port table the proxy, and the host
 	// services passed their checks. That is the warm session every figure starts from.
 	wait := 90 * time.Second
@@ -329,6 +354,48 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			}
 		}
 	}
+}
+
+// flood measures an established UDP client's loss and p99 while 50,000 new source addresses
+// flood the same route; nullnet runs it with its default new-session limits.
+func (b *bench) flood(ctx context.Context, t *target) {
+	p99 := b.rep.Figure("udp_flood_p99", "UDP p99 of an established client, 50,000-source flood", "ms", false,
+		report.Goal{Against: report.Direct, Ratio: 1.5})
+	lost := b.rep.Figure("udp_flood_lost", "queries lost by that client during the flood", "queries", false,
+		report.Goal{Limit: 0})
+	addr, ok := t.addrs[routeFlood]
+	switch {
+	case !ok:
+		return
+	case t.broken != nil:
+		p99.Fail(t.name, t.broken)
+		return
+	}
+	if t.admission != nil {
+		if err := t.admission(true); err != nil {
+			p99.Fail(t.name, fmt.Errorf("reloading with the default admission limits: %w", err))
+			return
+		}
+		defer func() {
+			if err := t.admission(false); err != nil {
+				b.log.Error("restoring the bench's admission limits", "error", err)
+			}
+		}()
+	}
+	u0, uerr := b.usage(t)
+	r, err := load.UDPFlood(ctx, addr, floodSources, floodRounds, floodRate)
+	if err != nil {
+		p99.Fail(t.name, err)
+		return
+	}
+	p99.Add(t.name, ms(r.P99))
+	lost.Add(t.name, float64(r.Lost))
+	note := fmt.Sprintf("%s: flood of %d datagrams in %s; client sent %d, lost %d, p50 %s, p99 %s",
+		t.name, r.Flooded, r.Took.Round(time.Millisecond), r.Sent, r.Lost, r.P50.Round(time.Microsecond), r.P99.Round(time.Microsecond))
+	if u1, err := b.usage(t); uerr == nil && err == nil {
+		note += fmt.Sprintf("; relay RSS %.1f → %.1f MiB", float64(u0.RSSBytes)/(1<<20), float64(u1.RSSBytes)/(1<<20))
+	}
+	b.rep.Notes = append(b.rep.Notes, note)
 }
 
 // idleSessions opens many one-datagram UDP sessions through t and reads the relay's memory,

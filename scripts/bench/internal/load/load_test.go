@@ -89,3 +89,23 @@ func TestQuantile(t *testing.T) {
 		t.Error("empty input")
 	}
 }
+
+// UDPFlood against a local echo: the flood goes out from distinct loopback sources, the
+// established client gets every answer.
+func TestUDPFloodSmall(t *testing.T) {
+	echo, err := StartUDPEcho("127.0.0.1:0", 2, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	r, err := UDPFlood(context.Background(), echo.Addr(), 1000, 2, 20000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Flooded != 2000 || r.Sent == 0 || r.Lost != 0 || r.P99 <= 0 {
+		t.Fatalf("flood result %+v", r)
+	}
+	if a, b := FloodSource(0), FloodSource(1); a.Equal(b) || a.To4()[0] != 127 || a.To4()[1] < 10 {
+		t.Fatalf("flood sources %v %v", a, b)
+	}
+}

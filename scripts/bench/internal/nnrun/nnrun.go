@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -67,7 +68,9 @@ type Agent struct {
 	remote     *proc.Process
 	proxy      *proc.Process // SeparateProxy
 	stopConsul func()
-	HTTPAddr   string
+	// relayCfg is the relay's configuration file and what was written there (ProxyAdmission).
+	relayCfg, relayHCL string
+	HTTPAddr           string
 	// ConsulAddr is Consul's HTTP address, reachable from here only without Netns.
 	ConsulAddr string
 }
@@ -119,7 +122,8 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return fail(err)
 	}
-	a := &Agent{Process: p, stopConsul: stopConsul, HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), ConsulAddr: consulAddr}
+	a := &Agent{Process: p, stopConsul: stopConsul, HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), ConsulAddr: consulAddr,
+		relayCfg: agentCfg, relayHCL: hcl}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if cfg.Netns != "" {
@@ -138,7 +142,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 		}
 	}
 	if cfg.SeparateProxy {
-		if a.proxy, err = startProxyAgent(wctx, cfg, consulAddr, ports[1], ports[2]); err != nil {
+		if a.proxy, a.relayCfg, a.relayHCL, err = startProxyAgent(wctx, cfg, consulAddr, ports[1], ports[2]); err != nil {
 			a.Stop()
 			return nil, fmt.Errorf("nullnet proxy agent: %w", err)
 		}
@@ -170,36 +174,62 @@ func ProxyAgentConfig(dir, consulAddr string, apiPort, serverGRPC, proxyHTTP int
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name = \"nnbench-proxy\"\ndata_dir = %q\n", filepath.Join(dir, "data"))
 	fmt.Fprintf(&b, "ports {\n  http = %d\n}\nconsul {\n  address = %q\n}\n", apiPort, consulAddr)
-	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n}\n", servers, proxyHTTP)
+	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n%s}\n", servers, proxyHTTP, benchAdmission)
 	fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n}\n", servers)
 	return b.String()
 }
 
+// benchAdmission lifts the proxy's new-session rate limits: the idle-session figure opens
+// 100,000 UDP sessions as fast as it can, which the defaults (1000/s per listener) would
+// stretch to minutes. The flood behaviour under the defaults is measured by
+// TestUDPFloodEstablishedFlow (agent/proxy).
+const benchAdmission = "  udp_new_session_rate            = 0\n  udp_new_session_rate_per_prefix = 0\n"
+
 // startProxyAgent runs the ingress host's agent of a SeparateProxy run: proxy and client roles,
 // no host services, the server reached on this host's gRPC port.
-func startProxyAgent(ctx context.Context, cfg Config, consulAddr string, serverGRPC, proxyHTTP int) (*proc.Process, error) {
+func startProxyAgent(ctx context.Context, cfg Config, consulAddr string, serverGRPC, proxyHTTP int) (*proc.Process, string, string, error) {
 	dir := filepath.Join(cfg.Dir, "proxy")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, "", "", err
 	}
 	apiPort, err := proc.FreePort()
 	if err != nil {
-		return nil, err
+		return nil, "", "", err
 	}
 	path := filepath.Join(dir, "agent.hcl")
-	if err := os.WriteFile(path, []byte(ProxyAgentConfig(dir, consulAddr, apiPort, serverGRPC, proxyHTTP)), 0o644); err != nil {
-		return nil, err
+	hcl := ProxyAgentConfig(dir, consulAddr, apiPort, serverGRPC, proxyHTTP)
+	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
+		return nil, "", "", err
 	}
 	p, err := proc.Start("nullnet-proxy", dir, []string{"CONSUL_HTTP_ADDR=" + consulAddr}, cfg.Binary,
 		"agent", "-config-file", path, "-log-level", "warn")
 	if err != nil {
-		return nil, err
+		return nil, "", "", err
 	}
 	if err := p.WaitTCP(ctx, "127.0.0.1:"+strconv.Itoa(apiPort)); err != nil {
 		p.Stop(5 * time.Second)
-		return nil, err
+		return nil, "", "", err
 	}
-	return p, nil
+	return p, path, hcl, nil
+}
+
+// ProxyAdmission switches the relay's UDP new-session limits between the bench's (none, for the
+// idle-session figure) and the agent's defaults (for the flood figure): it rewrites the relay's
+// configuration and reloads it with SIGHUP (the limits are reloadable), then gives the reload
+// a moment.
+func (a *Agent) ProxyAdmission(defaults bool) error {
+	hcl := a.relayHCL
+	if defaults {
+		hcl = strings.Replace(hcl, benchAdmission, "", 1)
+	}
+	if err := os.WriteFile(a.relayCfg, []byte(hcl), 0o644); err != nil {
+		return err
+	}
+	if err := a.Relay().Signal(syscall.SIGHUP); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	return nil
 }
 
 // startRemote runs the service host's agent: client role only, its host services registered in
@@ -327,7 +357,7 @@ func AgentConfig(dir, consulAddr string, ports []int, svcs []Service) string {
 	fmt.Fprintf(&b, "consul {\n  address = %q\n}\n", consulAddr)
 	fmt.Fprintf(&b, "server {\n  stacks_dir = %q\n}\n", filepath.Join(dir, "stacks"))
 	grpc := fmt.Sprintf("[\"127.0.0.1:%d\"]", ports[1])
-	fmt.Fprintf(&b, "proxy {\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n}\n", grpc, ports[2])
+	fmt.Fprintf(&b, "proxy {\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n%s}\n", grpc, ports[2], benchAdmission)
 	fmt.Fprintf(&b, "client {\n  servers = %s\n", grpc)
 	for _, s := range svcs {
 		// No address: the service listens on all addresses, as the client requires of a host

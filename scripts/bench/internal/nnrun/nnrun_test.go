@@ -58,6 +58,10 @@ func TestProxyAgentConfigLoads(t *testing.T) {
 	if c.Ports.HTTP != 14710 || len(c.Proxy.Servers) != 1 || c.Proxy.Servers[0] != "127.0.0.1:14701" {
 		t.Errorf("ports/servers not applied: %+v %v", c.Ports, c.Proxy.Servers)
 	}
+	if c.Proxy.UDPNewSessionRate != 0 || c.Proxy.UDPNewSessionRatePerPrefix != 0 {
+		t.Errorf("the bench's proxy keeps new-session limits %d/%d: the idle-session figure would crawl",
+			c.Proxy.UDPNewSessionRate, c.Proxy.UDPNewSessionRatePerPrefix)
+	}
 }
 
 func TestStackFileLoads(t *testing.T) {

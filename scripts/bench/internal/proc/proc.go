@@ -59,6 +59,9 @@ func Start(label, logDir string, env []string, name string, args ...string) (*Pr
 // Pid is the process id, which is also its process group id.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
+// Signal sends sig to the process (not its group).
+func (p *Process) Signal(sig syscall.Signal) error { return syscall.Kill(p.Pid(), sig) }
+
 // Exited reports whether the process has ended, with its error.
 func (p *Process) Exited() (bool, error) {
 	select {
