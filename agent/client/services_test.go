@@ -2,7 +2,9 @@ package client
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,14 +33,35 @@ func hostAddr(t *testing.T) string {
 	return ""
 }
 
+// freePort returns a port free for TCP and UDP on every address, below the kernel's ephemeral
+// range: a test that binds it seconds later (after watching a check fail) must not find it taken
+// by some process's client socket, which the kernel only gives ports from that range.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
+	first := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				first = n
+			}
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	for range 1000 {
+		port := 10000 + rand.IntN(first-10000)
+		ln, err := net.Listen("tcp", net.JoinHostPort("0.0.0.0", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", net.JoinHostPort("0.0.0.0", strconv.Itoa(port)))
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port
+	}
+	t.Fatal("no port below the ephemeral range is free for both TCP and UDP")
+	return 0
 }
 
 // checks returns the status and output of service id's checks by check ID.
