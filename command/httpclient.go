@@ -120,9 +120,27 @@ func (f *httpFlags) client() (*apiClient, error) {
 // X-Nullnet-Index header (0 when absent). A non-2xx answer becomes an error carrying the
 // agent's {"error": ...} message.
 func (c *apiClient) get(ctx context.Context, path string, query url.Values, out any) (uint64, error) {
+	return c.send(ctx, http.MethodGet, path, query, out)
+}
+
+// put sends PUT path with no body and decodes a JSON answer into out (nil: ignored).
+func (c *apiClient) put(ctx context.Context, path string, out any) error {
+	_, err := c.send(ctx, http.MethodPut, path, nil, out)
+	return err
+}
+
+// delete sends DELETE path.
+func (c *apiClient) delete(ctx context.Context, path string) error {
+	_, err := c.send(ctx, http.MethodDelete, path, nil, nil)
+	return err
+}
+
+// send is every call to the agent: one request without a body, the index header, the JSON
+// answer decoded into out, and a non-2xx answer turned into an error with the agent's message.
+func (c *apiClient) send(ctx context.Context, method, path string, query url.Values, out any) (uint64, error) {
 	u := c.base.JoinPath(path)
 	u.RawQuery = query.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return 0, err
 	}
@@ -143,13 +161,13 @@ func (c *apiClient) get(ctx context.Context, path string, query url.Values, out 
 		if json.Unmarshal(body, &apiErr) == nil && apiErr.Error != "" {
 			msg = apiErr.Error
 		}
-		return 0, fmt.Errorf("GET %s: %s: %s", path, resp.Status, msg)
+		return 0, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, msg)
 	}
 	var index uint64
 	if h := resp.Header.Get(indexHeader); h != "" {
 		index, _ = strconv.ParseUint(h, 10, 64)
 	}
-	if out != nil {
+	if out != nil && len(body) > 0 {
 		if err := json.Unmarshal(body, out); err != nil {
 			return index, fmt.Errorf("decoding %s: %w", path, err)
 		}

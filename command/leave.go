@@ -2,11 +2,7 @@ package command
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"strings"
 
 	"github.com/hashicorp/cli"
 )
@@ -55,35 +51,4 @@ func (c *LeaveCommand) Run(args []string) int {
 	}
 	c.UI.Output(msg)
 	return 0
-}
-
-// put sends PUT path with no body and decodes a JSON answer into out; a non-2xx answer
-// becomes an error with the agent's message.
-func (c *apiClient) put(ctx context.Context, path string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.base.JoinPath(path).String(), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the nullnet agent at %s (set -http-addr or NULLNET_HTTP_ADDR): %w", c.base.Host, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		var apiErr struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(body))
-		if json.Unmarshal(body, &apiErr) == nil && apiErr.Error != "" {
-			msg = apiErr.Error
-		}
-		return fmt.Errorf("PUT %s: %s: %s", path, resp.Status, msg)
-	}
-	if out != nil && len(body) > 0 {
-		if err := json.Unmarshal(body, out); err != nil {
-			return fmt.Errorf("decoding %s: %w", path, err)
-		}
-	}
-	return nil
 }

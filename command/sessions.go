@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"text/tabwriter"
@@ -191,29 +189,4 @@ func (c *SessionsDeleteCommand) Run(args []string) int {
 	}
 	c.UI.Output(fmt.Sprintf("Session %s is being torn down.", matches[0]))
 	return 0
-}
-
-// delete sends DELETE path and turns a non-2xx answer into an error with the agent's message.
-func (c *apiClient) delete(ctx context.Context, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.base.JoinPath(path).String(), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the nullnet agent at %s (set -http-addr or NULLNET_HTTP_ADDR): %w", c.base.Host, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		var apiErr struct {
-			Error string `json:"error"`
-		}
-		msg := strings.TrimSpace(string(body))
-		if json.Unmarshal(body, &apiErr) == nil && apiErr.Error != "" {
-			msg = apiErr.Error
-		}
-		return fmt.Errorf("DELETE %s: %s: %s", path, resp.Status, msg)
-	}
-	return nil
 }
