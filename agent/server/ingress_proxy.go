@@ -76,7 +76,12 @@ func (p *plane) proxy(ctx context.Context, req *pb.ProxyRequest) (*pb.ProxyRespo
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 	}
-	cands, why := p.replicas.view(req.Service).candidates(p.usableNode)
+	view := p.replicas.view(req.Service)
+	if len(view.all) == 0 {
+		p.replicas.confirmEmpty(ctx, req.Service)
+		view = p.replicas.view(req.Service)
+	}
+	cands, why := view.candidates(p.usableNode)
 	if len(cands) == 0 {
 		if why == "" {
 			why = "Consul has not answered yet"

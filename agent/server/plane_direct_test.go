@@ -199,3 +199,21 @@ func TestProxy_Direct(t *testing.T) {
 		}
 	})
 }
+
+// A replica registered a moment before its first client serves that client: the watcher reads
+// a service it believes empty once more before refusing (the names and checks watches lag by
+// up to half a second by design).
+func TestProxy_ReplicaRegisteredJustBefore(t *testing.T) {
+	e := newPlaneEnv(t, config.NetworkDirect, directStack, nil)
+	e.waitDefined("web", "proxy-1")
+	time.Sleep(time.Second) // the watcher has settled on "web has no instance"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoServer(t, ln)
+	e.registerReplica("web-1", "web", "node-a", "127.0.0.1", ln.Addr().(*net.TCPAddr).Port)
+	if _, err := e.proxy("203.0.113.9", "web", "proxy-1"); err != nil {
+		t.Fatalf("first client right after the replica registered: %v", err)
+	}
+}

@@ -45,6 +45,10 @@ type serviceReplicas struct {
 	known     bool // at least one answer arrived
 	instances []replicaInstance
 	ready     chan struct{} // closed at the first answer
+	// confirmed is when a client's arrival last made the watcher read an empty service again,
+	// confirming is closed when that read ends (replicas_confirm.go).
+	confirmed  time.Time
+	confirming chan struct{}
 }
 
 // checkless reports whether a change of some instance would not show in the checks watch.
@@ -81,6 +85,8 @@ type replicaWatcher struct {
 	nodeChecks map[string]string
 	dirty      map[string]bool // services to read again; agentsName for the nullnet agents
 	kick       chan struct{}
+	// confirmSlot lets one confirming read run at a time (replicas_confirm.go).
+	confirmSlot chan struct{}
 }
 
 // serfHealthCheck is the node check every Consul agent has.
@@ -92,7 +98,7 @@ const agentsName = serverconn.ConsulServiceName
 func newReplicaWatcher(client *api.Client, logger hclog.Logger, onChange func(string), onError func(error, int)) *replicaWatcher {
 	return &replicaWatcher{client: client, logger: logger, onChange: onChange, onError: onError,
 		services: map[string]*serviceReplicas{}, nodes: map[string]string{}, dirty: map[string]bool{agentsName: true},
-		kick: make(chan struct{}, 1)}
+		kick: make(chan struct{}, 1), confirmSlot: make(chan struct{}, 1)}
 }
 
 func (w *replicaWatcher) poke() {
