@@ -78,6 +78,10 @@ server {
 proxy {
   http_addr = "127.0.0.1:%d"
   servers   = ["127.0.0.1:%d"]
+  # No admission limits: this test is about descriptors, so every flood client that the
+  # budget allows must get a session (the default rates would admit 1,000 a second).
+  udp_new_session_rate            = 0
+  udp_new_session_rate_per_prefix = 0
 }
 client {
   servers = ["127.0.0.1:%d"]

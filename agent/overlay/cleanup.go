@@ -126,3 +126,21 @@ func (m *Manager) listLinks() ([]netlink.Link, error) {
 	}
 	return nil, opErr("list", "links", lastErr)
 }
+
+// addrList lists the IPv4 addresses of l (nil: of every device), retrying a dump interrupted
+// by a concurrent change: a partial answer would make a complete end look half-built, and
+// recovery removes half-built ends.
+func (m *Manager) addrList(l netlink.Link) ([]netlink.Addr, error) {
+	var lastErr error
+	for range 5 {
+		addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+		if err == nil {
+			return addrs, nil
+		}
+		lastErr = err
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return nil, lastErr
+}

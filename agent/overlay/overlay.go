@@ -306,7 +306,7 @@ func (m *Manager) inspect(e End, bridgeAddr netip.Prefix) (exists, matches bool,
 	if !ok || !linkOK(br, e.MTU, 0) {
 		return true, false, nil
 	}
-	addrs, err := m.h.AddrList(br, netlink.FAMILY_V4)
+	addrs, err := m.addrList(br)
 	if err != nil {
 		return true, false, opErr("list addresses of", n.Bridge, err)
 	}

@@ -80,7 +80,7 @@ func (m *Manager) completeEnd(br netlink.Link, id uint32, side Side, byName map[
 	if ba.Flags&net.FlagUp == 0 {
 		return RecoveredEnd{}, nil, false
 	}
-	addrs, err := m.h.AddrList(br, netlink.FAMILY_V4)
+	addrs, err := m.addrList(br)
 	if err != nil || len(addrs) != 1 || prefixOf(addrs[0].IPNet) != plan.Bridge(side) {
 		return RecoveredEnd{}, nil, false
 	}

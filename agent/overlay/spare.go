@@ -178,7 +178,7 @@ func (m *Manager) pool(parked []*spare, portsErr error) error {
 
 // flushAddrs removes every IPv4 address from l (IPv6 ones go with the link going down).
 func (m *Manager) flushAddrs(l netlink.Link) error {
-	addrs, err := m.h.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := m.addrList(l)
 	if err != nil {
 		return err
 	}

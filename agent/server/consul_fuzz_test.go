@@ -212,7 +212,7 @@ func FuzzReplicasFromConsul(f *testing.F) {
 		}
 		s := &serviceReplicas{ready: make(chan struct{})}
 		w.services["web"] = s
-		w.setLocked("web", s, inst)
+		w.setLocked("web", s, inst, 1)
 		w.servicesChanged(servicesView{"web": {"a"}, agentsName: nil}, 1)
 		w.checksChanged(checks, 1)
 		v := w.view("web")

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/nullnet/nullnet/agent/overlay"
 	"github.com/nullnet/nullnet/agent/overlay/overlaytest"
 	"github.com/nullnet/nullnet/config"
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -93,6 +95,12 @@ func tunnelDevices(t *testing.T, h *overlaytest.Host) []string {
 func linkNames(t *testing.T, h *overlaytest.Host) []string {
 	t.Helper()
 	links, err := h.Handle(t).LinkList()
+	for range 5 { // a dump interrupted by a concurrent change is retried, as the agent does
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+		links, err = h.Handle(t).LinkList()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

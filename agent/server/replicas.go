@@ -44,7 +44,12 @@ type replicaInstance struct {
 type serviceReplicas struct {
 	known     bool // at least one answer arrived
 	instances []replicaInstance
-	ready     chan struct{} // closed at the first answer
+	// index is the Consul index of the answer the instances come from. Reads of one service
+	// can overlap (the watcher's and a confirming read), and the names answer can be older
+	// than a read: an answer older than what is applied is ignored, so a stale "no instance"
+	// never replaces a fresher one (which would tear down the sessions just built on it).
+	index uint64
+	ready chan struct{} // closed at the first answer
 	// confirmed is when a client's arrival last made the watcher read an empty service again,
 	// confirming is closed when that read ends (replicas_confirm.go).
 	confirmed  time.Time
@@ -78,7 +83,8 @@ type replicaWatcher struct {
 	nodes    map[string]string // consul node -> nullnet node name
 	// names is the last services answer (nil before the first): a watched name missing from
 	// it has no instance anywhere, and is known empty without a read.
-	names servicesView
+	names      servicesView
+	namesIndex uint64 // the Consul index of names
 	// svcChecks and nodeChecks fingerprint the checks by service name and by Consul node (node
 	// checks count in every instance's health on that node).
 	svcChecks  map[string]string
@@ -222,18 +228,20 @@ func mapsUnion(a, b map[string]string) map[string]bool {
 // servicesChanged takes an answer of the server's services watch: a watched name that is
 // gone has no instances left (no read needed); one that appeared, changed tags or has
 // instances without checks is read again.
-func (w *replicaWatcher) servicesChanged(names servicesView, _ uint64) {
+func (w *replicaWatcher) servicesChanged(names servicesView, index uint64) {
 	var emptied []string
 	w.mu.Lock()
 	old := w.names
-	w.names = names
+	w.names, w.namesIndex = names, index
 	for name, s := range w.services {
 		tags, present := names[name]
 		oldTags, was := old[name]
 		switch {
+		case !present && index < s.index:
+			w.dirty[name] = true // a read saw this service after this answer: ask again
 		case !present:
 			if !s.known || len(s.instances) > 0 {
-				w.setLocked(name, s, nil)
+				w.setLocked(name, s, nil, index)
 				emptied = append(emptied, name)
 			}
 		case old == nil || !was || !slices.Equal(tags, oldTags) || !s.known || s.checkless():
@@ -250,10 +258,14 @@ func (w *replicaWatcher) servicesChanged(names servicesView, _ uint64) {
 	w.poke()
 }
 
-// setLocked records a service's instances and reports whether they changed.
-func (w *replicaWatcher) setLocked(name string, s *serviceReplicas, inst []replicaInstance) bool {
+// setLocked records a service's instances, read from an answer at Consul index index, and
+// reports whether they changed. An answer older than the one applied is ignored.
+func (w *replicaWatcher) setLocked(name string, s *serviceReplicas, inst []replicaInstance, index uint64) bool {
+	if s.known && index < s.index {
+		return false
+	}
 	changed := !s.known || !slices.Equal(s.instances, inst)
-	s.instances = inst
+	s.instances, s.index = inst, index
 	if !s.known {
 		s.known = true
 		close(s.ready)
@@ -429,7 +441,7 @@ func (w *replicaWatcher) fetchService(ctx context.Context, service string) (bool
 	if s == nil {
 		return false, nil // no longer watched
 	}
-	return w.setLocked(service, s, inst), nil
+	return w.setLocked(service, s, inst, meta.LastIndex), nil
 }
 
 // replicaInstances reads a service's health answer: every instance that can serve traffic,
@@ -487,7 +499,7 @@ func (w *replicaWatcher) ensure(service string) <-chan struct{} {
 	s := &serviceReplicas{ready: make(chan struct{})}
 	w.services[service] = s
 	if _, present := w.names[service]; w.names != nil && !present {
-		w.setLocked(service, s, nil) // no instance anywhere: known without a read
+		w.setLocked(service, s, nil, w.namesIndex) // no instance anywhere: known without a read
 		return s.ready
 	}
 	w.dirty[service] = true
