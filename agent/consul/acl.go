@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -60,4 +61,17 @@ func CheckFiltered(meta *api.QueryMeta, query, missing string) error {
 		return &ACLError{Query: query, Missing: missing, Filtered: true}
 	}
 	return nil
+}
+
+// SuspectFiltered judges an answer that lacks what every catalog holds (the "consul" service,
+// the agents' serfHealth checks). Without a token Consul does not flag an answer its ACLs cut,
+// so such an answer is the only sign; but a Consul that is still starting answers the same
+// way. One more request tells them apart: with ACLs off Consul says so, and the answer is a
+// plain error (retried like an outage, no ACL event); otherwise it is an *ACLError.
+func SuspectFiltered(ctx context.Context, client *api.Client, query, missing string, why error) error {
+	_, _, err := client.ACL().TokenReadSelf((&api.QueryOptions{}).WithContext(ctx))
+	if err != nil && strings.Contains(err.Error(), "ACL support disabled") {
+		return fmt.Errorf("%s: %w; Consul's ACLs are off, so Consul is still starting", query, why)
+	}
+	return &ACLError{Query: query, Missing: missing, Filtered: true, Err: why}
 }

@@ -56,8 +56,8 @@ func (s *Server) queryServices(ctx context.Context, index uint64, wait time.Dura
 		// Consul leaves out X-Consul-Results-Filtered-By-ACLs for requests without a token,
 		// so an anonymous reader cannot be told that its answer was cut. Every Consul server
 		// registers the service "consul": an answer without it is not the catalog.
-		return nil, 0, &consul.ACLError{Query: "listing catalog services", Missing: consul.ACLAllRead, Filtered: true,
-			Err: errors.New(`the answer lacks the service "consul" every Consul server registers (no token, or a token that cannot read it)`)}
+		return nil, 0, consul.SuspectFiltered(ctx, s.cfg.Consul, "listing catalog services", consul.ACLAllRead,
+			errors.New(`the answer lacks the service "consul" every Consul server registers (no token, or a token that cannot read it)`))
 	}
 	return names, meta.LastIndex, nil
 }

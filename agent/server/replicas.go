@@ -135,8 +135,8 @@ func (w *replicaWatcher) run(ctx context.Context) {
 			if !slices.ContainsFunc(checks, func(c *api.HealthCheck) bool { return c.CheckID == serfHealthCheck }) {
 				// As for the services watch: without a token Consul does not flag a filtered
 				// answer, but every Consul agent's node carries serfHealth.
-				return nil, 0, &consul.ACLError{Query: "reading health checks", Missing: consul.ACLAllRead, Filtered: true,
-					Err: errors.New("the answer lacks every agent's serfHealth check (no token, or a token that cannot read nodes)")}
+				return nil, 0, consul.SuspectFiltered(ctx, w.client, "reading health checks", consul.ACLAllRead,
+					errors.New("the answer lacks every agent's serfHealth check (no token, or a token that cannot read nodes)"))
 			}
 			return checks, meta.LastIndex, nil
 		},
