@@ -32,11 +32,12 @@ const (
 	dropNewSessionRate   // udp_new_session_rate: the listener admits no more new sessions now
 	dropPrefixRate       // udp_new_session_rate_per_prefix: the source's /24 or /64 is over its rate
 	dropResolveQueueFull // maxResolveQueue new sessions already wait for a resolver
+	dropResolveWait      // a new session waited longer than maxResolveWait for a resolver
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"session_limit", "queue_full", "lookup_failed", "upstream_write",
-	"client_write", "closing", "new_session_rate", "prefix_rate", "resolve_queue_full"}
+	"client_write", "closing", "new_session_rate", "prefix_rate", "resolve_queue_full", "resolve_wait"}
 
 // maxUDPResolvers bounds the goroutines resolving new sessions of one listener. A burst of new
 // clients queues instead of starting a goroutine (and a stack grown by a gRPC call) per
@@ -71,7 +72,7 @@ type udpListener struct {
 	flushed                                              [numDropReasons + 5]uint64
 	lastLimitEvent                                       time.Time
 	// Admission refusals already logged, and when (one line per 10 s at most; sweep goroutine).
-	limitLogged [3]uint64
+	limitLogged [4]uint64
 	limitLogAt  time.Time
 }
 
@@ -312,6 +313,10 @@ func (l *udpListener) resolveLoop(ctx context.Context) {
 		l.resolveQ[0] = nil
 		l.resolveQ = l.resolveQ[1:]
 		l.mu.Unlock()
+		if time.Since(s.created) > maxResolveWait {
+			s.dropStale()
+			continue
+		}
 		s.resolve(ctx)
 	}
 }
@@ -384,18 +389,18 @@ func (l *udpListener) logAdmission(now time.Time) {
 	if now.Sub(l.limitLogAt) < 10*time.Second {
 		return
 	}
-	var d [3]uint64
-	for i, r := range []int{dropNewSessionRate, dropPrefixRate, dropResolveQueueFull} {
+	var d [4]uint64
+	for i, r := range []int{dropNewSessionRate, dropPrefixRate, dropResolveQueueFull, dropResolveWait} {
 		v := l.drops[r].Load()
 		d[i], l.limitLogged[i] = v-l.limitLogged[i], v
 	}
-	if d[0]+d[1]+d[2] == 0 {
+	if d[0]+d[1]+d[2]+d[3] == 0 {
 		return
 	}
 	l.limitLogAt = now
 	set := l.p.settings()
 	l.logger.Warn("udp new sessions refused (flood of new client addresses?)", "over_listener_rate", d[0],
-		"over_prefix_rate", d[1], "resolve_queue_full", d[2], "rate", set.UDPNewSessionRate,
+		"over_prefix_rate", d[1], "resolve_queue_full", d[2], "resolve_wait", d[3], "rate", set.UDPNewSessionRate,
 		"rate_per_prefix", set.UDPNewSessionRatePerPrefix, "sessions", l.active.Load())
 }
 

@@ -22,6 +22,15 @@ const maxPrefixBuckets = 1 << 16
 // new sessions are refused first, and established sessions are untouched.
 const maxResolveQueue = 4096
 
+// maxResolveWait bounds how long a new session waits in the queue for a resolver. Resolving
+// can be slow (the server builds a tunnel per client address: about ten a second on a small
+// host), so a flood admitted at udp_new_session_rate leaves a backlog of minutes, and a client
+// arriving after the flood would wait behind all of it (the e2e flood scenario measured more
+// than 10 s). A session still waiting past this bound is dropped when its turn comes, without
+// a call to the server: a real client has retried by then and its retry queues afresh. A var so
+// that tests can shorten it.
+var maxResolveWait = 2 * time.Second
+
 // tokenBucket holds up to burst tokens and gains rate tokens a second.
 type tokenBucket struct {
 	tokens float64

@@ -230,6 +230,24 @@ func (s *udpSession) fail(reason int, why string) {
 	s.end(why)
 }
 
+// dropStale ends a queued session that waited past maxResolveWait: it never had a socket or a
+// lease. No log line of its own (a flood makes thousands); the drops are counted and summed in
+// the listener's admission log line.
+func (s *udpSession) dropStale() {
+	s.mu.Lock()
+	if s.state == stateClosed {
+		s.mu.Unlock()
+		return
+	}
+	s.state = stateClosed
+	queued := len(s.queue)
+	s.queue = nil
+	s.mu.Unlock()
+	s.l.drops[dropResolveWait].Add(uint64(queued))
+	s.l.remove(s)
+	s.l.active.Add(-1)
+}
+
 // end closes the session's socket, releases its lease and logs it, once.
 func (s *udpSession) end(reason string) {
 	s.mu.Lock()

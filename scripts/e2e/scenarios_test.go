@@ -27,8 +27,8 @@ const (
 var settle = settleReady
 
 // TestE2E runs the scenarios of issue 7 in order against one shared cluster. The order matters
-// only at the end: restarting the server (8) and stopping node1's agent (7) come last because they
-// disturb everyone else.
+// only at the end: restarting the server (8), stopping node1's agent (7) and the UDP flood (11)
+// come last because they disturb everyone else.
 func TestE2E(t *testing.T) {
 	c := getCluster(t)
 	scenarios := []struct {
@@ -47,6 +47,9 @@ func TestE2E(t *testing.T) {
 		{"10_AgentRestartKeepsTunnels", testAgentRestart},
 		{"8_ServerRestartKeepsTraffic", testServerRestart},
 		{"7_NodeFailureFailsOver", testNodeFailure},
+		// Last: the flood leaves hundreds of short sessions behind (they idle out within the
+		// scenario) and loads every agent for seconds.
+		{"11_UDPFloodSparesEstablishedFlow", testUDPFlood},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) {
