@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,38 +25,15 @@ import (
 // It also checks that the one-process agent stores each event once.
 func TestDevAgentRelays(t *testing.T) {
 	srv := consultest.Start(t)
-	dir := t.TempDir()
-	stacks := filepath.Join(dir, "stacks")
-	os.Mkdir(stacks, 0o755)
 	tcpPort, udpPort := freePort(t), freeUDPPort(t)
 	demo := strings.Replace(devdemo.StackFile(), "listen_port = 9000", fmt.Sprintf("listen_port = %d", tcpPort), 1)
 	demo = strings.Replace(demo, "listen_port = 9053", fmt.Sprintf("listen_port = %d", udpPort), 1)
 	if demo == devdemo.StackFile() {
 		t.Fatal("the demo stack file no longer has listen ports 9000 and 9053; update this test")
 	}
-	os.WriteFile(filepath.Join(stacks, "demo.hcl"), []byte(demo), 0o644)
-	grpcPort, httpProxy := freePort(t), freePort(t)
-	cfgFile := filepath.Join(dir, "dev.hcl")
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
-node_name = "dev-test"
-ports {
-  http = %d
-  grpc = %d
-}
-consul {
-  address = %q
-}
-server {
-  stacks_dir = %q
-}
-proxy {
-  http_addr = "127.0.0.1:%d"
-  servers   = ["127.0.0.1:%d"]
-}
-client {
-  servers = ["127.0.0.1:%d"]
-}
-`, freePort(t), grpcPort, srv.HTTPAddr, stacks, httpProxy, grpcPort, grpcPort)), 0o644)
+	httpProxy := freePort(t)
+	cfgFile, _ := oneProcessFiles{Node: "dev-test", Consul: srv.HTTPAddr, Stack: demo,
+		ProxyHTTPPort: httpProxy}.write(t, t.TempDir())
 	res := config.Load([]config.Source{{Path: cfgFile}}, true) // -dev, then the file
 	if res.Diags.HasErrors() {
 		t.Fatal(config.FormatDiagnostics(res.Files, res.Diags))

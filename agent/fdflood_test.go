@@ -49,10 +49,9 @@ func TestFDReserveUnderUDPFlood(t *testing.T) {
 	}()
 
 	dir := t.TempDir()
-	stacks := filepath.Join(dir, "stacks")
-	os.Mkdir(stacks, 0o755)
 	listen := freeUDPPort(t)
-	os.WriteFile(filepath.Join(stacks, "dev.hcl"), []byte(fmt.Sprintf(`
+	cfgFile, httpPort := oneProcessFiles{Node: "fd-test", Consul: srv.HTTPAddr,
+		Stack: fmt.Sprintf(`
 stack "dev" {
   service "echo.udp" {
     protocol    = "udp"
@@ -60,39 +59,17 @@ stack "dev" {
     timeout     = "2m"
   }
 }
-`, listen)), 0o644)
-	grpcPort, httpPort := freePort(t), freePort(t)
-	cfgFile := filepath.Join(dir, "dev.hcl")
-	os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
-node_name = "fd-test"
-ports {
-  http = %d
-  grpc = %d
-}
-consul {
-  address = %q
-}
-server {
-  stacks_dir = %q
-}
-proxy {
-  http_addr = "127.0.0.1:%d"
-  servers   = ["127.0.0.1:%d"]
-  # No admission limits: this test is about descriptors, so every flood client that the
-  # budget allows must get a session (the default rates would admit 1,000 a second).
-  udp_new_session_rate            = 0
-  udp_new_session_rate_per_prefix = 0
-}
-client {
-  servers = ["127.0.0.1:%d"]
-  service "echo.udp" {
+`, listen),
+		// No admission limits: this test is about descriptors, so every flood client that the
+		// budget allows must get a session (the default rates would admit 1,000 a second).
+		ProxyExtra: `  udp_new_session_rate            = 0
+  udp_new_session_rate_per_prefix = 0`,
+		ClientExtra: fmt.Sprintf(`  service "echo.udp" {
     stack          = "dev"
     port           = %d
     protocol       = "udp"
     check_interval = "1s"
-  }
-}
-`, httpPort, grpcPort, srv.HTTPAddr, stacks, freePort(t), grpcPort, grpcPort, echo.LocalAddr().(*net.UDPAddr).Port)), 0o644)
+  }`, echo.LocalAddr().(*net.UDPAddr).Port)}.write(t, dir)
 
 	logFile := filepath.Join(dir, "child.log")
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestFDReserveUnderUDPFlood$", "-test.v", "-test.count=1")

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"sort"
 	"testing"
 	"time"
@@ -45,13 +43,9 @@ func startLeaveTestAgent(t *testing.T) *leaveTestAgent {
 			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
 		}
 	}()
-	dir := t.TempDir()
-	stacks := filepath.Join(dir, "stacks")
-	if err := os.Mkdir(stacks, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	listen := freePort(t)
-	if err := os.WriteFile(filepath.Join(stacks, "dev.hcl"), []byte(fmt.Sprintf(`
+	cfgFile, _ := oneProcessFiles{Node: "leave-test", Consul: srv.HTTPAddr,
+		Stack: fmt.Sprintf(`
 stack "dev" {
   service "echo.dev" {
     protocol    = "tcp"
@@ -59,41 +53,15 @@ stack "dev" {
     timeout     = "30s"
   }
 }
-`, listen)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	grpcPort := freePort(t)
-	cfgFile := filepath.Join(dir, "dev.hcl")
-	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
-node_name = "leave-test"
-ports {
-  http = %d
-  grpc = %d
-}
-consul {
-  address = %q
-}
-server {
-  stacks_dir = %q
-}
-proxy {
-  http_addr     = "127.0.0.1:%d"
-  servers       = ["127.0.0.1:%d"]
-  drain_timeout = "60s"
-}
-client {
-  servers = ["127.0.0.1:%d"]
-  # -dev turns it off; a leave removes everything whatever it says
+`, listen),
+		ProxyExtra: `  drain_timeout = "60s"`,
+		ClientExtra: fmt.Sprintf(`  # -dev turns it off; a leave removes everything whatever it says
   keep_tunnels_on_stop = true
   service "echo.dev" {
     stack          = "dev"
     port           = %d
     check_interval = "1s"
-  }
-}
-`, freePort(t), grpcPort, srv.HTTPAddr, stacks, freePort(t), grpcPort, grpcPort, echo.Addr().(*net.TCPAddr).Port)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+  }`, echo.Addr().(*net.TCPAddr).Port)}.write(t, t.TempDir())
 	res := config.Load([]config.Source{{Path: cfgFile}}, true)
 	if res.Diags.HasErrors() {
 		t.Fatal(config.FormatDiagnostics(res.Files, res.Diags))

@@ -29,19 +29,7 @@ func (s *sameProcessServer) ReportEvent(_ context.Context, e *pb.AgentEvent) (*p
 // once locally and once more when forwarded.
 func TestReporterSameProcessStoresOnce(t *testing.T) {
 	store := New(64, hclog.NewNullLogger())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	pb.RegisterControlServer(gs, &sameProcessServer{store: store})
-	go func() { _ = gs.Serve(ln) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serveEvents(t, store)
 
 	r := NewReporter("dev", conn, store, hclog.NewNullLogger())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -74,19 +62,7 @@ func TestReporterSameProcessStoresOnce(t *testing.T) {
 // TestReporterForwardsWithoutLocalServer: a node without a server in its process forwards.
 func TestReporterForwardsWithoutLocalServer(t *testing.T) {
 	remote := New(64, hclog.NewNullLogger())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	pb.RegisterControlServer(gs, &sameProcessServer{store: remote})
-	go func() { _ = gs.Serve(ln) }()
-	defer gs.Stop()
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serveEvents(t, remote)
 	r := NewReporter("node1", conn, nil, hclog.NewNullLogger())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -103,4 +79,24 @@ func TestReporterForwardsWithoutLocalServer(t *testing.T) {
 	if got, _ := remote.Since(0); len(got) != 1 || got[0].Node != "node1" {
 		t.Fatalf("server stored %v, want one listener_opened from node1", got)
 	}
+}
+
+// serveEvents runs a real gRPC Control server that stores reported events in store, and
+// returns a connection to it; both end with the test.
+func serveEvents(t *testing.T, store *Store) *grpc.ClientConn {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	pb.RegisterControlServer(gs, &sameProcessServer{store: store})
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
