@@ -12,9 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/agent/events"
-	"github.com/nullnet/nullnet/agent/tlsutil"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -30,19 +28,8 @@ func TestAuthRefusalsAggregated(t *testing.T) {
 	aggregateInterval = 500 * time.Millisecond
 	defer func() { aggregateInterval = saved }()
 
-	srv := consultest.Start(t)
-	p := newTestPKI(t)
-	cert, key := p.issue(t, tlsutil.RoleServer, "agent-test")
-	cfg := testConfig(t, srv.HTTPAddr, p.tlsBlock(cert, key))
-	var logs syncBuffer
-	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: &logs}))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	a := startTLSTestAgent(t, hclog.Info)
+	p, logs := a.pki, a.logs
 
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(p.ca.CertPEM)

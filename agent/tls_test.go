@@ -99,25 +99,8 @@ func httpStatus(t *testing.T, c *http.Client, method, url string) int {
 // log over a check cycle; net/http's own error lines go through hclog, never in Go's standard
 // log format.
 func TestAgentTLSSelfCheckQuiet(t *testing.T) {
-	srv := consultest.Start(t)
-	p := newTestPKI(t)
-	cert, key := p.issue(t, tlsutil.RoleServer, "agent-test")
-	cfg := testConfig(t, srv.HTTPAddr, p.tlsBlock(cert, key))
-	var logs syncBuffer
-	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Debug, Output: &logs}))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	defer func() {
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Log(logs.String())
-		}
-	}()
+	a := startTLSTestAgent(t, hclog.Debug)
+	srv, p, cert, key, logs := a.consul, a.pki, a.cert, a.key, a.logs
 
 	// The curl of the docs works: the server certificate names 127.0.0.1.
 	base := "https://" + a.HTTPAddr()
@@ -196,18 +179,8 @@ func TestHTTPAPIRoles(t *testing.T) {
 	aggregateInterval = 200 * time.Millisecond
 	defer func() { aggregateInterval = saved }()
 
-	srv := consultest.Start(t)
-	p := newTestPKI(t)
-	cert, key := p.issue(t, tlsutil.RoleServer, "agent-test")
-	cfg := testConfig(t, srv.HTTPAddr, p.tlsBlock(cert, key))
-	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: "test", Level: hclog.Info, Output: testWriter{t}}))
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	a := startTLSTestAgent(t, hclog.Info)
+	p := a.pki
 
 	base := "https://" + a.HTTPAddr()
 	anon := p.client(t, "", "")
@@ -248,4 +221,38 @@ func TestHTTPAPIRoles(t *testing.T) {
 		!strings.Contains(joined, "DELETE /v1/sessions/nope: DELETE needs an operator certificate") {
 		t.Fatalf("refusals not recorded as auth_refused events:\n%s", joined)
 	}
+}
+
+// tlsTestAgent is an agent with every API behind mutual TLS (its certificate: server role,
+// node agent-test), running against a real Consul until the test ends.
+type tlsTestAgent struct {
+	*Agent
+	pki       *testPKI
+	cert, key string
+	consul    *consultest.Server
+	logs      *syncBuffer // everything the agent logged at level and above
+}
+
+func startTLSTestAgent(t *testing.T, level hclog.Level) *tlsTestAgent {
+	t.Helper()
+	srv := consultest.Start(t)
+	p := newTestPKI(t)
+	cert, key := p.issue(t, tlsutil.RoleServer, "agent-test")
+	logs := &syncBuffer{}
+	a, err := New(testConfig(t, srv.HTTPAddr, p.tlsBlock(cert, key)),
+		hclog.New(&hclog.LoggerOptions{Name: "test", Level: level, Output: logs}))
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = a.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	return &tlsTestAgent{Agent: a, pki: p, cert: cert, key: key, consul: srv, logs: logs}
 }
