@@ -12,9 +12,7 @@ import (
 
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
@@ -131,19 +129,7 @@ func TestReannounceAfterStreamReconnect(t *testing.T) {
 			{Service: "redis", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP, ListenPort: uint32(port), IdleTimeoutSecs: 600},
 			{Service: "dns", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_UDP, ListenPort: uint32(port), IdleTimeoutSecs: 600},
 		}}}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	pb.RegisterIngressServer(g, f)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := startIngress(t, f)
 	tp := startProxy(t, nil, func(_ *config.Config, c *Config) { c.Conn = conn })
 	tp.waitListening(t, TCP, port)
 	tp.waitListening(t, UDP, port)
