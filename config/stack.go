@@ -48,7 +48,9 @@ type StackService struct {
 	// without a timeout is a backend only.
 	EntryPoint bool `json:"entry_point"`
 	// Timeout is the idle timeout in whole seconds' precision (0 with EntryPoint = never).
-	Timeout   time.Duration `json:"-"`
+	Timeout time.Duration `json:"-"`
+	// Policy is the service's edge settings (see ServicePolicy); zero when none are set.
+	Policy    ServicePolicy `json:"policy,omitempty"`
 	DeclRange hcl.Range     `json:"-"`
 }
 

@@ -142,6 +142,8 @@ const (
 	ServiceProtocol_SERVICE_PROTOCOL_HTTP ServiceProtocol = 0
 	ServiceProtocol_SERVICE_PROTOCOL_TCP  ServiceProtocol = 1
 	ServiceProtocol_SERVICE_PROTOCOL_UDP  ServiceProtocol = 2
+	// TLS passthrough: routed by the ClientHello's SNI, several tls services may share a port.
+	ServiceProtocol_SERVICE_PROTOCOL_TLS ServiceProtocol = 3
 )
 
 // Enum value maps for ServiceProtocol.
@@ -150,11 +152,13 @@ var (
 		0: "SERVICE_PROTOCOL_HTTP",
 		1: "SERVICE_PROTOCOL_TCP",
 		2: "SERVICE_PROTOCOL_UDP",
+		3: "SERVICE_PROTOCOL_TLS",
 	}
 	ServiceProtocol_value = map[string]int32{
 		"SERVICE_PROTOCOL_HTTP": 0,
 		"SERVICE_PROTOCOL_TCP":  1,
 		"SERVICE_PROTOCOL_UDP":  2,
+		"SERVICE_PROTOCOL_TLS":  3,
 	}
 )
 
@@ -183,6 +187,55 @@ func (x ServiceProtocol) Number() protoreflect.EnumNumber {
 // Deprecated: Use ServiceProtocol.Descriptor instead.
 func (ServiceProtocol) EnumDescriptor() ([]byte, []int) {
 	return file_nullnet_proto_rawDescGZIP(), []int{2}
+}
+
+type ProxyProtocolVersion int32
+
+const (
+	ProxyProtocolVersion_PROXY_PROTOCOL_NONE ProxyProtocolVersion = 0
+	ProxyProtocolVersion_PROXY_PROTOCOL_V1   ProxyProtocolVersion = 1
+	ProxyProtocolVersion_PROXY_PROTOCOL_V2   ProxyProtocolVersion = 2
+)
+
+// Enum value maps for ProxyProtocolVersion.
+var (
+	ProxyProtocolVersion_name = map[int32]string{
+		0: "PROXY_PROTOCOL_NONE",
+		1: "PROXY_PROTOCOL_V1",
+		2: "PROXY_PROTOCOL_V2",
+	}
+	ProxyProtocolVersion_value = map[string]int32{
+		"PROXY_PROTOCOL_NONE": 0,
+		"PROXY_PROTOCOL_V1":   1,
+		"PROXY_PROTOCOL_V2":   2,
+	}
+)
+
+func (x ProxyProtocolVersion) Enum() *ProxyProtocolVersion {
+	p := new(ProxyProtocolVersion)
+	*p = x
+	return p
+}
+
+func (x ProxyProtocolVersion) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ProxyProtocolVersion) Descriptor() protoreflect.EnumDescriptor {
+	return file_nullnet_proto_enumTypes[3].Descriptor()
+}
+
+func (ProxyProtocolVersion) Type() protoreflect.EnumType {
+	return &file_nullnet_proto_enumTypes[3]
+}
+
+func (x ProxyProtocolVersion) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ProxyProtocolVersion.Descriptor instead.
+func (ProxyProtocolVersion) EnumDescriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{3}
 }
 
 type NodeMessage struct {
@@ -927,6 +980,200 @@ func (*ReportEventResponse) Descriptor() ([]byte, []int) {
 	return file_nullnet_proto_rawDescGZIP(), []int{9}
 }
 
+// HTTPRoute: requests whose path starts with path_prefix go to service (longest prefix wins).
+type HTTPRoute struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PathPrefix    string                 `protobuf:"bytes,1,opt,name=path_prefix,json=pathPrefix,proto3" json:"path_prefix,omitempty"`
+	Service       string                 `protobuf:"bytes,2,opt,name=service,proto3" json:"service,omitempty"`
+	StripPrefix   bool                   `protobuf:"varint,3,opt,name=strip_prefix,json=stripPrefix,proto3" json:"strip_prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HTTPRoute) Reset() {
+	*x = HTTPRoute{}
+	mi := &file_nullnet_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HTTPRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HTTPRoute) ProtoMessage() {}
+
+func (x *HTTPRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HTTPRoute.ProtoReflect.Descriptor instead.
+func (*HTTPRoute) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *HTTPRoute) GetPathPrefix() string {
+	if x != nil {
+		return x.PathPrefix
+	}
+	return ""
+}
+
+func (x *HTTPRoute) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *HTTPRoute) GetStripPrefix() bool {
+	if x != nil {
+		return x.StripPrefix
+	}
+	return false
+}
+
+// ServicePolicy carries a stack service's edge settings (config.ServicePolicy); absent = none.
+type ServicePolicy struct {
+	state                        protoimpl.MessageState `protogen:"open.v1"`
+	HttpsRedirect                bool                   `protobuf:"varint,1,opt,name=https_redirect,json=httpsRedirect,proto3" json:"https_redirect,omitempty"`
+	HstsMaxAgeSecs               uint64                 `protobuf:"varint,2,opt,name=hsts_max_age_secs,json=hstsMaxAgeSecs,proto3" json:"hsts_max_age_secs,omitempty"`
+	Acme                         bool                   `protobuf:"varint,3,opt,name=acme,proto3" json:"acme,omitempty"`
+	SendProxyProtocol            ProxyProtocolVersion   `protobuf:"varint,4,opt,name=send_proxy_protocol,json=sendProxyProtocol,proto3,enum=nullnet.v1.ProxyProtocolVersion" json:"send_proxy_protocol,omitempty"`
+	Allow                        []string               `protobuf:"bytes,5,rep,name=allow,proto3" json:"allow,omitempty"` // CIDRs, canonical
+	Deny                         []string               `protobuf:"bytes,6,rep,name=deny,proto3" json:"deny,omitempty"`
+	MaxConnectionsPerClient      uint32                 `protobuf:"varint,7,opt,name=max_connections_per_client,json=maxConnectionsPerClient,proto3" json:"max_connections_per_client,omitempty"`
+	NewConnectionsPerClientRate  float64                `protobuf:"fixed64,8,opt,name=new_connections_per_client_rate,json=newConnectionsPerClientRate,proto3" json:"new_connections_per_client_rate,omitempty"` // per second; 0 = no limit
+	NewConnectionsPerClientBurst uint32                 `protobuf:"varint,9,opt,name=new_connections_per_client_burst,json=newConnectionsPerClientBurst,proto3" json:"new_connections_per_client_burst,omitempty"`
+	MaxSessions                  uint32                 `protobuf:"varint,10,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
+	Routes                       []*HTTPRoute           `protobuf:"bytes,11,rep,name=routes,proto3" json:"routes,omitempty"`
+	CloseOnUnhealthy             bool                   `protobuf:"varint,12,opt,name=close_on_unhealthy,json=closeOnUnhealthy,proto3" json:"close_on_unhealthy,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
+}
+
+func (x *ServicePolicy) Reset() {
+	*x = ServicePolicy{}
+	mi := &file_nullnet_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServicePolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServicePolicy) ProtoMessage() {}
+
+func (x *ServicePolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServicePolicy.ProtoReflect.Descriptor instead.
+func (*ServicePolicy) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ServicePolicy) GetHttpsRedirect() bool {
+	if x != nil {
+		return x.HttpsRedirect
+	}
+	return false
+}
+
+func (x *ServicePolicy) GetHstsMaxAgeSecs() uint64 {
+	if x != nil {
+		return x.HstsMaxAgeSecs
+	}
+	return 0
+}
+
+func (x *ServicePolicy) GetAcme() bool {
+	if x != nil {
+		return x.Acme
+	}
+	return false
+}
+
+func (x *ServicePolicy) GetSendProxyProtocol() ProxyProtocolVersion {
+	if x != nil {
+		return x.SendProxyProtocol
+	}
+	return ProxyProtocolVersion_PROXY_PROTOCOL_NONE
+}
+
+func (x *ServicePolicy) GetAllow() []string {
+	if x != nil {
+		return x.Allow
+	}
+	return nil
+}
+
+func (x *ServicePolicy) GetDeny() []string {
+	if x != nil {
+		return x.Deny
+	}
+	return nil
+}
+
+func (x *ServicePolicy) GetMaxConnectionsPerClient() uint32 {
+	if x != nil {
+		return x.MaxConnectionsPerClient
+	}
+	return 0
+}
+
+func (x *ServicePolicy) GetNewConnectionsPerClientRate() float64 {
+	if x != nil {
+		return x.NewConnectionsPerClientRate
+	}
+	return 0
+}
+
+func (x *ServicePolicy) GetNewConnectionsPerClientBurst() uint32 {
+	if x != nil {
+		return x.NewConnectionsPerClientBurst
+	}
+	return 0
+}
+
+func (x *ServicePolicy) GetMaxSessions() uint32 {
+	if x != nil {
+		return x.MaxSessions
+	}
+	return 0
+}
+
+func (x *ServicePolicy) GetRoutes() []*HTTPRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *ServicePolicy) GetCloseOnUnhealthy() bool {
+	if x != nil {
+		return x.CloseOnUnhealthy
+	}
+	return false
+}
+
 type WatchPortMappingsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ProxyNode     string                 `protobuf:"bytes,1,opt,name=proxy_node,json=proxyNode,proto3" json:"proxy_node,omitempty"`
@@ -936,7 +1183,7 @@ type WatchPortMappingsRequest struct {
 
 func (x *WatchPortMappingsRequest) Reset() {
 	*x = WatchPortMappingsRequest{}
-	mi := &file_nullnet_proto_msgTypes[10]
+	mi := &file_nullnet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1195,7 @@ func (x *WatchPortMappingsRequest) String() string {
 func (*WatchPortMappingsRequest) ProtoMessage() {}
 
 func (x *WatchPortMappingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[10]
+	mi := &file_nullnet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1208,7 @@ func (x *WatchPortMappingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPortMappingsRequest.ProtoReflect.Descriptor instead.
 func (*WatchPortMappingsRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{10}
+	return file_nullnet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WatchPortMappingsRequest) GetProxyNode() string {
@@ -977,15 +1224,16 @@ type PortMapping struct {
 	Protocol   ServiceProtocol        `protobuf:"varint,2,opt,name=protocol,proto3,enum=nullnet.v1.ServiceProtocol" json:"protocol,omitempty"`
 	ListenPort uint32                 `protobuf:"varint,3,opt,name=listen_port,json=listenPort,proto3" json:"listen_port,omitempty"`
 	// The service's timeout in seconds (0 = never idles out).
-	IdleTimeoutSecs uint64 `protobuf:"varint,4,opt,name=idle_timeout_secs,json=idleTimeoutSecs,proto3" json:"idle_timeout_secs,omitempty"`
-	Stack           string `protobuf:"bytes,5,opt,name=stack,proto3" json:"stack,omitempty"`
+	IdleTimeoutSecs uint64         `protobuf:"varint,4,opt,name=idle_timeout_secs,json=idleTimeoutSecs,proto3" json:"idle_timeout_secs,omitempty"`
+	Stack           string         `protobuf:"bytes,5,opt,name=stack,proto3" json:"stack,omitempty"`
+	Policy          *ServicePolicy `protobuf:"bytes,6,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PortMapping) Reset() {
 	*x = PortMapping{}
-	mi := &file_nullnet_proto_msgTypes[11]
+	mi := &file_nullnet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1245,7 @@ func (x *PortMapping) String() string {
 func (*PortMapping) ProtoMessage() {}
 
 func (x *PortMapping) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[11]
+	mi := &file_nullnet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1258,7 @@ func (x *PortMapping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
 func (*PortMapping) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{11}
+	return file_nullnet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PortMapping) GetService() string {
@@ -1048,18 +1296,28 @@ func (x *PortMapping) GetStack() string {
 	return ""
 }
 
+func (x *PortMapping) GetPolicy() *ServicePolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 type PortMappingBundle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Increases with every distinct table a server publishes.
-	Version       uint64         `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	Mappings      []*PortMapping `protobuf:"bytes,2,rep,name=mappings,proto3" json:"mappings,omitempty"`
+	Version  uint64         `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Mappings []*PortMapping `protobuf:"bytes,2,rep,name=mappings,proto3" json:"mappings,omitempty"`
+	// Reachable http services (listen_port 0), for the Host router's per-service settings
+	// (redirects, HSTS, path routes, allow-lists). Sorted by service.
+	HttpServices  []*PortMapping `protobuf:"bytes,3,rep,name=http_services,json=httpServices,proto3" json:"http_services,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PortMappingBundle) Reset() {
 	*x = PortMappingBundle{}
-	mi := &file_nullnet_proto_msgTypes[12]
+	mi := &file_nullnet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1329,7 @@ func (x *PortMappingBundle) String() string {
 func (*PortMappingBundle) ProtoMessage() {}
 
 func (x *PortMappingBundle) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[12]
+	mi := &file_nullnet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1342,7 @@ func (x *PortMappingBundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PortMappingBundle.ProtoReflect.Descriptor instead.
 func (*PortMappingBundle) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{12}
+	return file_nullnet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PortMappingBundle) GetVersion() uint64 {
@@ -1097,6 +1355,13 @@ func (x *PortMappingBundle) GetVersion() uint64 {
 func (x *PortMappingBundle) GetMappings() []*PortMapping {
 	if x != nil {
 		return x.Mappings
+	}
+	return nil
+}
+
+func (x *PortMappingBundle) GetHttpServices() []*PortMapping {
+	if x != nil {
+		return x.HttpServices
 	}
 	return nil
 }
@@ -1118,7 +1383,7 @@ type ProxyRequest struct {
 
 func (x *ProxyRequest) Reset() {
 	*x = ProxyRequest{}
-	mi := &file_nullnet_proto_msgTypes[13]
+	mi := &file_nullnet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1130,7 +1395,7 @@ func (x *ProxyRequest) String() string {
 func (*ProxyRequest) ProtoMessage() {}
 
 func (x *ProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[13]
+	mi := &file_nullnet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1143,7 +1408,7 @@ func (x *ProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyRequest.ProtoReflect.Descriptor instead.
 func (*ProxyRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{13}
+	return file_nullnet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ProxyRequest) GetClientIp() string {
@@ -1195,7 +1460,7 @@ type AdoptUse struct {
 
 func (x *AdoptUse) Reset() {
 	*x = AdoptUse{}
-	mi := &file_nullnet_proto_msgTypes[14]
+	mi := &file_nullnet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1472,7 @@ func (x *AdoptUse) String() string {
 func (*AdoptUse) ProtoMessage() {}
 
 func (x *AdoptUse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[14]
+	mi := &file_nullnet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1485,7 @@ func (x *AdoptUse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdoptUse.ProtoReflect.Descriptor instead.
 func (*AdoptUse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{14}
+	return file_nullnet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AdoptUse) GetNetId() uint32 {
@@ -1260,7 +1525,7 @@ type ProxyResponse struct {
 
 func (x *ProxyResponse) Reset() {
 	*x = ProxyResponse{}
-	mi := &file_nullnet_proto_msgTypes[15]
+	mi := &file_nullnet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1537,7 @@ func (x *ProxyResponse) String() string {
 func (*ProxyResponse) ProtoMessage() {}
 
 func (x *ProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[15]
+	mi := &file_nullnet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1550,7 @@ func (x *ProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProxyResponse.ProtoReflect.Descriptor instead.
 func (*ProxyResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{15}
+	return file_nullnet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ProxyResponse) GetUpstreamIp() string {
@@ -1340,7 +1605,7 @@ type ReleaseProxyRequest struct {
 
 func (x *ReleaseProxyRequest) Reset() {
 	*x = ReleaseProxyRequest{}
-	mi := &file_nullnet_proto_msgTypes[16]
+	mi := &file_nullnet_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1617,7 @@ func (x *ReleaseProxyRequest) String() string {
 func (*ReleaseProxyRequest) ProtoMessage() {}
 
 func (x *ReleaseProxyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[16]
+	mi := &file_nullnet_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1630,7 @@ func (x *ReleaseProxyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProxyRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseProxyRequest) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{16}
+	return file_nullnet_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReleaseProxyRequest) GetLeaseId() string {
@@ -1390,7 +1655,7 @@ type ReleaseProxyResponse struct {
 
 func (x *ReleaseProxyResponse) Reset() {
 	*x = ReleaseProxyResponse{}
-	mi := &file_nullnet_proto_msgTypes[17]
+	mi := &file_nullnet_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1667,7 @@ func (x *ReleaseProxyResponse) String() string {
 func (*ReleaseProxyResponse) ProtoMessage() {}
 
 func (x *ReleaseProxyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nullnet_proto_msgTypes[17]
+	mi := &file_nullnet_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1680,312 @@ func (x *ReleaseProxyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseProxyResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseProxyResponse) Descriptor() ([]byte, []int) {
-	return file_nullnet_proto_rawDescGZIP(), []int{17}
+	return file_nullnet_proto_rawDescGZIP(), []int{19}
+}
+
+type WatchCertificatesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProxyNode     string                 `protobuf:"bytes,1,opt,name=proxy_node,json=proxyNode,proto3" json:"proxy_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCertificatesRequest) Reset() {
+	*x = WatchCertificatesRequest{}
+	mi := &file_nullnet_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCertificatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCertificatesRequest) ProtoMessage() {}
+
+func (x *WatchCertificatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCertificatesRequest.ProtoReflect.Descriptor instead.
+func (*WatchCertificatesRequest) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WatchCertificatesRequest) GetProxyNode() string {
+	if x != nil {
+		return x.ProxyNode
+	}
+	return ""
+}
+
+// One certificate for one domain (exact name or "*.example.com").
+type Certificate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domain        string                 `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	CertPem       []byte                 `protobuf:"bytes,2,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"` // leaf first, then the chain
+	KeyPem        []byte                 `protobuf:"bytes,3,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	NotAfterUnix  int64                  `protobuf:"varint,4,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	Source        string                 `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"` // "file" | "acme"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Certificate) Reset() {
+	*x = Certificate{}
+	mi := &file_nullnet_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Certificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Certificate) ProtoMessage() {}
+
+func (x *Certificate) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Certificate.ProtoReflect.Descriptor instead.
+func (*Certificate) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Certificate) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *Certificate) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *Certificate) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
+func (x *Certificate) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+func (x *Certificate) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// An HTTP-01 challenge the proxies answer on :80 at /.well-known/acme-challenge/<token>.
+type AcmeHTTPChallenge struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Token            string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	KeyAuthorization string                 `protobuf:"bytes,2,opt,name=key_authorization,json=keyAuthorization,proto3" json:"key_authorization,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AcmeHTTPChallenge) Reset() {
+	*x = AcmeHTTPChallenge{}
+	mi := &file_nullnet_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeHTTPChallenge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeHTTPChallenge) ProtoMessage() {}
+
+func (x *AcmeHTTPChallenge) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeHTTPChallenge.ProtoReflect.Descriptor instead.
+func (*AcmeHTTPChallenge) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AcmeHTTPChallenge) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *AcmeHTTPChallenge) GetKeyAuthorization() string {
+	if x != nil {
+		return x.KeyAuthorization
+	}
+	return ""
+}
+
+// A TLS-ALPN-01 challenge certificate the proxies present for domain when the client offers
+// ALPN "acme-tls/1".
+type AcmeTLSALPNChallenge struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Domain        string                 `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	CertPem       []byte                 `protobuf:"bytes,2,opt,name=cert_pem,json=certPem,proto3" json:"cert_pem,omitempty"`
+	KeyPem        []byte                 `protobuf:"bytes,3,opt,name=key_pem,json=keyPem,proto3" json:"key_pem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AcmeTLSALPNChallenge) Reset() {
+	*x = AcmeTLSALPNChallenge{}
+	mi := &file_nullnet_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AcmeTLSALPNChallenge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AcmeTLSALPNChallenge) ProtoMessage() {}
+
+func (x *AcmeTLSALPNChallenge) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AcmeTLSALPNChallenge.ProtoReflect.Descriptor instead.
+func (*AcmeTLSALPNChallenge) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AcmeTLSALPNChallenge) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *AcmeTLSALPNChallenge) GetCertPem() []byte {
+	if x != nil {
+		return x.CertPem
+	}
+	return nil
+}
+
+func (x *AcmeTLSALPNChallenge) GetKeyPem() []byte {
+	if x != nil {
+		return x.KeyPem
+	}
+	return nil
+}
+
+type CertificateBundle struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Increases with every distinct set a server publishes.
+	Version           uint64                  `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	Certificates      []*Certificate          `protobuf:"bytes,2,rep,name=certificates,proto3" json:"certificates,omitempty"`
+	HttpChallenges    []*AcmeHTTPChallenge    `protobuf:"bytes,3,rep,name=http_challenges,json=httpChallenges,proto3" json:"http_challenges,omitempty"`
+	TlsAlpnChallenges []*AcmeTLSALPNChallenge `protobuf:"bytes,4,rep,name=tls_alpn_challenges,json=tlsAlpnChallenges,proto3" json:"tls_alpn_challenges,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *CertificateBundle) Reset() {
+	*x = CertificateBundle{}
+	mi := &file_nullnet_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateBundle) ProtoMessage() {}
+
+func (x *CertificateBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateBundle.ProtoReflect.Descriptor instead.
+func (*CertificateBundle) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CertificateBundle) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *CertificateBundle) GetCertificates() []*Certificate {
+	if x != nil {
+		return x.Certificates
+	}
+	return nil
+}
+
+func (x *CertificateBundle) GetHttpChallenges() []*AcmeHTTPChallenge {
+	if x != nil {
+		return x.HttpChallenges
+	}
+	return nil
+}
+
+func (x *CertificateBundle) GetTlsAlpnChallenges() []*AcmeTLSALPNChallenge {
+	if x != nil {
+		return x.TlsAlpnChallenges
+	}
+	return nil
 }
 
 var File_nullnet_proto protoreflect.FileDescriptor
@@ -1483,20 +2053,41 @@ const file_nullnet_proto_rawDesc = "" +
 	"\vFieldsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x15\n" +
-	"\x13ReportEventResponse\"9\n" +
+	"\x13ReportEventResponse\"i\n" +
+	"\tHTTPRoute\x12\x1f\n" +
+	"\vpath_prefix\x18\x01 \x01(\tR\n" +
+	"pathPrefix\x12\x18\n" +
+	"\aservice\x18\x02 \x01(\tR\aservice\x12!\n" +
+	"\fstrip_prefix\x18\x03 \x01(\bR\vstripPrefix\"\xbc\x04\n" +
+	"\rServicePolicy\x12%\n" +
+	"\x0ehttps_redirect\x18\x01 \x01(\bR\rhttpsRedirect\x12)\n" +
+	"\x11hsts_max_age_secs\x18\x02 \x01(\x04R\x0ehstsMaxAgeSecs\x12\x12\n" +
+	"\x04acme\x18\x03 \x01(\bR\x04acme\x12P\n" +
+	"\x13send_proxy_protocol\x18\x04 \x01(\x0e2 .nullnet.v1.ProxyProtocolVersionR\x11sendProxyProtocol\x12\x14\n" +
+	"\x05allow\x18\x05 \x03(\tR\x05allow\x12\x12\n" +
+	"\x04deny\x18\x06 \x03(\tR\x04deny\x12;\n" +
+	"\x1amax_connections_per_client\x18\a \x01(\rR\x17maxConnectionsPerClient\x12D\n" +
+	"\x1fnew_connections_per_client_rate\x18\b \x01(\x01R\x1bnewConnectionsPerClientRate\x12F\n" +
+	" new_connections_per_client_burst\x18\t \x01(\rR\x1cnewConnectionsPerClientBurst\x12!\n" +
+	"\fmax_sessions\x18\n" +
+	" \x01(\rR\vmaxSessions\x12-\n" +
+	"\x06routes\x18\v \x03(\v2\x15.nullnet.v1.HTTPRouteR\x06routes\x12,\n" +
+	"\x12close_on_unhealthy\x18\f \x01(\bR\x10closeOnUnhealthy\"9\n" +
 	"\x18WatchPortMappingsRequest\x12\x1d\n" +
 	"\n" +
-	"proxy_node\x18\x01 \x01(\tR\tproxyNode\"\xc3\x01\n" +
+	"proxy_node\x18\x01 \x01(\tR\tproxyNode\"\xf6\x01\n" +
 	"\vPortMapping\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x127\n" +
 	"\bprotocol\x18\x02 \x01(\x0e2\x1b.nullnet.v1.ServiceProtocolR\bprotocol\x12\x1f\n" +
 	"\vlisten_port\x18\x03 \x01(\rR\n" +
 	"listenPort\x12*\n" +
 	"\x11idle_timeout_secs\x18\x04 \x01(\x04R\x0fidleTimeoutSecs\x12\x14\n" +
-	"\x05stack\x18\x05 \x01(\tR\x05stack\"b\n" +
+	"\x05stack\x18\x05 \x01(\tR\x05stack\x121\n" +
+	"\x06policy\x18\x06 \x01(\v2\x19.nullnet.v1.ServicePolicyR\x06policy\"\xa0\x01\n" +
 	"\x11PortMappingBundle\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
-	"\bmappings\x18\x02 \x03(\v2\x17.nullnet.v1.PortMappingR\bmappings\"\xc9\x01\n" +
+	"\bmappings\x18\x02 \x03(\v2\x17.nullnet.v1.PortMappingR\bmappings\x12<\n" +
+	"\rhttp_services\x18\x03 \x03(\v2\x17.nullnet.v1.PortMappingR\fhttpServices\"\xc9\x01\n" +
 	"\fProxyRequest\x12\x1b\n" +
 	"\tclient_ip\x18\x01 \x01(\tR\bclientIp\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x1d\n" +
@@ -1522,7 +2113,28 @@ const file_nullnet_proto_rawDesc = "" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x1d\n" +
 	"\n" +
 	"proxy_node\x18\x02 \x01(\tR\tproxyNode\"\x16\n" +
-	"\x14ReleaseProxyResponse*]\n" +
+	"\x14ReleaseProxyResponse\"9\n" +
+	"\x18WatchCertificatesRequest\x12\x1d\n" +
+	"\n" +
+	"proxy_node\x18\x01 \x01(\tR\tproxyNode\"\x97\x01\n" +
+	"\vCertificate\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12\x19\n" +
+	"\bcert_pem\x18\x02 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x03 \x01(\fR\x06keyPem\x12$\n" +
+	"\x0enot_after_unix\x18\x04 \x01(\x03R\fnotAfterUnix\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"V\n" +
+	"\x11AcmeHTTPChallenge\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x12+\n" +
+	"\x11key_authorization\x18\x02 \x01(\tR\x10keyAuthorization\"b\n" +
+	"\x14AcmeTLSALPNChallenge\x12\x16\n" +
+	"\x06domain\x18\x01 \x01(\tR\x06domain\x12\x19\n" +
+	"\bcert_pem\x18\x02 \x01(\fR\acertPem\x12\x17\n" +
+	"\akey_pem\x18\x03 \x01(\fR\x06keyPem\"\x84\x02\n" +
+	"\x11CertificateBundle\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12;\n" +
+	"\fcertificates\x18\x02 \x03(\v2\x17.nullnet.v1.CertificateR\fcertificates\x12F\n" +
+	"\x0fhttp_challenges\x18\x03 \x03(\v2\x1d.nullnet.v1.AcmeHTTPChallengeR\x0ehttpChallenges\x12P\n" +
+	"\x13tls_alpn_challenges\x18\x04 \x03(\v2 .nullnet.v1.AcmeTLSALPNChallengeR\x11tlsAlpnChallenges*]\n" +
 	"\vOverlaySide\x12\x1c\n" +
 	"\x18OVERLAY_SIDE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OVERLAY_SIDE_SERVICE\x10\x01\x12\x16\n" +
@@ -1531,18 +2143,24 @@ const file_nullnet_proto_rawDesc = "" +
 	"\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSEVERITY_INFO\x10\x01\x12\x14\n" +
 	"\x10SEVERITY_WARNING\x10\x02\x12\x12\n" +
-	"\x0eSEVERITY_ERROR\x10\x03*`\n" +
+	"\x0eSEVERITY_ERROR\x10\x03*z\n" +
 	"\x0fServiceProtocol\x12\x19\n" +
 	"\x15SERVICE_PROTOCOL_HTTP\x10\x00\x12\x18\n" +
 	"\x14SERVICE_PROTOCOL_TCP\x10\x01\x12\x18\n" +
-	"\x14SERVICE_PROTOCOL_UDP\x10\x022\x9b\x01\n" +
+	"\x14SERVICE_PROTOCOL_UDP\x10\x02\x12\x18\n" +
+	"\x14SERVICE_PROTOCOL_TLS\x10\x03*]\n" +
+	"\x14ProxyProtocolVersion\x12\x17\n" +
+	"\x13PROXY_PROTOCOL_NONE\x10\x00\x12\x15\n" +
+	"\x11PROXY_PROTOCOL_V1\x10\x01\x12\x15\n" +
+	"\x11PROXY_PROTOCOL_V2\x10\x022\x9b\x01\n" +
 	"\aControl\x12H\n" +
 	"\x0eControlChannel\x12\x17.nullnet.v1.NodeMessage\x1a\x19.nullnet.v1.ServerMessage(\x010\x01\x12F\n" +
-	"\vReportEvent\x12\x16.nullnet.v1.AgentEvent\x1a\x1f.nullnet.v1.ReportEventResponse2\xf6\x01\n" +
+	"\vReportEvent\x12\x16.nullnet.v1.AgentEvent\x1a\x1f.nullnet.v1.ReportEventResponse2\xd2\x02\n" +
 	"\aIngress\x12Z\n" +
 	"\x11WatchPortMappings\x12$.nullnet.v1.WatchPortMappingsRequest\x1a\x1d.nullnet.v1.PortMappingBundle0\x01\x12<\n" +
 	"\x05Proxy\x12\x18.nullnet.v1.ProxyRequest\x1a\x19.nullnet.v1.ProxyResponse\x12Q\n" +
-	"\fReleaseProxy\x12\x1f.nullnet.v1.ReleaseProxyRequest\x1a .nullnet.v1.ReleaseProxyResponseB,Z*github.com/nullnet/nullnet/proto;nullnetpbb\x06proto3"
+	"\fReleaseProxy\x12\x1f.nullnet.v1.ReleaseProxyRequest\x1a .nullnet.v1.ReleaseProxyResponse\x12Z\n" +
+	"\x11WatchCertificates\x12$.nullnet.v1.WatchCertificatesRequest\x1a\x1d.nullnet.v1.CertificateBundle0\x01B,Z*github.com/nullnet/nullnet/proto;nullnetpbb\x06proto3"
 
 var (
 	file_nullnet_proto_rawDescOnce sync.Once
@@ -1556,63 +2174,80 @@ func file_nullnet_proto_rawDescGZIP() []byte {
 	return file_nullnet_proto_rawDescData
 }
 
-var file_nullnet_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_nullnet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_nullnet_proto_goTypes = []any{
 	(OverlaySide)(0),                 // 0: nullnet.v1.OverlaySide
 	(Severity)(0),                    // 1: nullnet.v1.Severity
 	(ServiceProtocol)(0),             // 2: nullnet.v1.ServiceProtocol
-	(*NodeMessage)(nil),              // 3: nullnet.v1.NodeMessage
-	(*Hello)(nil),                    // 4: nullnet.v1.Hello
-	(*OverlayEndRef)(nil),            // 5: nullnet.v1.OverlayEndRef
-	(*CommandAck)(nil),               // 6: nullnet.v1.CommandAck
-	(*ServerMessage)(nil),            // 7: nullnet.v1.ServerMessage
-	(*Welcome)(nil),                  // 8: nullnet.v1.Welcome
-	(*OverlaySetup)(nil),             // 9: nullnet.v1.OverlaySetup
-	(*OverlayTeardown)(nil),          // 10: nullnet.v1.OverlayTeardown
-	(*AgentEvent)(nil),               // 11: nullnet.v1.AgentEvent
-	(*ReportEventResponse)(nil),      // 12: nullnet.v1.ReportEventResponse
-	(*WatchPortMappingsRequest)(nil), // 13: nullnet.v1.WatchPortMappingsRequest
-	(*PortMapping)(nil),              // 14: nullnet.v1.PortMapping
-	(*PortMappingBundle)(nil),        // 15: nullnet.v1.PortMappingBundle
-	(*ProxyRequest)(nil),             // 16: nullnet.v1.ProxyRequest
-	(*AdoptUse)(nil),                 // 17: nullnet.v1.AdoptUse
-	(*ProxyResponse)(nil),            // 18: nullnet.v1.ProxyResponse
-	(*ReleaseProxyRequest)(nil),      // 19: nullnet.v1.ReleaseProxyRequest
-	(*ReleaseProxyResponse)(nil),     // 20: nullnet.v1.ReleaseProxyResponse
-	nil,                              // 21: nullnet.v1.AgentEvent.FieldsEntry
+	(ProxyProtocolVersion)(0),        // 3: nullnet.v1.ProxyProtocolVersion
+	(*NodeMessage)(nil),              // 4: nullnet.v1.NodeMessage
+	(*Hello)(nil),                    // 5: nullnet.v1.Hello
+	(*OverlayEndRef)(nil),            // 6: nullnet.v1.OverlayEndRef
+	(*CommandAck)(nil),               // 7: nullnet.v1.CommandAck
+	(*ServerMessage)(nil),            // 8: nullnet.v1.ServerMessage
+	(*Welcome)(nil),                  // 9: nullnet.v1.Welcome
+	(*OverlaySetup)(nil),             // 10: nullnet.v1.OverlaySetup
+	(*OverlayTeardown)(nil),          // 11: nullnet.v1.OverlayTeardown
+	(*AgentEvent)(nil),               // 12: nullnet.v1.AgentEvent
+	(*ReportEventResponse)(nil),      // 13: nullnet.v1.ReportEventResponse
+	(*HTTPRoute)(nil),                // 14: nullnet.v1.HTTPRoute
+	(*ServicePolicy)(nil),            // 15: nullnet.v1.ServicePolicy
+	(*WatchPortMappingsRequest)(nil), // 16: nullnet.v1.WatchPortMappingsRequest
+	(*PortMapping)(nil),              // 17: nullnet.v1.PortMapping
+	(*PortMappingBundle)(nil),        // 18: nullnet.v1.PortMappingBundle
+	(*ProxyRequest)(nil),             // 19: nullnet.v1.ProxyRequest
+	(*AdoptUse)(nil),                 // 20: nullnet.v1.AdoptUse
+	(*ProxyResponse)(nil),            // 21: nullnet.v1.ProxyResponse
+	(*ReleaseProxyRequest)(nil),      // 22: nullnet.v1.ReleaseProxyRequest
+	(*ReleaseProxyResponse)(nil),     // 23: nullnet.v1.ReleaseProxyResponse
+	(*WatchCertificatesRequest)(nil), // 24: nullnet.v1.WatchCertificatesRequest
+	(*Certificate)(nil),              // 25: nullnet.v1.Certificate
+	(*AcmeHTTPChallenge)(nil),        // 26: nullnet.v1.AcmeHTTPChallenge
+	(*AcmeTLSALPNChallenge)(nil),     // 27: nullnet.v1.AcmeTLSALPNChallenge
+	(*CertificateBundle)(nil),        // 28: nullnet.v1.CertificateBundle
+	nil,                              // 29: nullnet.v1.AgentEvent.FieldsEntry
 }
 var file_nullnet_proto_depIdxs = []int32{
-	4,  // 0: nullnet.v1.NodeMessage.hello:type_name -> nullnet.v1.Hello
-	6,  // 1: nullnet.v1.NodeMessage.ack:type_name -> nullnet.v1.CommandAck
-	5,  // 2: nullnet.v1.Hello.active_ends:type_name -> nullnet.v1.OverlayEndRef
+	5,  // 0: nullnet.v1.NodeMessage.hello:type_name -> nullnet.v1.Hello
+	7,  // 1: nullnet.v1.NodeMessage.ack:type_name -> nullnet.v1.CommandAck
+	6,  // 2: nullnet.v1.Hello.active_ends:type_name -> nullnet.v1.OverlayEndRef
 	0,  // 3: nullnet.v1.OverlayEndRef.side:type_name -> nullnet.v1.OverlaySide
-	8,  // 4: nullnet.v1.ServerMessage.welcome:type_name -> nullnet.v1.Welcome
-	9,  // 5: nullnet.v1.ServerMessage.overlay_setup:type_name -> nullnet.v1.OverlaySetup
-	10, // 6: nullnet.v1.ServerMessage.overlay_teardown:type_name -> nullnet.v1.OverlayTeardown
+	9,  // 4: nullnet.v1.ServerMessage.welcome:type_name -> nullnet.v1.Welcome
+	10, // 5: nullnet.v1.ServerMessage.overlay_setup:type_name -> nullnet.v1.OverlaySetup
+	11, // 6: nullnet.v1.ServerMessage.overlay_teardown:type_name -> nullnet.v1.OverlayTeardown
 	0,  // 7: nullnet.v1.OverlaySetup.side:type_name -> nullnet.v1.OverlaySide
 	0,  // 8: nullnet.v1.OverlayTeardown.side:type_name -> nullnet.v1.OverlaySide
 	1,  // 9: nullnet.v1.AgentEvent.severity:type_name -> nullnet.v1.Severity
-	21, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
-	2,  // 11: nullnet.v1.PortMapping.protocol:type_name -> nullnet.v1.ServiceProtocol
-	14, // 12: nullnet.v1.PortMappingBundle.mappings:type_name -> nullnet.v1.PortMapping
-	2,  // 13: nullnet.v1.ProxyRequest.protocol:type_name -> nullnet.v1.ServiceProtocol
-	17, // 14: nullnet.v1.ProxyRequest.adopt:type_name -> nullnet.v1.AdoptUse
-	3,  // 15: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
-	11, // 16: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
-	13, // 17: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
-	16, // 18: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
-	19, // 19: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
-	7,  // 20: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
-	12, // 21: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
-	15, // 22: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
-	18, // 23: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
-	20, // 24: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	29, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
+	3,  // 11: nullnet.v1.ServicePolicy.send_proxy_protocol:type_name -> nullnet.v1.ProxyProtocolVersion
+	14, // 12: nullnet.v1.ServicePolicy.routes:type_name -> nullnet.v1.HTTPRoute
+	2,  // 13: nullnet.v1.PortMapping.protocol:type_name -> nullnet.v1.ServiceProtocol
+	15, // 14: nullnet.v1.PortMapping.policy:type_name -> nullnet.v1.ServicePolicy
+	17, // 15: nullnet.v1.PortMappingBundle.mappings:type_name -> nullnet.v1.PortMapping
+	17, // 16: nullnet.v1.PortMappingBundle.http_services:type_name -> nullnet.v1.PortMapping
+	2,  // 17: nullnet.v1.ProxyRequest.protocol:type_name -> nullnet.v1.ServiceProtocol
+	20, // 18: nullnet.v1.ProxyRequest.adopt:type_name -> nullnet.v1.AdoptUse
+	25, // 19: nullnet.v1.CertificateBundle.certificates:type_name -> nullnet.v1.Certificate
+	26, // 20: nullnet.v1.CertificateBundle.http_challenges:type_name -> nullnet.v1.AcmeHTTPChallenge
+	27, // 21: nullnet.v1.CertificateBundle.tls_alpn_challenges:type_name -> nullnet.v1.AcmeTLSALPNChallenge
+	4,  // 22: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
+	12, // 23: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
+	16, // 24: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
+	19, // 25: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
+	22, // 26: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
+	24, // 27: nullnet.v1.Ingress.WatchCertificates:input_type -> nullnet.v1.WatchCertificatesRequest
+	8,  // 28: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
+	13, // 29: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
+	18, // 30: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
+	21, // 31: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
+	23, // 32: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
+	28, // 33: nullnet.v1.Ingress.WatchCertificates:output_type -> nullnet.v1.CertificateBundle
+	28, // [28:34] is the sub-list for method output_type
+	22, // [22:28] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_nullnet_proto_init() }
@@ -1634,8 +2269,8 @@ func file_nullnet_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nullnet_proto_rawDesc), len(file_nullnet_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   19,
+			NumEnums:      4,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

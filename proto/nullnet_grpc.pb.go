@@ -172,6 +172,7 @@ const (
 	Ingress_WatchPortMappings_FullMethodName = "/nullnet.v1.Ingress/WatchPortMappings"
 	Ingress_Proxy_FullMethodName             = "/nullnet.v1.Ingress/Proxy"
 	Ingress_ReleaseProxy_FullMethodName      = "/nullnet.v1.Ingress/ReleaseProxy"
+	Ingress_WatchCertificates_FullMethodName = "/nullnet.v1.Ingress/WatchCertificates"
 )
 
 // IngressClient is the client API for Ingress service.
@@ -185,6 +186,9 @@ type IngressClient interface {
 	Proxy(ctx context.Context, in *ProxyRequest, opts ...grpc.CallOption) (*ProxyResponse, error)
 	// The connection (TCP), session (UDP) or request (HTTP) that took a use has ended.
 	ReleaseProxy(ctx context.Context, in *ReleaseProxyRequest, opts ...grpc.CallOption) (*ReleaseProxyResponse, error)
+	// The TLS certificates (and pending ACME challenges) every proxy serves: the full set on
+	// subscribe, then the full set again after every change.
+	WatchCertificates(ctx context.Context, in *WatchCertificatesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CertificateBundle], error)
 }
 
 type ingressClient struct {
@@ -234,6 +238,25 @@ func (c *ingressClient) ReleaseProxy(ctx context.Context, in *ReleaseProxyReques
 	return out, nil
 }
 
+func (c *ingressClient) WatchCertificates(ctx context.Context, in *WatchCertificatesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CertificateBundle], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Ingress_ServiceDesc.Streams[1], Ingress_WatchCertificates_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchCertificatesRequest, CertificateBundle]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ingress_WatchCertificatesClient = grpc.ServerStreamingClient[CertificateBundle]
+
 // IngressServer is the server API for Ingress service.
 // All implementations must embed UnimplementedIngressServer
 // for forward compatibility.
@@ -245,6 +268,9 @@ type IngressServer interface {
 	Proxy(context.Context, *ProxyRequest) (*ProxyResponse, error)
 	// The connection (TCP), session (UDP) or request (HTTP) that took a use has ended.
 	ReleaseProxy(context.Context, *ReleaseProxyRequest) (*ReleaseProxyResponse, error)
+	// The TLS certificates (and pending ACME challenges) every proxy serves: the full set on
+	// subscribe, then the full set again after every change.
+	WatchCertificates(*WatchCertificatesRequest, grpc.ServerStreamingServer[CertificateBundle]) error
 	mustEmbedUnimplementedIngressServer()
 }
 
@@ -263,6 +289,9 @@ func (UnimplementedIngressServer) Proxy(context.Context, *ProxyRequest) (*ProxyR
 }
 func (UnimplementedIngressServer) ReleaseProxy(context.Context, *ReleaseProxyRequest) (*ReleaseProxyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReleaseProxy not implemented")
+}
+func (UnimplementedIngressServer) WatchCertificates(*WatchCertificatesRequest, grpc.ServerStreamingServer[CertificateBundle]) error {
+	return status.Error(codes.Unimplemented, "method WatchCertificates not implemented")
 }
 func (UnimplementedIngressServer) mustEmbedUnimplementedIngressServer() {}
 func (UnimplementedIngressServer) testEmbeddedByValue()                 {}
@@ -332,6 +361,17 @@ func _Ingress_ReleaseProxy_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Ingress_WatchCertificates_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchCertificatesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(IngressServer).WatchCertificates(m, &grpc.GenericServerStream[WatchCertificatesRequest, CertificateBundle]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ingress_WatchCertificatesServer = grpc.ServerStreamingServer[CertificateBundle]
+
 // Ingress_ServiceDesc is the grpc.ServiceDesc for Ingress service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -352,6 +392,11 @@ var Ingress_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchPortMappings",
 			Handler:       _Ingress_WatchPortMappings_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchCertificates",
+			Handler:       _Ingress_WatchCertificates_Handler,
 			ServerStreams: true,
 		},
 	},
