@@ -61,6 +61,7 @@ var RemoteTriggered = map[string]func(Event) string{
 	UDPUpstreamConnectFailed: ByFields("service", "upstream"),
 	TCPUpstreamConnectFailed: ByFields("service", "upstream"),
 	UpstreamLookupFailed:     ByFields("service", "protocol"),
+	ACMEOrderFailed:          ByFields("domain", "reason"),
 }
 
 // ByFields keys events by their node and the named fields.

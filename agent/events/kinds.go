@@ -57,6 +57,13 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+
+	// Certificates (server): ACME.
+	CertificateInstalled = "certificate_installed"
+	CertificateRenewed   = "certificate_renewed"
+	// ACMEOrderFailed: an ACME order failed; retried with backoff per domain. Aggregated per
+	// domain and reason (see RemoteTriggered): a CA or a DNS answer can make it fail at will.
+	ACMEOrderFailed = "acme_order_failed"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -123,6 +130,10 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+
+	{Kind: CertificateInstalled, Fields: []string{"domain", "not_after", "source"}},
+	{Kind: CertificateRenewed, Fields: []string{"domain", "not_after", "source"}},
+	{Kind: ACMEOrderFailed, Fields: []string{"domain", "reason"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.
