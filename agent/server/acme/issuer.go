@@ -160,7 +160,7 @@ func (i *Issuer) plan(now time.Time) (due []string, next time.Time) {
 		r := i.kv.certs[d]
 		at := now
 		if !renewalDue(r, i.cfg.DirectoryURL, now, i.cfg.RenewBefore) {
-			at = r.NotAfter.Add(-i.cfg.RenewBefore)
+			at = renewAt(r, i.cfg.RenewBefore)
 		}
 		if b := i.backoff[d]; b != nil && b.next.After(at) {
 			at = b.next

@@ -49,6 +49,7 @@ type certRecord struct {
 	Domain       string    `json:"domain"`
 	CertPEM      string    `json:"cert_pem"` // leaf first, then the issuer chain
 	KeyPEM       string    `json:"key_pem"`
+	NotBefore    time.Time `json:"not_before"`
 	NotAfter     time.Time `json:"not_after"`
 	IssuedAt     time.Time `json:"issued_at"`
 	DirectoryURL string    `json:"directory_url"`
@@ -90,18 +91,27 @@ func decodeCert(domain string, raw []byte) (*certRecord, error) {
 	if err := leaf.VerifyHostname(domain); err != nil {
 		return nil, fmt.Errorf("leaf does not cover the domain: %w", err)
 	}
-	r.NotAfter = leaf.NotAfter // trust the certificate over the metadata
+	r.NotBefore, r.NotAfter = leaf.NotBefore, leaf.NotAfter // trust the certificate over the metadata
 	return &r, nil
 }
 
 // renewalDue reports whether a domain needs an order now: no usable certificate, one from
-// another directory (the operator moved from staging to production), or one that expires
-// within renewBefore.
+// another directory (the operator moved from staging to production), or one past renewAt.
 func renewalDue(r *certRecord, directoryURL string, now time.Time, renewBefore time.Duration) bool {
 	if r == nil || r.DirectoryURL != directoryURL {
 		return true
 	}
-	return !now.Before(r.NotAfter.Add(-renewBefore))
+	return !now.Before(renewAt(r, renewBefore))
+}
+
+// renewAt is when a certificate is renewed: renewBefore ahead of expiry, but never earlier than
+// two thirds into its lifetime, so that a CA issuing certificates shorter than the window (six-day
+// certificates against a 30-day window) does not make us order again in a loop.
+func renewAt(r *certRecord, renewBefore time.Duration) time.Time {
+	if life := r.NotAfter.Sub(r.NotBefore); life > 0 && renewBefore > life/3 {
+		renewBefore = life / 3
+	}
+	return r.NotAfter.Add(-renewBefore)
 }
 
 // validDomain rejects names that cannot be a key below certs/ or a certificate identifier.
