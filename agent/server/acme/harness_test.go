@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +29,8 @@ type sink struct {
 	sets    int
 	refuse  map[string]bool
 	changed chan struct{}
+	// answered counts challenges answered, by type.
+	answered map[string]int
 
 	httpPort, tlsPort int
 }
@@ -35,7 +38,7 @@ type sink struct {
 func newSink(t *testing.T) *sink {
 	t.Helper()
 	s := &sink{http: map[string]string{}, tlsALPN: map[string]*tls.Certificate{}, refuse: map[string]bool{},
-		changed: make(chan struct{}, 1)}
+		answered: map[string]int{}, changed: make(chan struct{}, 1)}
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,13 +85,17 @@ func (s *sink) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	s.mu.Lock()
+	s.answered[ChallengeHTTP01]++
+	s.mu.Unlock()
 	_, _ = w.Write([]byte(ka))
 }
 
 func (s *sink) getCert(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c := s.tlsALPN[hello.ServerName]; c != nil && !s.refuse[hello.ServerName] {
+	if c := s.tlsALPN[hello.ServerName]; c != nil && !s.refuse[hello.ServerName] && slices.Contains(hello.SupportedProtos, "acme-tls/1") {
+		s.answered[ChallengeTLSALPN01]++
 		return c, nil
 	}
 	return nil, nil // no certificate: handshake fails

@@ -245,6 +245,7 @@ func (i *Issuer) issueOne(ctx context.Context, domain string) {
 	}
 	i.mu.Lock()
 	delete(i.backoff, domain)
+	i.kv.certs[domain] = rec // the watch brings it too; planning must not wait for it
 	i.mu.Unlock()
 	kind, verb := events.CertificateInstalled, "issued"
 	if prev != nil {

@@ -136,7 +136,7 @@ func Start(t testing.TB, o Options) *Pebble {
 	if err := os.WriteFile(cfgPath, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(bin, "-config", cfgPath, "-strict", "-dnsserver", p.dns.PacketConn.LocalAddr().String())
+	p.cmd = exec.Command(bin, "-config", cfgPath, "-strict", "-dnsserver", p.dns.Listener.Addr().String())
 	p.cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -145,7 +145,7 @@ func Start(t testing.TB, o Options) *Pebble {
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Kill()
 		_ = p.cmd.Wait()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("NULLNET_PEBBLE_LOG") != "" {
 			t.Logf("pebble output:\n%s", p.out.String())
 		}
 	})
@@ -197,11 +197,11 @@ func (p *Pebble) Issued() int {
 // Output is Pebble's log so far.
 func (p *Pebble) Output() string { return p.out.String() }
 
-// startDNS answers A queries for every name with 127.0.0.1 and AAAA with nothing, on a free UDP
-// port.
+// startDNS answers A queries for every name with 127.0.0.1 and AAAA with nothing, on a free TCP
+// port (Pebble's validation authority queries its -dnsserver over TCP).
 func startDNS(t testing.TB) *dns.Server {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func startDNS(t testing.TB) *dns.Server {
 		_ = w.WriteMsg(m)
 	})
 	started := make(chan struct{})
-	s := &dns.Server{PacketConn: pc, Handler: h, NotifyStartedFunc: func() { close(started) }}
+	s := &dns.Server{Listener: l, Handler: h, NotifyStartedFunc: func() { close(started) }}
 	go func() { _ = s.ActivateAndServe() }()
 	select {
 	case <-started:
