@@ -62,6 +62,15 @@ type rawServer struct {
 	EventBufferSize *int           `hcl:"event_buffer_size,optional"`
 	NetIDMin        *uint32        `hcl:"net_id_min,optional"`
 	NetIDMax        *uint32        `hcl:"net_id_max,optional"`
+	ACME            *rawACME       `hcl:"acme,block"`
+}
+
+type rawACME struct {
+	Email        *string        `hcl:"email,optional"`
+	DirectoryURL *string        `hcl:"directory_url,optional"`
+	CAFile       *string        `hcl:"ca_file,optional"`
+	Challenge    *string        `hcl:"challenge,optional"`
+	RenewBefore  *hcl.Attribute `hcl:"renew_before,optional"`
 }
 
 type rawProxy struct {

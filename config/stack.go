@@ -204,7 +204,7 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}}}
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}, {Name: "acme"}}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -263,6 +263,12 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+	acme := content.Attributes["acme"]
+	if acme != nil {
+		v, d := BoolAttr(acme)
+		diags = append(diags, d...)
+		svc.Policy.ACME = v
+	}
 
 	switch svc.Protocol {
 	case ProtocolHTTP:
@@ -270,7 +276,14 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 			diags = append(diags, errAt(port.NameRange.Ptr(), "Unexpected listen_port",
 				"http service %q is routed by Host header on the proxies' HTTP listener; listen_port is only for tcp and udp services.", svc.Name))
 		}
+		if svc.Policy.ACME {
+			diags = append(diags, checkACMEService(svc, acme)...)
+		}
 	case ProtocolTCP, ProtocolUDP:
+		if acme != nil {
+			diags = append(diags, errAt(acme.NameRange.Ptr(), "Unexpected acme",
+				"acme is for http services (the proxies terminate TLS for them); %s service %q carries its own bytes.", svc.Protocol, svc.Name))
+		}
 		if port == nil {
 			diags = append(diags, errAt(b.DefRange.Ptr(), "Missing listen_port",
 				"%s service %q needs listen_port: the port the proxies listen on.", svc.Protocol, svc.Name))
@@ -281,6 +294,21 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 	}
 	return svc, diags
+}
+
+// checkACMEService checks that an http service with acme = true can get a certificate: the CA
+// must reach it through the proxies (an entry point, with timeout) under a public DNS name.
+func checkACMEService(svc StackService, a *hcl.Attribute) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if !svc.EntryPoint {
+		diags = append(diags, errAt(a.NameRange.Ptr(), "acme on a backend-only service",
+			"http service %q has no timeout, so the proxies do not route it and the CA's challenge cannot reach it; add timeout or drop acme.", svc.Name))
+	}
+	if !strings.Contains(svc.Name, ".") {
+		diags = append(diags, errAt(a.NameRange.Ptr(), "acme needs a domain name",
+			"%q is not a fully qualified domain name; an ACME CA only issues certificates for names such as \"app.example.com\" (the service name is the Host it answers).", svc.Name))
+	}
+	return diags
 }
 
 // portAttr evaluates listen_port: a whole number in 1..65535.
