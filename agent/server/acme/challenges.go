@@ -104,6 +104,6 @@ type acmeUser struct {
 	key   crypto.Signer
 }
 
-func (u *acmeUser) GetEmail() string                        { return u.email }
+func (u *acmeUser) GetEmail() string                       { return u.email }
 func (u *acmeUser) GetRegistration() *acme.ExtendedAccount { return u.reg }
-func (u *acmeUser) GetPrivateKey() crypto.Signer            { return u.key }
+func (u *acmeUser) GetPrivateKey() crypto.Signer           { return u.key }

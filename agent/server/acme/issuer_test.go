@@ -1,9 +1,9 @@
 package acme
 
 import (
-	"maps"
 	"crypto/x509"
 	"encoding/pem"
+	"maps"
 	"strings"
 	"testing"
 	"time"

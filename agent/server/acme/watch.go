@@ -71,7 +71,9 @@ func (i *Issuer) apply(st kvState) {
 	i.kv = st
 	i.loaded = true
 	certs := i.wantedCertsLocked()
-	changed := !maps.EqualFunc(certs, i.published, func(a, b Certificate) bool { return a.NotAfter.Equal(b.NotAfter) && string(a.CertPEM) == string(b.CertPEM) })
+	changed := !maps.EqualFunc(certs, i.published, func(a, b Certificate) bool {
+		return a.NotAfter.Equal(b.NotAfter) && string(a.CertPEM) == string(b.CertPEM)
+	})
 	if changed {
 		i.published = certs
 	}
