@@ -13,6 +13,8 @@ node_prefix "" {
   policy = "read"
 }
 # Leader election: a Consul lock (session + key) so that two servers never fight over the mirror.
+# With server.acme, also the ACME state under nullnet/acme/ (account and certificate private
+# keys, challenges) and its lock (website/docs/https.md#acme).
 key_prefix "nullnet/" {
   policy = "write"
 }
