@@ -59,8 +59,7 @@ const (
 	UDPSessionLimitReached   = "udp_session_limit_reached"
 
 	// Certificates (server): ACME.
-	CertificateInstalled = "certificate_installed"
-	CertificateRenewed   = "certificate_renewed"
+	CertificateRenewed = "certificate_renewed"
 	// ACMEOrderFailed: an ACME order failed; retried with backoff per domain. Aggregated per
 	// domain and reason (see RemoteTriggered): a CA or a DNS answer can make it fail at will.
 	ACMEOrderFailed = "acme_order_failed"
@@ -131,7 +130,6 @@ var specs = []Spec{
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
 
-	{Kind: CertificateInstalled, Fields: []string{"domain", "not_after", "source"}},
 	{Kind: CertificateRenewed, Fields: []string{"domain", "not_after", "source"}},
 	{Kind: ACMEOrderFailed, Fields: []string{"domain", "reason"}},
 }

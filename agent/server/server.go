@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
@@ -25,6 +26,11 @@ type Config struct {
 	Logger hclog.Logger
 	// LockKey is the Consul KV key of the stacks leader lock (default "nullnet/leader").
 	LockKey string
+	// ACME receives ACME certificates and challenges (with server.acme); nil = ACME off.
+	ACME ACMESinks
+	// ACMEPropagationDelay overrides the wait between storing a challenge and asking the CA
+	// to validate it (tests; default 2 s).
+	ACMEPropagationDelay time.Duration
 }
 
 // Server is the control-plane role. Its parts live in their own files: stacks and the Consul
@@ -91,6 +97,10 @@ func (s *Server) Run(ctx context.Context) error {
 			onServices = s.plane.replicas.servicesChanged
 		}
 		go func() { defer wg.Done(); s.watchCatalog(ctx, onServices) }()
+	}
+	if s.cfg.ACME != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.runACME(ctx, s.cfg.ACME) }()
 	}
 	if s.mirror != nil {
 		wg.Add(2)

@@ -63,7 +63,8 @@ type ChallengeSink interface {
 type Config struct {
 	Consul *api.Client
 	Logger hclog.Logger
-	// Events receives certificate_installed, certificate_renewed and acme_order_failed. Pass an
+	// Events receives certificate_renewed and acme_order_failed (certificate_installed is the
+	// certificate store's, on every server). Pass an
 	// events.Aggregator keyed by events.RemoteTriggered so failures are summarised.
 	Events events.Emitter
 

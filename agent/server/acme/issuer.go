@@ -247,13 +247,15 @@ func (i *Issuer) issueOne(ctx context.Context, domain string) {
 	delete(i.backoff, domain)
 	i.kv.certs[domain] = rec // the watch brings it too; planning must not wait for it
 	i.mu.Unlock()
-	kind, verb := events.CertificateInstalled, "issued"
-	if prev != nil {
-		kind, verb = events.CertificateRenewed, "renewed"
+	if prev == nil {
+		// First certificate: every server's certificate store reports certificate_installed
+		// when the record reaches it through KV.
+		i.logger.Info("certificate issued", "domain", domain, "not_after", rec.NotAfter, "duration", time.Since(start).Round(time.Millisecond))
+		return
 	}
-	i.logger.Info("certificate "+verb, "domain", domain, "not_after", rec.NotAfter, "duration", time.Since(start).Round(time.Millisecond))
-	i.cfg.Events.Emit(events.Event{Kind: kind, Severity: events.Info,
-		Message: fmt.Sprintf("ACME certificate for %s %s", domain, verb),
+	i.logger.Info("certificate renewed", "domain", domain, "not_after", rec.NotAfter, "duration", time.Since(start).Round(time.Millisecond))
+	i.cfg.Events.Emit(events.Event{Kind: events.CertificateRenewed, Severity: events.Info,
+		Message: fmt.Sprintf("ACME certificate for %s renewed", domain),
 		Fields:  map[string]string{"domain": domain, "not_after": rec.NotAfter.UTC().Format(time.RFC3339), "source": Source}})
 }
 

@@ -54,8 +54,8 @@ func TestIssueHTTP01(t *testing.T) {
 	if !leaf.NotAfter.Equal(c.NotAfter) {
 		t.Fatalf("NotAfter %v, leaf says %v", c.NotAfter, leaf.NotAfter)
 	}
-	if n := e.count(events.CertificateInstalled, "app.example.com"); n != 1 {
-		t.Fatalf("certificate_installed events = %d, want 1", n)
+	if n := len(mustEvents(e)); n != 0 {
+		t.Fatalf("%d events for a first issuance (certificate_installed is the store's)", n)
 	}
 	// The challenge is gone from KV and from the sink once the order is done.
 	waitFor(t, 5*time.Second, "challenges cleared", func() bool {
@@ -114,9 +114,6 @@ func TestTwoServersOneIssuance(t *testing.T) {
 	time.Sleep(time.Second) // a second order would have started by now
 	if got := i1.Orders() + i2.Orders(); got != 2 || e.pebble.Issued() != 2 {
 		t.Fatalf("orders %d+%d, pebble issued %d; want one per domain", i1.Orders(), i2.Orders(), e.pebble.Issued())
-	}
-	if n := e.count(events.CertificateInstalled, ""); n != 2 {
-		t.Fatalf("certificate_installed events = %d, want 2", n)
 	}
 }
 
@@ -233,4 +230,9 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+func mustEvents(e *env) []events.Event {
+	evs, _ := e.events.Since(0)
+	return evs
 }
