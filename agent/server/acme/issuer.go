@@ -165,6 +165,9 @@ func (i *Issuer) plan(now time.Time) (due []string, next time.Time) {
 		if b := i.backoff[d]; b != nil && b.next.After(at) {
 			at = b.next
 		}
+		if f, ok := i.kv.fails[d]; ok && f.NextAttempt.After(at) && f.NextAttempt.Before(now.Add(i.cfg.RetryMax+time.Minute)) {
+			at = f.NextAttempt // another server's (or our former self's) backoff; capped against clock skew or a hand edit
+		}
 		if !at.After(now) {
 			due = append(due, d)
 		} else if next.IsZero() || at.Before(next) {
@@ -245,8 +248,13 @@ func (i *Issuer) issueOne(ctx context.Context, domain string) {
 	}
 	i.mu.Lock()
 	delete(i.backoff, domain)
+	delete(i.kv.fails, domain)
 	i.kv.certs[domain] = rec // the watch brings it too; planning must not wait for it
 	i.mu.Unlock()
+	// Always: our view of failures/ may lag the write of the last failure.
+	if _, err := kv.Delete(i.cfg.Prefix+failuresDir+domain, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		i.logger.Warn("clearing the failure record", "domain", domain, "error", err)
+	}
 	if prev == nil {
 		// First certificate: every server's certificate store reports certificate_installed
 		// when the record reaches it through KV.
@@ -271,12 +279,20 @@ func (i *Issuer) failed(domain string, err error) {
 		b = &retryState{}
 		i.backoff[domain] = b
 	}
-	b.failures++
+	// Count on from what any server recorded, so the backoff is one for the cluster.
+	b.failures = max(b.failures, i.kv.fails[domain].Failures) + 1
 	d := retryDelay(b.failures, i.cfg.RetryMin, i.cfg.RetryMax)
 	b.next = time.Now().Add(d)
 	b.reason = reason
 	n := b.failures
+	rec := failureRecord{Failures: n, NextAttempt: b.next.UTC(), Reason: reason}
 	i.mu.Unlock()
+	raw, _ := json.Marshal(rec)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if _, err := i.cfg.Consul.KV().Put(&api.KVPair{Key: i.cfg.Prefix + failuresDir + domain, Value: raw}, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
+		i.logger.Warn("storing the failure record (the backoff stays local)", "domain", domain, "error", err)
+	}
+	cancel()
 	i.logger.Warn("ACME order failed", "domain", domain, "error", reason, "failures", n, "retry_in", d.Round(time.Millisecond))
 	i.cfg.Events.Emit(events.Event{Kind: events.ACMEOrderFailed, Severity: events.Warning,
 		Message: fmt.Sprintf("ACME order for %s failed (attempt %d); retrying in %s", domain, n, d.Round(time.Second)),

@@ -2,6 +2,7 @@ package acme
 
 import (
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"maps"
 	"strings"
@@ -167,7 +168,7 @@ func TestOrderFailureBacksOff(t *testing.T) {
 	e.sink.mu.Lock()
 	e.sink.refuse["fail.example.com"] = true
 	e.sink.mu.Unlock()
-	i, _ := e.issuer(t, "s1", nil, nil)
+	i, stop := e.issuer(t, "s1", nil, nil)
 	i.SetDomains([]string{"fail.example.com", "ok.example.com"})
 	e.sink.waitCert(t, "ok.example.com", 60*time.Second, nil)
 	waitFor(t, 30*time.Second, "three failed orders", func() bool { return e.count(events.ACMEOrderFailed, "fail.example.com") >= 3 })
@@ -192,6 +193,35 @@ func TestOrderFailureBacksOff(t *testing.T) {
 	if _, ok := e.sink.cert("fail.example.com"); ok {
 		t.Fatal("a certificate for the failing domain appeared")
 	}
+
+	// The backoff is in KV: a restarted server (or another one) does not start the count
+	// again, and waits for the recorded next attempt.
+	stop()
+	pair, _, err := e.consul.KV().Get(e.prefix+"failures/fail.example.com", nil)
+	if err != nil || pair == nil {
+		t.Fatalf("no failure record: %v", err)
+	}
+	var rec failureRecord
+	if err := json.Unmarshal(pair.Value, &rec); err != nil || rec.Failures < 3 || rec.Reason == "" {
+		t.Fatalf("failure record %s (%v)", pair.Value, err)
+	}
+	before := e.count(events.ACMEOrderFailed, "fail.example.com")
+	i, _ = e.issuer(t, "s1-restarted", nil, func(c *Config) { c.RetryMin, c.RetryMax = 2*time.Second, 2*time.Second })
+	i.SetDomains([]string{"fail.example.com", "ok.example.com"})
+	waitFor(t, 30*time.Second, "a failure after the restart", func() bool { return e.count(events.ACMEOrderFailed, "fail.example.com") > before })
+	evs = mustEvents(e)
+	if last := evs[len(evs)-1]; last.Time.Before(rec.NextAttempt.Add(-50 * time.Millisecond)) {
+		t.Fatalf("restarted server retried at %v, before the recorded next attempt %v", last.Time, rec.NextAttempt)
+	}
+	if got := e.count(events.ACMEOrderFailed, "fail.example.com") - before; got != 1 {
+		t.Fatalf("%d failures right after the restart, want 1", got)
+	}
+	pair, _, _ = e.consul.KV().Get(e.prefix+"failures/fail.example.com", nil)
+	var rec2 failureRecord
+	_ = json.Unmarshal(pair.Value, &rec2)
+	if rec2.Failures != rec.Failures+1 {
+		t.Fatalf("failure count went %d -> %d across the restart", rec.Failures, rec2.Failures)
+	}
 	// Once the challenge is answerable, the next retry succeeds.
 	e.sink.mu.Lock()
 	delete(e.sink.refuse, "fail.example.com")
@@ -200,6 +230,10 @@ func TestOrderFailureBacksOff(t *testing.T) {
 	if _, ok := e.sink.cert("ok.example.com"); !ok {
 		t.Fatal("ok.example.com lost its certificate")
 	}
+	waitFor(t, 5*time.Second, "failure record cleared", func() bool {
+		p, _, _ := e.consul.KV().Get(e.prefix+"failures/fail.example.com", nil)
+		return p == nil
+	})
 }
 
 // Domains dropped from the stacks stop being served; their records stay for a comeback.

@@ -19,12 +19,14 @@ import (
 //
 //	accounts/<id>                    account key + registration, one per directory URL
 //	certs/<domain>                   certificate chain + key + metadata (certRecord)
+//	failures/<domain>                failed orders in a row and the next attempt (failureRecord)
 //	challenges/http-01/<token>       key authorization, while an order is pending
 //	challenges/tls-alpn-01/<domain>  challenge certificate + key, while an order is pending
 //	lock                             the Consul lock held while ordering
 const (
 	accountsDir   = "accounts/"
 	certsDir      = "certs/"
+	failuresDir   = "failures/"
 	httpChalDir   = "challenges/http-01/"
 	tlsALPNChalDr = "challenges/tls-alpn-01/"
 	lockKey       = "lock"
@@ -54,6 +56,15 @@ type certRecord struct {
 	IssuedAt     time.Time `json:"issued_at"`
 	DirectoryURL string    `json:"directory_url"`
 	CertURL      string    `json:"cert_url,omitempty"`
+}
+
+// failureRecord is a domain's backoff, shared by all servers and kept across restarts: a CA
+// limits failed validations (Let's Encrypt: 5 per hour per name), so neither a second server
+// nor a restart may start the count again.
+type failureRecord struct {
+	Failures    int       `json:"failures"`
+	NextAttempt time.Time `json:"next_attempt"`
+	Reason      string    `json:"reason"`
 }
 
 // tlsALPNRecord is a pending TLS-ALPN-01 challenge certificate.

@@ -16,11 +16,13 @@ type kvState struct {
 	certs   map[string]*certRecord // valid records by domain
 	http    map[string]string      // token -> key authorization
 	tlsALPN map[string]tlsALPNRecord
+	fails   map[string]failureRecord
 }
 
 // parseKV sorts a listing of the prefix into records; invalid ones are logged and left out.
 func (i *Issuer) parseKV(pairs api.KVPairs) kvState {
-	st := kvState{certs: map[string]*certRecord{}, http: map[string]string{}, tlsALPN: map[string]tlsALPNRecord{}}
+	st := kvState{certs: map[string]*certRecord{}, http: map[string]string{}, tlsALPN: map[string]tlsALPNRecord{},
+		fails: map[string]failureRecord{}}
 	for _, p := range pairs {
 		rel := strings.TrimPrefix(p.Key, i.cfg.Prefix)
 		switch {
@@ -32,6 +34,11 @@ func (i *Issuer) parseKV(pairs api.KVPairs) kvState {
 				continue
 			}
 			st.certs[d] = r
+		case strings.HasPrefix(rel, failuresDir):
+			var r failureRecord
+			if len(p.Value) <= 4096 && json.Unmarshal(p.Value, &r) == nil {
+				st.fails[strings.TrimPrefix(rel, failuresDir)] = r
+			}
 		case strings.HasPrefix(rel, httpChalDir):
 			if len(p.Value) <= 4096 {
 				st.http[strings.TrimPrefix(rel, httpChalDir)] = string(p.Value)
