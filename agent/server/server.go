@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sync"
 	"time"
 
@@ -115,6 +116,9 @@ func (s *Server) Run(ctx context.Context) error {
 // Reload applies a new agent configuration.
 func (s *Server) Reload(cfg *config.Config) error {
 	s.mu.Lock()
+	if !reflect.DeepEqual(s.agentCfg.Server.ACME, cfg.Server.ACME) {
+		s.logger.Warn("server.acme was changed by a reload; it takes effect at the next restart")
+	}
 	s.agentCfg = cfg
 	s.mu.Unlock()
 	if s.mirror == nil {
