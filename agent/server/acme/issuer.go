@@ -238,6 +238,11 @@ func (i *Issuer) issueOne(ctx context.Context, domain string) {
 	start := time.Now()
 	rec, err := i.order(ctx, domain)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Shutting down, or the lock was lost: not the domain's fault, no backoff.
+			i.logger.Info("ACME order interrupted", "domain", domain, "error", err)
+			return
+		}
 		i.failed(domain, err)
 		return
 	}
