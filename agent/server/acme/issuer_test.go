@@ -270,3 +270,28 @@ func mustEvents(e *env) []events.Event {
 	evs, _ := e.events.Since(0)
 	return evs
 }
+
+// The server that orders need not be the one whose proxies the CA reaches: challenges go
+// through KV to every server's sink.
+func TestChallengeRelayedThroughKV(t *testing.T) {
+	e := newEnv(t, pebbletest.Options{})
+	e.issuer(t, "reachable", nil, nil) // serves e.sink, which Pebble validates against; wants nothing
+	unreachable := newSink(t)
+	i2, _ := e.issuer(t, "orders", unreachable, nil)
+	i2.SetDomains([]string{"relay.example.com"})
+	c := unreachable.waitCert(t, "relay.example.com", 60*time.Second, nil)
+	verifyChain(t, e, c, "relay.example.com")
+	e.sink.mu.Lock()
+	answered := e.sink.answered[ChallengeHTTP01]
+	e.sink.mu.Unlock()
+	unreachable.mu.Lock()
+	answeredThere := unreachable.answered[ChallengeHTTP01]
+	unreachable.mu.Unlock()
+	if i2.Orders() != 1 || answered == 0 || answeredThere != 0 {
+		t.Fatalf("orders %d, challenges answered by the other server's sink %d, by the ordering server's %d", i2.Orders(), answered, answeredThere)
+	}
+	// The reachable server does not serve the certificate: it does not want the domain.
+	if _, ok := e.sink.cert("relay.example.com"); ok {
+		t.Fatal("a server serves a certificate for a domain not in its stacks")
+	}
+}
