@@ -19,6 +19,7 @@ import (
 	"github.com/go-acme/lego/v5/registration"
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
 )
@@ -260,6 +261,12 @@ func (i *Issuer) issueOne(ctx context.Context, domain string) {
 	if _, err := kv.Delete(i.cfg.Prefix+failuresDir+domain, (&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		i.logger.Warn("clearing the failure record", "domain", domain, "error", err)
 	}
+	result := "renewed"
+	if prev == nil {
+		result = "issued"
+	}
+	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "acme", "orders"}, 1, []metrics.Label{{Name: "result", Value: result}})
+	metrics.MeasureSince([]string{"nullnet", "server", "acme", "order_duration"}, start)
 	if prev == nil {
 		// First certificate: every server's certificate store reports certificate_installed
 		// when the record reaches it through KV.
@@ -298,6 +305,7 @@ func (i *Issuer) failed(domain string, err error) {
 		i.logger.Warn("storing the failure record (the backoff stays local)", "domain", domain, "error", err)
 	}
 	cancel()
+	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "acme", "orders"}, 1, []metrics.Label{{Name: "result", Value: "failed"}})
 	i.logger.Warn("ACME order failed", "domain", domain, "error", reason, "failures", n, "retry_in", d.Round(time.Millisecond))
 	i.cfg.Events.Emit(events.Event{Kind: events.ACMEOrderFailed, Severity: events.Warning,
 		Message: fmt.Sprintf("ACME order for %s failed (attempt %d); retrying in %s", domain, n, d.Round(time.Second)),
