@@ -20,15 +20,21 @@ const clockSkew = 5 * time.Minute
 // is the reason, worded for an operator.
 func Validate(domain string, certPEM, keyPEM []byte, now time.Time) (Certificate, error) {
 	domain = NormalizeDomain(domain)
-	leaf, err := parseLeaf(certPEM)
-	if err != nil {
+	if err := checkChain(certPEM); err != nil {
 		return Certificate{}, err
 	}
-	if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
 		if strings.Contains(err.Error(), "does not match") {
 			return Certificate{}, errors.New("private key does not match the certificate")
 		}
 		return Certificate{}, fmt.Errorf("private key: %s", strings.TrimPrefix(err.Error(), "tls: "))
+	}
+	leaf := pair.Leaf
+	if leaf == nil { // GODEBUG=x509keypairleaf=0
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return Certificate{}, fmt.Errorf("fullchain.pem: the first certificate does not parse: %v", err)
+		}
 	}
 	if now.After(leaf.NotAfter) {
 		return Certificate{}, fmt.Errorf("certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -42,32 +48,31 @@ func Validate(domain string, certPEM, keyPEM []byte, now time.Time) (Certificate
 	return Certificate{CertPEM: certPEM, KeyPEM: keyPEM, NotAfter: leaf.NotAfter}, nil
 }
 
-// parseLeaf parses the first CERTIFICATE block and checks that every further block is a
-// certificate too (a chain with a stray key or garbage is a mistake worth reporting).
-func parseLeaf(certPEM []byte) (*x509.Certificate, error) {
-	var leaf *x509.Certificate
+// checkChain checks that fullchain.pem holds certificates and nothing else (a chain with a
+// stray key would hand the key to every client), and that the leaf parses. Intermediates are
+// left to the clients that verify them.
+func checkChain(certPEM []byte) error {
 	rest := certPEM
-	for n := 0; ; n++ {
+	n := 0
+	for ; ; n++ {
 		var b *pem.Block
 		b, rest = pem.Decode(rest)
 		if b == nil {
 			break
 		}
 		if b.Type != "CERTIFICATE" {
-			return nil, fmt.Errorf("fullchain.pem: block %d is a %q, not a CERTIFICATE", n+1, b.Type)
+			return fmt.Errorf("fullchain.pem: block %d is a %q, not a CERTIFICATE", n+1, b.Type)
 		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("fullchain.pem: certificate %d does not parse: %v", n+1, err)
-		}
-		if leaf == nil {
-			leaf = c
+		if n == 0 {
+			if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+				return fmt.Errorf("fullchain.pem: the first certificate does not parse: %v", err)
+			}
 		}
 	}
-	if leaf == nil {
-		return nil, errors.New("fullchain.pem: no PEM certificate found")
+	if n == 0 {
+		return errors.New("fullchain.pem: no PEM certificate found")
 	}
-	return leaf, nil
+	return nil
 }
 
 // covers checks that leaf is a certificate for domain.
