@@ -120,6 +120,14 @@ func (s *Server) runCerts(ctx context.Context) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		// No watcher (an inotify instance) until there is a directory to watch.
+		for s.certsDir() == nil {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.certFiles.dirChanged:
+			}
+		}
 		dirwatch.Run(ctx, dirwatch.Config{
 			Name: "certs directory", Logger: s.logger.Named("certs"), Debounce: debounce, Poll: certsDirPoll,
 			Dir: func() string {
