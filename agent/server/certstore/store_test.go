@@ -1,6 +1,9 @@
 package certstore
 
 import (
+	"strings"
+
+	metrics "github.com/hashicorp/go-metrics"
 	"testing"
 	"time"
 
@@ -109,5 +112,33 @@ func TestStoreExpiring(t *testing.T) {
 	s.CheckExpiry(now.Add(25 * time.Hour))
 	if got := rec.kinds(); len(got) != 1 {
 		t.Fatalf("a day later: events = %v", got)
+	}
+}
+
+func TestStoreExpiryGauge(t *testing.T) {
+	sink := metrics.NewInmemSink(time.Minute, time.Minute)
+	cfg := metrics.DefaultConfig("")
+	cfg.EnableHostname, cfg.EnableRuntimeMetrics, cfg.EnableServiceLabel = false, false, false
+	if _, err := metrics.NewGlobal(cfg, sink); err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{})
+	c := cert("a")
+	c.NotAfter = time.Now().Add(time.Hour)
+	s.SetSource(SourceFile, map[string]Certificate{"a.example.com": c})
+	s.CheckExpiry(time.Now())
+	found := false
+	for _, iv := range sink.Data() {
+		for name, g := range iv.Gauges {
+			if strings.HasPrefix(name, "nullnet.server.certificate.expiry_seconds;domain=a.example.com") {
+				found = true
+				if g.Value < 3500 || g.Value > 3600 {
+					t.Fatalf("gauge = %v, want about 3600", g.Value)
+				}
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no expiry gauge for a.example.com")
 	}
 }
