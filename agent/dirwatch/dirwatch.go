@@ -30,7 +30,8 @@ type Config struct {
 	// fsnotify is not recursive. Re-read before every Reload.
 	Subdirs func() []string
 	// Poll, when positive, checks Changed at this interval besides the events: the safety net
-	// when the kernel's watch limit (fs.inotify.max_user_watches) refuses a watch.
+	// when the kernel's watch limit (fs.inotify.max_user_watches) refuses a watch. It also
+	// retries watching a directory that did not exist yet.
 	Poll time.Duration
 }
 
@@ -93,6 +94,9 @@ func Run(ctx context.Context, cfg Config) {
 			cfg.Logger.Warn(cfg.Name+" watch error; reloading", "error", err)
 			timer.Reset(cfg.Debounce)
 		case <-poll:
+			if r.watched == "" {
+				r.rewatch() // the directory may exist by now
+			}
 			if cfg.Changed() {
 				timer.Reset(cfg.Debounce)
 			}
@@ -115,11 +119,13 @@ type runner struct {
 	subs    map[string]bool // watched subdirectory paths
 	// warned: a refused subdirectory watch was logged (once per directory in effect).
 	warned bool
+	// failed is the directory whose watch was refused last (logged once).
+	failed string
 }
 
 func (r *runner) rewatch() {
 	dir := r.cfg.Dir()
-	if dir == r.watched {
+	if dir == r.watched && dir != "" {
 		r.syncSubdirs()
 		return
 	}
@@ -137,9 +143,17 @@ func (r *runner) rewatch() {
 	// The directory itself is watched, not its files: editors replace files by renaming, which
 	// a per-file watch would miss.
 	if err := r.w.Add(dir); err != nil {
-		r.cfg.Logger.Error("cannot watch the "+r.cfg.Name+"; only SIGHUP reloads it", "dir", dir, "error", err)
+		if r.failed != dir {
+			r.failed = dir
+			msg := "cannot watch the " + r.cfg.Name + "; only SIGHUP reloads it"
+			if r.cfg.Poll > 0 {
+				msg = "cannot watch the " + r.cfg.Name + "; retrying"
+			}
+			r.cfg.Logger.Error(msg, "dir", dir, "error", err)
+		}
 		return
 	}
+	r.failed = ""
 	r.watched = dir
 	r.syncSubdirs()
 }

@@ -63,6 +63,8 @@ type Dir struct {
 	entries map[string]*dirEntry // by entry name
 	// overflow is the last "too many" problem reported, so it is not repeated.
 	overflow string
+	// unreadable: the last Load could not list the directory.
+	unreadable bool
 }
 
 // NewDir returns a loader for path.
@@ -76,6 +78,7 @@ func (d *Dir) Path() string { return d.path }
 // the directory itself could not be listed; the caller keeps what it serves.
 func (d *Dir) Load(now time.Time) (map[string]Certificate, []Problem, error) {
 	names, err := d.list()
+	d.unreadable = err != nil
 	if err != nil {
 		return nil, nil, err
 	}
@@ -239,7 +242,10 @@ func stampOf(path string) stamp {
 func (d *Dir) Changed() bool {
 	names, err := d.list()
 	if err != nil {
-		return false // retried on the next event, not in a loop
+		return false // retried on the next event or poll, not in a loop
+	}
+	if d.unreadable {
+		return true // it can be read now
 	}
 	if len(names) > MaxDirEntries {
 		names = names[:MaxDirEntries]
