@@ -186,3 +186,25 @@ func TestDirBounds(t *testing.T) {
 	}
 	t.Logf("unchanged reload (stat only) of %d pairs: %s", n, time.Since(start))
 }
+
+// TestDirCreatedLater: a certs_dir that does not exist is an error (nothing changes), and once
+// it exists Changed says so, so the watcher's periodic check loads it.
+func TestDirCreatedLater(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "certs")
+	d := certstore.NewDir(root)
+	if _, _, err := d.Load(time.Now()); err == nil {
+		t.Fatal("a missing directory loaded")
+	}
+	if d.Changed() {
+		t.Fatal("a still missing directory reported as changed")
+	}
+	if err := os.Mkdir(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if !d.Changed() {
+		t.Fatal("the directory's creation is not a change")
+	}
+	if _, _, err := d.Load(time.Now()); err != nil || d.Changed() {
+		t.Fatalf("load after creation: %v", err)
+	}
+}
