@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/server/certstore/certstoretest"
@@ -112,9 +115,19 @@ func TestCertificatesDirToProxy(t *testing.T) {
 	certstoretest.WritePair(t, certsDir, domain, cert1, keyOf[string(cert1)])
 	within("new pair served by the proxy", time.Second, func() bool { return bytes.Equal(served(domain), leafDER(cert1)) })
 
+	// A real client (openssl s_client) against a TLS listener that takes its certificates from
+	// the proxy's set, as the HTTPS listener does.
+	tlsAddr := serveFromSet(t, set)
+	if got := opensslLeaf(t, tlsAddr, domain); !bytes.Equal(got, leafDER(cert1)) {
+		t.Fatal("openssl was not shown the installed certificate")
+	}
+
 	cert2 := issue(60, domain)
 	certstoretest.WritePair(t, certsDir, domain, cert2, keyOf[string(cert2)])
 	within("replaced pair served by the proxy", time.Second, func() bool { return bytes.Equal(served(domain), leafDER(cert2)) })
+	if got := opensslLeaf(t, tlsAddr, domain); !bytes.Equal(got, leafDER(cert2)) {
+		t.Fatal("openssl was not shown the replaced certificate")
+	}
 
 	wild := issue(90, "*.example.com")
 	certstoretest.WritePair(t, certsDir, "_wildcard.example.com", wild, keyOf[string(wild)])
@@ -146,6 +159,10 @@ func TestCertificatesDirToProxy(t *testing.T) {
 		if !bytes.Equal(served(domain), leafDER(cert2)) {
 			t.Fatalf("%s: the proxy no longer serves the last good certificate", bad.name)
 		}
+	}
+
+	if got := opensslLeaf(t, tlsAddr, domain); !bytes.Equal(got, leafDER(cert2)) {
+		t.Fatal("after the broken replacements openssl was not shown the last good certificate")
 	}
 
 	after := server.events.Index()
@@ -192,4 +209,52 @@ func hasEvent(evs []events.Event, kind, domain, reason string) bool {
 		}
 	}
 	return false
+}
+
+// serveFromSet is a TLS listener choosing its certificate from set by SNI (no certificate: the
+// handshake fails), answering nothing after the handshake.
+func serveFromSet(t *testing.T, set *certs.Set) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS12,
+		GetCertificate: func(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if c, ok := set.Current().Lookup(hi.ServerName); ok {
+				return c, nil
+			}
+			return nil, fmt.Errorf("no certificate for %q", hi.ServerName)
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				_ = c.(*tls.Conn).Handshake()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// opensslLeaf runs `openssl s_client -servername name` and returns the DER of the leaf it was
+// shown.
+func opensslLeaf(t *testing.T, addr, name string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "openssl", "s_client", "-connect", addr, "-servername", name).CombinedOutput()
+	if err != nil && !bytes.Contains(out, []byte("BEGIN CERTIFICATE")) {
+		t.Fatalf("openssl s_client: %v\n%s", err, out)
+	}
+	block, _ := pem.Decode(out[bytes.Index(out, []byte("-----BEGIN CERTIFICATE-----")):])
+	if block == nil {
+		t.Fatalf("openssl s_client showed no certificate:\n%s", out)
+	}
+	return block.Bytes
 }
