@@ -90,3 +90,27 @@ func TestDomainOfDir(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDomainOfDir: any directory name maps to a lower-case domain that maps to itself again
+// (wildcards through their _wildcard. spelling), or to an error; never a panic.
+func FuzzDomainOfDir(f *testing.F) {
+	for _, s := range []string{"example.com", "_wildcard.example.com", "*.x", "a..b", "-", "_wildcard.", "ÄÖ.com"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		d, err := certstore.DomainOfDir(name)
+		if err != nil {
+			return
+		}
+		if d != strings.ToLower(d) || d == "" {
+			t.Fatalf("DomainOfDir(%q) = %q", name, d)
+		}
+		again := d
+		if strings.HasPrefix(d, "*.") {
+			again = "_wildcard." + d[2:]
+		}
+		if d2, err := certstore.DomainOfDir(again); err != nil || d2 != d {
+			t.Fatalf("DomainOfDir(%q) = %q, but %q gives %q, %v", name, d, again, d2, err)
+		}
+	})
+}
