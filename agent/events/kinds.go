@@ -109,9 +109,9 @@ var specs = []Spec{
 	{Kind: ProxyRequestRefused, Fields: []string{"service", "client_ip", "code"}},
 	{Kind: AuthRefused, Fields: []string{"method", "peer", "reason"}},
 
-	{Kind: CertificateInstalled, Fields: []string{"domain", "source", "not_after"}},
-	{Kind: CertificateRemoved, Fields: []string{"domain"}},
-	{Kind: CertificateExpiring, Fields: []string{"domain", "source", "not_after"}},
+	{Kind: CertificateInstalled, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: CertificateRemoved, Fields: []string{"domain", "count"}},
+	{Kind: CertificateExpiring, Fields: []string{"domain", "source", "not_after", "count"}},
 	{Kind: TLSCertificateInvalid, Fields: []string{"domain", "dir", "reason"}},
 
 	{Kind: ControlChannelEstablished, Fields: []string{"server"}},

@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -201,7 +202,7 @@ func (s *Store) Effective(domain string) (Certificate, string, bool) {
 // for those expiring within ExpiringWithin, at most once per day per domain. The server calls
 // it periodically.
 func (s *Store) CheckExpiry(now time.Time) {
-	var evs []events.Event
+	expiring := &bounded{}
 	s.mu.Lock()
 	for d := range s.expiringSent {
 		if _, ok := s.effective[d]; !ok {
@@ -220,16 +221,20 @@ func (s *Store) CheckExpiry(now time.Time) {
 			continue
 		}
 		s.expiringSent[d] = now
-		sev := events.Warning
+		sev, msg := events.Warning, "certificate for "+d+" expires in "+left.Round(time.Minute).String()
 		if left <= 0 {
-			sev = events.Error
+			sev, msg = events.Error, "certificate for "+d+" has expired"
 		}
-		evs = append(evs, events.Event{Kind: events.CertificateExpiring, Severity: sev,
-			Message: "certificate for " + d + " expires in " + left.Round(time.Minute).String(),
+		expiring.add(events.Event{Kind: events.CertificateExpiring, Severity: sev, Message: msg,
 			Fields: map[string]string{"domain": d, "source": e.source,
 				"not_after": e.cert.NotAfter.UTC().Format(time.RFC3339)}})
 	}
 	s.mu.Unlock()
+	evs := expiring.evs
+	if more := expiring.more(); more > 0 {
+		evs = append(evs, events.Event{Kind: events.CertificateExpiring, Severity: events.Warning,
+			Message: strconv.Itoa(more) + " more certificates expire within 14 days", Fields: map[string]string{"count": strconv.Itoa(more)}})
+	}
 	s.emit(evs)
 }
 
@@ -255,33 +260,64 @@ func (s *Store) recomputeLocked() []events.Event {
 			}
 		}
 	}
-	var evs []events.Event
+	installed := &bounded{}
 	for _, d := range slices.Sorted(maps.Keys(next)) {
 		n := next[d]
 		if o, ok := s.effective[d]; ok && o.source == n.source && o.cert.equal(n.cert) {
 			continue
 		}
 		na := n.cert.NotAfter.UTC().Format(time.RFC3339)
-		s.logger.Info("certificate installed", "domain", d, "source", n.source, "not_after", na)
-		evs = append(evs, events.Event{Kind: events.CertificateInstalled,
+		installed.add(events.Event{Kind: events.CertificateInstalled,
 			Message: "certificate for " + d + " from " + n.source + " in service",
 			Fields:  map[string]string{"domain": d, "source": n.source, "not_after": na}})
 		setExpiryGauge(d, time.Until(n.cert.NotAfter))
 	}
+	removed := &bounded{}
 	for _, d := range slices.Sorted(maps.Keys(s.effective)) {
 		if _, ok := next[d]; ok {
 			continue
 		}
-		s.logger.Info("certificate removed", "domain", d)
-		evs = append(evs, events.Event{Kind: events.CertificateRemoved,
+		removed.add(events.Event{Kind: events.CertificateRemoved,
 			Message: "no certificate for " + d + " any more", Fields: map[string]string{"domain": d}})
 	}
 	s.effective = next
-	if evs == nil {
+	if installed.n+removed.n == 0 {
 		return nil
+	}
+	evs := installed.evs
+	if more := installed.more(); more > 0 {
+		evs = append(evs, events.Event{Kind: events.CertificateInstalled, Message: strconv.Itoa(more) + " more certificates in service",
+			Fields: map[string]string{"count": strconv.Itoa(more)}})
+	}
+	evs = append(evs, removed.evs...)
+	if more := removed.more(); more > 0 {
+		evs = append(evs, events.Event{Kind: events.CertificateRemoved, Message: strconv.Itoa(more) + " more certificates removed",
+			Fields: map[string]string{"count": strconv.Itoa(more)}})
 	}
 	return evs
 }
+
+// maxEventsPerChange bounds the events of one kind for one change: loading a directory of
+// 10,000 certificates gives this many certificate_installed events and one summary (count),
+// not 10,000 that would flush the event ring.
+const maxEventsPerChange = 20
+
+// bounded collects the events of one kind for one change, keeping the first few; the caller
+// adds one summary with the count of the others. (The event store logs every event.)
+type bounded struct {
+	evs []events.Event
+	n   int
+}
+
+func (b *bounded) add(e events.Event) {
+	b.n++
+	if b.n <= maxEventsPerChange {
+		b.evs = append(b.evs, e)
+	}
+}
+
+// more is how many events were left out.
+func (b *bounded) more() int { return b.n - len(b.evs) }
 
 // publishLocked builds the bundle of the current state under a new version and wakes the
 // watchers.

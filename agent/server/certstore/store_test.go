@@ -1,6 +1,7 @@
 package certstore
 
 import (
+	"fmt"
 	"strings"
 
 	metrics "github.com/hashicorp/go-metrics"
@@ -140,5 +141,26 @@ func TestStoreExpiryGauge(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("no expiry gauge for a.example.com")
+	}
+}
+
+func TestStoreEventsBounded(t *testing.T) {
+	rec := &recorder{}
+	s := New(Config{Events: rec})
+	many := map[string]Certificate{}
+	for i := range 1000 {
+		many[fmt.Sprintf("d%04d.example.com", i)] = cert("x")
+	}
+	s.SetSource(SourceFile, many)
+	if len(rec.got) != maxEventsPerChange+1 || rec.got[maxEventsPerChange].Fields["count"] != "980" {
+		t.Fatalf("%d events, last %+v", len(rec.got), rec.got[len(rec.got)-1])
+	}
+	if b, _ := s.Snapshot(); len(b.GetCertificates()) != 1000 {
+		t.Fatalf("%d certificates in the bundle", len(b.GetCertificates()))
+	}
+	rec.got = nil
+	s.SetSource(SourceFile, nil)
+	if len(rec.got) != maxEventsPerChange+1 || rec.got[0].Kind != "certificate_removed" {
+		t.Fatalf("%d removal events", len(rec.got))
 	}
 }
