@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/server/certstore"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
@@ -27,7 +28,8 @@ type Config struct {
 	Logger hclog.Logger
 	// LockKey is the Consul KV key of the stacks leader lock (default "nullnet/leader").
 	LockKey string
-	// ACME receives ACME certificates and challenges (with server.acme); nil = ACME off.
+	// ACME overrides where ACME certificates and challenges go (tests); default the
+	// certificate store that WatchCertificates streams.
 	ACME ACMESinks
 	// ACMEPropagationDelay overrides the wait between storing a challenge and asking the CA
 	// to validate it (tests; default 2 s).
@@ -57,12 +59,20 @@ type Server struct {
 	// server holds the leader lock (nil when no stacks_dir is set or there is no Consul).
 	stacks stacks
 	mirror *consul.Mirror
+
+	// certs is what WatchCertificates streams (certs.go, ingress_certs.go); certFiles feeds it
+	// from server.certs_dir.
+	certs     *certstore.Store
+	certFiles certFiles
+	// certSendTimeout overrides certSendTimeout (tests).
+	certSendTimeout time.Duration
 }
 
 // New builds the server role.
 func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, logger: cfg.Logger, events: cfg.Events, defs: newDefinitionSet(), agentCfg: cfg.Agent,
 		table: newPortTable()}
+	s.initCerts()
 	if err := s.initStacks(); err != nil {
 		return nil, err
 	}
@@ -89,8 +99,9 @@ func (s *Server) RegisterHTTP(mux *http.ServeMux) {
 // Run blocks until ctx ends; every goroutine it starts has ended when it returns.
 func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); s.plane.run(ctx) }()
+	go func() { defer wg.Done(); s.runCerts(ctx) }()
 	if s.cfg.Consul != nil {
 		wg.Add(1)
 		var onServices func(servicesView, uint64)
@@ -99,9 +110,13 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		go func() { defer wg.Done(); s.watchCatalog(ctx, onServices) }()
 	}
-	if s.cfg.ACME != nil {
+	if s.cfg.Consul != nil {
+		sinks := s.cfg.ACME
+		if sinks == nil {
+			sinks = certstoreSinks{s.certs}
+		}
 		wg.Add(1)
-		go func() { defer wg.Done(); s.runACME(ctx, s.cfg.ACME) }()
+		go func() { defer wg.Done(); s.runACME(ctx, sinks) }()
 	}
 	if s.mirror != nil {
 		wg.Add(2)
@@ -121,6 +136,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.agentCfg = cfg
 	s.mu.Unlock()
+	s.setCertsDir(cfg.Server.CertsDir)
 	if s.mirror == nil {
 		if cfg.Server.StacksDir != "" {
 			s.logger.Warn("server.stacks_dir was set by a reload; it takes effect at the next restart")
@@ -169,8 +185,8 @@ func (s *Server) initStacks() error {
 	return nil
 }
 
-// ingressService implements pb.IngressServer: WatchPortMappings (port table) and
-// Proxy/ReleaseProxy (plane).
+// ingressService implements pb.IngressServer: WatchPortMappings (port table),
+// Proxy/ReleaseProxy (plane) and WatchCertificates (ingress_certs.go).
 type ingressService struct {
 	pb.UnimplementedIngressServer
 	s *Server
