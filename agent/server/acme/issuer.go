@@ -233,6 +233,9 @@ func (i *Issuer) issueOne(ctx context.Context, domain string) {
 	}
 	if !renewalDue(prev, i.cfg.DirectoryURL, time.Now(), i.cfg.RenewBefore) {
 		i.logger.Debug("certificate already stored by another server", "domain", domain)
+		i.mu.Lock()
+		i.kv.certs[domain] = prev // ahead of our watch, so the next plan does not ask again
+		i.mu.Unlock()
 		return
 	}
 	i.orders.Add(1)
