@@ -204,7 +204,9 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}}}
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
+		{Name: "close_on_unhealthy"},
+	}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -263,6 +265,8 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+
+	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
 )
@@ -99,6 +100,8 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+	// policies is the latest bundle's policies by service (policies.go); nil before the first.
+	policies atomic.Pointer[servicepolicy.Index]
 }
 
 // New builds the proxy role.

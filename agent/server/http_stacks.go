@@ -101,8 +101,6 @@ func (s *Server) handlePortMappings(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "the port table is not known yet: waiting for the first answer from Consul")
 		return
 	}
-	if table == nil {
-		table = []Mapping{}
-	}
-	writeJSONIndex(w, version, table)
+	// http services ride in the table for their settings; this route lists the listeners.
+	writeJSONIndex(w, version, portsOnly(table))
 }
