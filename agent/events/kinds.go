@@ -57,6 +57,9 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
+	// (close_on_unhealthy); one event per replica and change, with the counts.
+	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -123,6 +126,7 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

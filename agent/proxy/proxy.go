@@ -244,6 +244,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watch(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchUnhealthy(runCtx) }()
 	}
 
 	var err error
