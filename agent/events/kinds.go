@@ -126,7 +126,7 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
-	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions"}},
+	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

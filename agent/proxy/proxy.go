@@ -102,6 +102,8 @@ type Proxy struct {
 	http           *httpRouter
 	// policies is the latest bundle's policies by service (policies.go); nil before the first.
 	policies atomic.Pointer[servicepolicy.Index]
+	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
+	httpUses httpUseSet
 }
 
 // New builds the proxy role.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
@@ -115,19 +117,26 @@ func (p *Proxy) applyUnhealthy(set *pb.UnhealthyReplicas) {
 		}
 	}
 	p.uses.mu.Unlock()
-	type counts struct{ tcp, udp int }
+	type counts struct{ tcp, udp, http int }
 	closed := map[replicaKey]*counts{}
-	for _, u := range victims {
-		if u.killed.Swap(true) {
-			continue // ended by an earlier set, still on its way out
-		}
-		u.closeFn()
-		k := replicaKey{u.service, u.replica}
+	count := func(k replicaKey) *counts {
 		c := closed[k]
 		if c == nil {
 			c = &counts{}
 			closed[k] = c
 		}
+		return c
+	}
+	for _, h := range p.httpUses.matching(bad) {
+		h.cancel()
+		count(replicaKey{h.service, h.replica}).http++
+	}
+	for _, u := range victims {
+		if u.killed.Swap(true) {
+			continue // ended by an earlier set, still on its way out
+		}
+		u.closeFn()
+		c := count(replicaKey{u.service, u.replica})
 		if u.proto == UDP {
 			c.udp++
 		} else {
@@ -136,12 +145,56 @@ func (p *Proxy) applyUnhealthy(set *pb.UnhealthyReplicas) {
 	}
 	for k, c := range closed {
 		p.logger.Info("ended connections to a replica Consul marks critical", "service", k.service, "replica", k.replica,
-			"tcp_connections", c.tcp, "udp_sessions", c.udp)
+			"tcp_connections", c.tcp, "udp_sessions", c.udp, "http_requests", c.http)
 		labels := []metrics.Label{{Name: "service", Value: k.service}}
-		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "unhealthy_closed"}, float32(c.tcp+c.udp), labels)
+		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "unhealthy_closed"}, float32(c.tcp+c.udp+c.http), labels)
 		p.events.Emit(events.Event{Kind: events.ConnectionsClosedUnhealthy, Severity: events.Warning,
 			Message: "connections to " + k.replica + " ended: Consul marks it critical (close_on_unhealthy)",
 			Fields: map[string]string{"service": k.service, "replica": k.replica,
-				"tcp_connections": strconv.Itoa(c.tcp), "udp_sessions": strconv.Itoa(c.udp)}})
+				"tcp_connections": strconv.Itoa(c.tcp), "udp_sessions": strconv.Itoa(c.udp),
+				"http_requests": strconv.Itoa(c.http)}})
 	}
+}
+
+// httpUse is one HTTP request (or upgraded connection) of a close_on_unhealthy service.
+type httpUse struct {
+	service, replica string
+	cancel           func()
+	killed           atomic.Bool
+}
+
+// httpUseSet holds the HTTP requests that may have to be ended. Only requests of services
+// with close_on_unhealthy enter it, so the others pay nothing.
+type httpUseSet struct {
+	mu sync.Mutex
+	m  map[*httpUse]struct{}
+}
+
+// track adds a request and returns the function that removes it.
+func (s *httpUseSet) track(service, replica string, cancel func()) func() {
+	h := &httpUse{service: service, replica: replica, cancel: cancel}
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[*httpUse]struct{}{}
+	}
+	s.m[h] = struct{}{}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.m, h)
+		s.mu.Unlock()
+	}
+}
+
+// matching returns the requests to a replica in bad not ended before, marking them ended.
+func (s *httpUseSet) matching(bad map[string]map[string]bool) []*httpUse {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*httpUse
+	for h := range s.m {
+		if bad[h.service][h.replica] && !h.killed.Swap(true) {
+			out = append(out, h)
+		}
+	}
+	return out
 }

@@ -1,14 +1,20 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -131,4 +137,82 @@ func countKind(tp *testProxy, kind string) int {
 		}
 	}
 	return n
+}
+
+// TestUnhealthyReplicaEndsUpgradedHTTP: a WebSocket through the HTTP router of a service with
+// close_on_unhealthy is closed when its replica turns critical; the same upgrade for a service
+// without the key is not tracked and stays open.
+func TestUnhealthyReplicaEndsUpgradedHTTP(t *testing.T) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = io.Copy(c, brw)
+	}))
+	defer upstream.Close()
+	up := netip.MustParseAddrPort(strings.TrimPrefix(upstream.URL, "http://"))
+	res := newTestResolver()
+	res.set("ws.example", up)
+	res.set("plain.example", up)
+	tp := startProxy(t, res, func(_ *config.Config, c *Config) { c.DisableHTTP = false })
+	waitFor(t, 10*time.Second, "HTTP router bound", func() bool { return tp.http.Addr() != "" })
+	tp.applyBundle(&pb.PortMappingBundle{Version: 1, HttpServices: []*pb.PortMapping{
+		{Service: "plain.example"}, {Service: "ws.example", Policy: &pb.ServicePolicy{CloseOnUnhealthy: true}}}})
+
+	upgrade := func(host string) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", tp.http.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", host)
+		br := bufio.NewReader(c)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade %s: %v %v", host, resp, err)
+		}
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(br, got); err != nil {
+			t.Fatal(err)
+		}
+		return c, br
+	}
+	ws, wsr := upgrade("ws.example")
+	plain, plainr := upgrade("plain.example")
+
+	tp.applyUnhealthy(&pb.UnhealthyReplicas{Version: 2, Replicas: []*pb.UnhealthyReplica{
+		{Service: "ws.example", ReplicaId: testReplicaID(up)}, {Service: "plain.example", ReplicaId: testReplicaID(up)}}})
+	_ = ws.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := wsr.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Fatalf("upgraded connection of a close_on_unhealthy service: read %v, want EOF", err)
+	}
+	_ = plain.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := plain.Write([]byte("pong")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(plainr, got); err != nil || string(got) != "pong" {
+		t.Fatalf("upgraded connection without the key: %q %v", got, err)
+	}
+	evs, _ := tp.events.Since(0)
+	n := 0
+	for _, e := range evs {
+		if e.Kind == events.ConnectionsClosedUnhealthy {
+			n++
+			if e.Fields["service"] != "ws.example" || e.Fields["http_requests"] != "1" {
+				t.Errorf("event %+v", e.Fields)
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d events", n)
+	}
 }
