@@ -71,5 +71,15 @@ func Decode(value []byte) (config.ServicePolicy, error) {
 	if err := json.Unmarshal(value, &p); err != nil {
 		return config.ServicePolicy{}, fmt.Errorf("invalid policy JSON: %w", err)
 	}
+	// An empty list means what an absent one means; one form for both keeps comparisons true.
+	if len(p.Allow) == 0 {
+		p.Allow = nil
+	}
+	if len(p.Deny) == 0 {
+		p.Deny = nil
+	}
+	if len(p.Routes) == 0 {
+		p.Routes = nil
+	}
 	return p, nil
 }
