@@ -37,7 +37,7 @@ type Definition struct {
 	CreateIndex uint64 `json:"create_index"`
 	// Policy is the service's edge settings, read from Consul KV (see servicepolicy); zero
 	// when none. PolicyDigest identifies it (servicepolicy.Digest of its JSON; "" = none).
-	Policy       config.ServicePolicy `json:"policy"`
+	Policy       config.ServicePolicy `json:"policy,omitzero"`
 	PolicyDigest string               `json:"policy_digest,omitempty"`
 	// announced is the digest the catalog entry names (servicepolicy.MetaDigest): the
 	// document the definition should carry. It differs from PolicyDigest while the KV answer
