@@ -111,6 +111,10 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.Client == nil || cfg.Node == "" || cfg.Tag == "" || cfg.LockKey == "" {
 		return nil, errors.New("consul mirror: Client, Node, Tag and LockKey are required")
 	}
+	if cfg.KVPrefix != "" && strings.HasPrefix(cfg.LockKey, cfg.KVPrefix) {
+		// Every key under the prefix that no service claims is deleted: the lock among them.
+		return nil, fmt.Errorf("consul mirror: LockKey %q lies under KVPrefix %q", cfg.LockKey, cfg.KVPrefix)
+	}
 	if cfg.LockTTL == 0 {
 		cfg.LockTTL = 15 * time.Second
 	}

@@ -211,6 +211,8 @@ type resolved struct {
 	table    []Mapping
 	index    uint64
 	complete bool
+	// policiesPending counts definitions whose policy document did not match (policies.go).
+	policiesPending int
 }
 
 // watchCatalog keeps the definitions and the port table in line with Consul until ctx ends,
@@ -325,7 +327,8 @@ func (s *Server) recompute(st *catalogState, ownChanged bool) {
 		s.logger.Debug("definitions still incomplete", "have", view.have, "announced", view.want,
 			"policies_pending", view.policiesPending)
 	}
-	s.decide(st, resolved{defs: defs, table: table, index: st.lastIndex, complete: view.complete})
+	s.decide(st, resolved{defs: defs, table: table, index: st.lastIndex, complete: view.complete,
+		policiesPending: view.policiesPending})
 }
 
 // decide publishes res, or keeps it pending while the leader is writing (incomplete set) or,
@@ -343,7 +346,8 @@ func (s *Server) decide(st *catalogState, res resolved) {
 	if until.IsZero() {
 		if !res.complete {
 			s.logger.Warn("definitions in Consul are still not the set the leader announced; publishing what Consul has",
-				"after", incompleteHold)
+				"after", incompleteHold, "policies_pending", res.policiesPending,
+				"note", "a definition whose policy document is missing keeps its previous policy, or stays unpublished")
 		} else if st.pending != nil && now.After(st.holdUntil) && !st.holdUntil.IsZero() && !s.covers(res) {
 			s.logger.Warn("definitions did not come back within the settle window; publishing what Consul has")
 		}

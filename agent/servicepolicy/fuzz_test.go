@@ -2,7 +2,6 @@ package servicepolicy
 
 import (
 	"reflect"
-	"strings"
 	"testing"
 )
 
@@ -38,23 +37,6 @@ func FuzzDecode(f *testing.F) {
 		p2, err := Decode(enc)
 		if err != nil || !reflect.DeepEqual(p2, p) || Digest(enc) != digest {
 			t.Fatalf("re-encoding: %v %+v vs %+v", err, p2, p)
-		}
-	})
-}
-
-// FuzzParseKey: keys under the prefix split into a non-empty stack and service, and Key
-// rebuilds them.
-func FuzzParseKey(f *testing.F) {
-	f.Add(Key("web", "api.example.com"))
-	f.Add(KVPrefix + "a/b/c")
-	f.Add(KVPrefix)
-	f.Fuzz(func(t *testing.T, key string) {
-		st, svc, ok := ParseKey(key)
-		if !ok {
-			return
-		}
-		if st == "" || svc == "" || strings.Contains(svc, "/") || Key(st, svc) != key {
-			t.Fatalf("ParseKey(%q) = %q %q", key, st, svc)
 		}
 	})
 }

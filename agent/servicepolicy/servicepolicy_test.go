@@ -118,17 +118,8 @@ func TestEncodeDecode(t *testing.T) {
 }
 
 func TestKey(t *testing.T) {
-	k := Key("web", "api.example.com")
-	if k != "nullnet/policies/web/api.example.com" {
+	if k := Key("web", "api.example.com"); k != "nullnet/policies/web/api.example.com" {
 		t.Fatal(k)
-	}
-	if st, svc, ok := ParseKey(k); !ok || st != "web" || svc != "api.example.com" {
-		t.Fatal(st, svc, ok)
-	}
-	for _, bad := range []string{"nullnet/policies/", "nullnet/policies/web", "nullnet/policies/web/", "nullnet/policies//x", "other/web/x", "nullnet/policies/a/b/c"} {
-		if _, _, ok := ParseKey(bad); ok {
-			t.Errorf("ParseKey(%q) accepted", bad)
-		}
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/nullnet/nullnet/config"
 )
@@ -25,19 +24,6 @@ const (
 
 // Key is the KV key of a definition's policy.
 func Key(stack, service string) string { return KVPrefix + stack + "/" + service }
-
-// ParseKey splits a key under KVPrefix into stack and service.
-func ParseKey(key string) (stack, service string, ok bool) {
-	rest, ok := strings.CutPrefix(key, KVPrefix)
-	if !ok {
-		return "", "", false
-	}
-	stack, service, ok = strings.Cut(rest, "/")
-	if !ok || stack == "" || service == "" || strings.Contains(service, "/") {
-		return "", "", false
-	}
-	return stack, service, true
-}
 
 // Encode is the stored form of a policy and its digest; a zero policy has none (nil, "").
 func Encode(p config.ServicePolicy) ([]byte, string) {
