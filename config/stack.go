@@ -204,7 +204,9 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}, {Name: "acme"}}}
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}, {Name: "acme"},
+		{Name: "close_on_unhealthy"},
+	}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -269,6 +271,8 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		diags = append(diags, d...)
 		svc.Policy.ACME = v
 	}
+
+	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:

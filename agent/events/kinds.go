@@ -69,6 +69,9 @@ const (
 	// ACMEOrderFailed: an ACME order failed; retried with backoff per domain. Aggregated per
 	// domain and reason (see RemoteTriggered): a CA or a DNS answer can make it fail at will.
 	ACMEOrderFailed = "acme_order_failed"
+	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
+	// (close_on_unhealthy); one event per replica and change, with the counts.
+	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -143,6 +146,7 @@ var specs = []Spec{
 
 	{Kind: CertificateRenewed, Fields: []string{"domain", "not_after", "source"}},
 	{Kind: ACMEOrderFailed, Fields: []string{"domain", "reason"}},
+	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

@@ -22,6 +22,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
 )
@@ -100,6 +101,10 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+	// policies is the latest bundle's policies by service (policies.go); nil before the first.
+	policies atomic.Pointer[servicepolicy.Index]
+	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
+	httpUses httpUseSet
 	// certs is the TLS certificate set the servers stream (certs.go).
 	certs *certs.Set
 }
@@ -244,6 +249,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watch(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchUnhealthy(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.watchCerts(runCtx) }()
 	}
