@@ -10,7 +10,8 @@ import (
 	pb "github.com/nullnet/nullnet/proto"
 )
 
-// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on.
+// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on. A port of
+// tls services has one entry per service (the proxy routes by SNI among them).
 type Mapping struct {
 	Stack           string `json:"stack"`
 	Service         string `json:"service"`
@@ -20,7 +21,7 @@ type Mapping struct {
 }
 
 // Conflict is a definition that was not published because an older one holds its service name
-// or its (protocol, listen_port).
+// or its listen_port (in its port space, which only tls services share).
 type Conflict struct {
 	Loser  Definition
 	Winner Definition
@@ -36,6 +37,10 @@ func (c Conflict) Key() string {
 
 // String explains the conflict for logs and events.
 func (c Conflict) String() string {
+	if c.Port && c.Loser.Protocol != c.Winner.Protocol {
+		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by %s service %q (stack %q), which was registered first; a tcp and a tls service cannot share a port; %q is not published",
+			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Protocol, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
+	}
 	if c.Port {
 		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by service %q (stack %q), which was registered first; %q is not published",
 			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
@@ -47,7 +52,8 @@ func (c Conflict) String() string {
 // resolveDefinitions turns every definition found in Consul into the published set and its port
 // table. The result is the same on every server for the same catalog: definitions are taken
 // oldest first (CreateIndex, then names), and a later one that repeats a service name or claims
-// a taken (protocol, listen_port) is left out and returned as a conflict.
+// a taken listen_port is left out and returned as a conflict. tls services share their port with
+// other tls services (config.SharesPort), never with a tcp service.
 func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []Conflict) {
 	sorted := slices.Clone(all)
 	sort.SliceStable(sorted, func(i, j int) bool {
@@ -75,7 +81,7 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 		return a.Timeout < b.Timeout
 	})
 	type portKey struct {
-		proto string
+		space string // config.PortSpace
 		port  int
 	}
 	defs := map[string]Definition{}
@@ -89,25 +95,31 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 			continue
 		}
 		if inPortTable(d) {
-			k := portKey{d.Protocol, d.ListenPort}
-			if w, taken := ports[k]; taken {
+			k := portKey{config.PortSpace(d.Protocol), d.ListenPort}
+			if w, taken := ports[k]; taken && !config.SharesPort(w.Protocol, d.Protocol) {
 				conflicts = append(conflicts, Conflict{Loser: d, Winner: w, Port: true})
 				continue
+			} else if !taken {
+				ports[k] = d // the first holder decides what may join it
 			}
-			ports[k] = d
 		}
 		defs[d.Service] = d
 	}
 	return defs, buildTable(defs), conflicts
 }
 
-// inPortTable: only reachable tcp and udp services get a listener; http services are routed by
-// Host header and backend-only services (no timeout) are never reached by the proxy.
+// inPortTable: only reachable tcp, udp and tls services get a listener; http services are routed
+// by Host header and backend-only services (no timeout) are never reached by the proxy.
 func inPortTable(d Definition) bool {
-	return (d.Protocol == config.ProtocolTCP || d.Protocol == config.ProtocolUDP) && d.EntryPoint && d.ListenPort > 0
+	switch d.Protocol {
+	case config.ProtocolTCP, config.ProtocolUDP, config.ProtocolTLS:
+		return d.EntryPoint && d.ListenPort > 0
+	}
+	return false
 }
 
-// buildTable is the port table of a resolved definition set, sorted by protocol then port.
+// buildTable is the port table of a resolved definition set, sorted by protocol, port, then
+// service (several tls services share a port).
 func buildTable(defs map[string]Definition) []Mapping {
 	table := []Mapping{}
 	for _, d := range defs {
@@ -121,7 +133,10 @@ func buildTable(defs map[string]Definition) []Mapping {
 		if table[i].Protocol != table[j].Protocol {
 			return table[i].Protocol < table[j].Protocol
 		}
-		return table[i].ListenPort < table[j].ListenPort
+		if table[i].ListenPort != table[j].ListenPort {
+			return table[i].ListenPort < table[j].ListenPort
+		}
+		return table[i].Service < table[j].Service
 	})
 	return table
 }
@@ -131,7 +146,12 @@ const maxDiffParts = 20
 
 // tableDiff describes what changed between two tables, for the log line of each publication.
 func tableDiff(old, cur []Mapping) string {
-	key := func(m Mapping) string { return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort) }
+	key := func(m Mapping) string {
+		if m.Protocol == config.ProtocolTLS { // one entry per service on a shared port
+			return fmt.Sprintf("%s/%d/%s", m.Protocol, m.ListenPort, m.Service)
+		}
+		return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort)
+	}
 	before := map[string]Mapping{}
 	for _, m := range old {
 		before[key(m)] = m
@@ -166,8 +186,11 @@ func toProto(version uint64, table []Mapping) *pb.PortMappingBundle {
 	b := &pb.PortMappingBundle{Version: version, Mappings: make([]*pb.PortMapping, 0, len(table))}
 	for _, m := range table {
 		p := pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
-		if m.Protocol == config.ProtocolUDP {
+		switch m.Protocol {
+		case config.ProtocolUDP:
 			p = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		case config.ProtocolTLS:
+			p = pb.ServiceProtocol_SERVICE_PROTOCOL_TLS
 		}
 		b.Mappings = append(b.Mappings, &pb.PortMapping{Service: m.Service, Stack: m.Stack, Protocol: p,
 			ListenPort: uint32(m.ListenPort), IdleTimeoutSecs: m.IdleTimeoutSecs})
