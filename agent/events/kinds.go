@@ -57,6 +57,10 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// TLSConnectionUnrouted: a tls (passthrough) listener closed a connection whose ClientHello
+	// named no service of the port, or was missing, malformed, too large or too slow.
+	// Aggregated per port and reason.
+	TLSConnectionUnrouted = "tls_connection_unrouted"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -123,6 +127,7 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.
