@@ -83,6 +83,9 @@ func (p *Proxy) routeTLS(c *net.TCPConn, m *Mapping) (routed *Mapping, hello []b
 	}
 	release()
 	c.Close()
+	if p.runCtx.Err() != nil {
+		return nil, nil, nil, false // shutdown closed the connection: not the client's doing
+	}
 	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tls", "unrouted"}, 1,
 		[]metrics.Label{{Name: "port", Value: fmt.Sprint(m.Port)}, {Name: "reason", Value: reason}})
 	client := addrPortOf(c.RemoteAddr())

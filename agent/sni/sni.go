@@ -107,8 +107,15 @@ func handshakeMessage(buf []byte) ([]byte, error) {
 			}
 			return nil, ErrShort
 		}
-		msg = append(msg, buf[recordHeaderLen:recordHeaderLen+n]...)
+		rec := buf[recordHeaderLen : recordHeaderLen+n]
 		buf = buf[recordHeaderLen+n:]
+		if msg == nil && n >= 4 && rec[0] == typeClientHello {
+			// The usual case: the whole ClientHello in its first record, parsed in place.
+			if whole := 4 + (int(rec[1])<<16 | int(rec[2])<<8 | int(rec[3])); whole <= n {
+				return rec[4:whole], nil
+			}
+		}
+		msg = append(msg, rec...)
 		if msg[0] != typeClientHello {
 			return nil, fmt.Errorf("%w: handshake type %d, not ClientHello", ErrNotTLS, msg[0])
 		}
