@@ -16,7 +16,8 @@ import (
 // TCPSink reads every connection to its end and counts the bytes. When a connection must start
 // with Prefix (a ClientHello a TLS passthrough relay replays), it checks those bytes first and
 // counts a connection whose start differs as bad: a relay that garbles the replay fails the
-// figure instead of looking fast.
+// figure instead of looking fast. A connection closed before sending anything is a health check
+// and counts as nothing.
 type TCPSink struct {
 	ln     net.Listener
 	wg     sync.WaitGroup
@@ -57,7 +58,11 @@ func (s *TCPSink) serve() {
 			defer c.Close()
 			if len(s.prefix) > 0 {
 				head := make([]byte, len(s.prefix))
-				if _, err := io.ReadFull(c, head); err != nil || !bytes.Equal(head, s.prefix) {
+				_, err := io.ReadFull(c, head)
+				if err == io.EOF {
+					return // connected and closed: a health check (Consul's TCP check)
+				}
+				if err != nil || !bytes.Equal(head, s.prefix) {
 					s.bad.Add(1)
 					return
 				}
