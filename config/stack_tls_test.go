@@ -44,7 +44,7 @@ func TestParseStacks_TLS(t *testing.T) {
 			want:   []string{"b.hcl:2:3 Conflicting listen_port"},
 			detail: []string{`tls port 8443 of service "a.example" (stack "b")`, `tcp service "raw" (stack "a") at a.hcl:2:3`, "cannot share"}},
 		{name: "tls then tcp",
-			files: map[string]string{"a.hcl": "stack \"a\" {\n" + svcBlock("a.example", "tls", 8443) + svcBlock("b.example", "tls", 8443) + svcBlock("raw", "tcp", 8443) + "}\n"},
+			files:  map[string]string{"a.hcl": "stack \"a\" {\n" + svcBlock("a.example", "tls", 8443) + svcBlock("b.example", "tls", 8443) + svcBlock("raw", "tcp", 8443) + "}\n"},
 			want:   []string{"a.hcl:12:3 Conflicting listen_port"},
 			detail: []string{`tcp port 8443 of service "raw"`, `tls service "a.example" (stack "a") at a.hcl:2:3`}},
 		{name: "same name twice is a duplicate service",

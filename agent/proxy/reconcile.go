@@ -46,6 +46,7 @@ type listenerKey struct {
 func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 	want := make(map[listenerKey]Mapping, len(b.GetMappings()))
 	var problems []string
+	tlsPorts := map[uint16]*tlsGroup{} // tls services share their port: one listener each
 	for _, e := range b.GetMappings() {
 		var p Protocol
 		switch e.GetProtocol() {
@@ -72,14 +73,23 @@ func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 		secs := min(e.GetIdleTimeoutSecs(), uint64(math.MaxInt64/int64(time.Second)))
 		m := Mapping{Protocol: p, Port: uint16(e.GetListenPort()), Service: e.GetService(), Stack: e.GetStack(),
 			IdleTimeout: time.Duration(secs) * time.Second}
-		prev, dup := want[m.key()]
-		switch {
-		case dup && p == TLS:
-			m = joinTLS(prev, m) // tls services share their port
-		case dup:
+		if p == TLS {
+			g := tlsPorts[m.Port]
+			if g == nil {
+				g = &tlsGroup{}
+				tlsPorts[m.Port] = g
+			}
+			g.add(m)
+			continue
+		}
+		if prev, dup := want[m.key()]; dup {
 			problems = append(problems, fmt.Sprintf("%s/%d listed twice (%q and %q); keeping %q",
 				p, m.Port, prev.Service, m.Service, m.Service))
 		}
+		want[m.key()] = m
+	}
+	for port, g := range tlsPorts {
+		m := g.mapping(port)
 		want[m.key()] = m
 	}
 	return want, problems

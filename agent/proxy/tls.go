@@ -28,19 +28,28 @@ const (
 // helloBufs are the ClientHello buffers, returned once the bytes reached the upstream.
 var helloBufs = sync.Pool{New: func() any { b := make([]byte, tlsHelloMax); return &b }}
 
-// joinTLS merges two entries of one tls port: Service lists every name once, sorted; the
-// stacks likewise; the idle timeout is the longest.
-func joinTLS(a, b Mapping) Mapping {
-	names := append(tlsRoutes(a.Service), tlsRoutes(b.Service)...)
-	slices.Sort(names)
-	a.Service = strings.Join(slices.Compact(names), ",")
-	if b.Stack != "" && !slices.Contains(strings.Split(a.Stack, ","), b.Stack) {
-		stacks := append(strings.Split(a.Stack, ","), b.Stack)
-		slices.Sort(stacks)
-		a.Stack = strings.Join(stacks, ",")
+// tlsGroup gathers the port table entries of one tls port (one per service).
+type tlsGroup struct {
+	names, stacks []string
+	timeout       time.Duration
+}
+
+func (g *tlsGroup) add(m Mapping) {
+	g.names = append(g.names, m.Service)
+	if m.Stack != "" {
+		g.stacks = append(g.stacks, m.Stack)
 	}
-	a.IdleTimeout = max(a.IdleTimeout, b.IdleTimeout)
-	return a
+	g.timeout = max(g.timeout, m.IdleTimeout)
+}
+
+// mapping is the port's one listener: Service lists every name once, sorted, and so does Stack;
+// the idle timeout is the longest.
+func (g *tlsGroup) mapping(port uint16) Mapping {
+	join := func(s []string) string {
+		slices.Sort(s)
+		return strings.Join(slices.Compact(s), ",")
+	}
+	return Mapping{Protocol: TLS, Port: port, Service: join(g.names), Stack: join(g.stacks), IdleTimeout: g.timeout}
 }
 
 // tlsRoutes are the service names of a tls mapping (Mapping.Service).
