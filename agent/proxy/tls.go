@@ -19,14 +19,18 @@ import (
 // written to the upstream before the relay splices the rest. TLS is never terminated here.
 
 // tlsHelloTimeout bounds how long a client may take to send its ClientHello; tlsHelloMax bounds
-// how many bytes the proxy buffers for it (records and headers included).
+// how many bytes the proxy buffers for it (records and headers included). tlsHelloBuf is the
+// pooled buffer a ClientHello is first read into: today's clients send 0.3-2 KiB (post-quantum
+// key shares included), and a client that holds its connection open without sending should pin
+// little memory; a larger hello moves to a buffer of its own, up to tlsHelloMax.
 const (
 	tlsHelloTimeout = 10 * time.Second
 	tlsHelloMax     = sni.DefaultMaxHello
+	tlsHelloBuf     = 4 << 10
 )
 
 // helloBufs are the ClientHello buffers, returned once the bytes reached the upstream.
-var helloBufs = sync.Pool{New: func() any { b := make([]byte, tlsHelloMax); return &b }}
+var helloBufs = sync.Pool{New: func() any { b := make([]byte, tlsHelloBuf); return &b }}
 
 // tlsGroup gathers the port table entries of one tls port (one per service).
 type tlsGroup struct {
@@ -80,7 +84,7 @@ func tlsRoute(services, name string) bool {
 func (p *Proxy) routeTLS(c *net.TCPConn, m *Mapping) (routed *Mapping, hello []byte, release func(), ok bool) {
 	bp := helloBufs.Get().(*[]byte)
 	release = func() { helloBufs.Put(bp) }
-	name, read, err := sni.Read(c, *bp, time.Now().Add(p.tlsHelloTimeout))
+	name, read, err := sni.Read(c, *bp, tlsHelloMax, time.Now().Add(p.tlsHelloTimeout))
 	reason := sni.Reason(err)
 	if err == nil && !tlsRoute(m.Service, name) {
 		reason = "unknown_sni"

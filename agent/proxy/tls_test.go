@@ -21,16 +21,21 @@ import (
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
-// realClientHello returns the ClientHello crypto/tls sends for name.
-func realClientHello(t testing.TB, name string) []byte {
+// realClientHello returns the ClientHello crypto/tls sends for name, offering extra ALPN
+// protocols of 200 bytes each (to make it large).
+func realClientHello(t testing.TB, name string, extraALPN int) []byte {
 	t.Helper()
+	protos := []string{"nullnet-test"}
+	for i := range extraALPN {
+		protos = append(protos, fmt.Sprintf("%03d%s", i, strings.Repeat("x", 197)))
+	}
 	client, server := net.Pipe()
 	defer server.Close()
 	go func() {
 		defer client.Close()
-		_ = tls.Client(client, &tls.Config{ServerName: name, NextProtos: []string{"nullnet-test"}}).Handshake()
+		_ = tls.Client(client, &tls.Config{ServerName: name, NextProtos: protos}).Handshake()
 	}()
-	got, read, err := sni.Read(server, make([]byte, sni.DefaultMaxHello), time.Now().Add(5*time.Second))
+	got, read, err := sni.Read(server, make([]byte, 1024), 64<<10, time.Now().Add(5*time.Second))
 	if err != nil || got != name {
 		t.Fatalf("capturing a ClientHello: %q %v", got, err)
 	}
@@ -122,7 +127,7 @@ func TestTLSPassthroughBySNI(t *testing.T) {
 	t.Run("slow client times out", func(t *testing.T) {
 		c := dialProxy(t, port)
 		defer c.Close()
-		_, _ = c.Write(realClientHello(t, "a.example")[:10])
+		_, _ = c.Write(realClientHello(t, "a.example", 0)[:10])
 		start := time.Now()
 		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Read(make([]byte, 10)); err == nil {
@@ -177,10 +182,12 @@ func TestTLSPassthroughBySNI(t *testing.T) {
 	res.checkNoDoubleRelease(t)
 }
 
-// TestTLSPassthroughByteExact: a ClientHello sent one byte at a time, then a payload and a
-// half-close: the upstream receives exactly the bytes sent, in order, and its answer written
-// after the client's FIN comes back (the TCP relay's guarantees hold after the replay).
+// TestTLSPassthroughByteExact: a ClientHello sent one byte at a time (and one of 10 KiB, more
+// than the first buffer holds), then a payload and a half-close: the upstream receives exactly
+// the bytes sent, in order, and its answer written after the client's FIN comes back (the TCP
+// relay's guarantees hold after the replay). A ClientHello over 16 KiB is refused.
 func TestTLSPassthroughByteExact(t *testing.T) {
+	sink := inmemMetrics(t)
 	res := newTestResolver()
 	up := tcpUpstream(t, hashReply)
 	res.set("raw.example", addrOf(t, up.Addr()))
@@ -189,7 +196,40 @@ func TestTLSPassthroughByteExact(t *testing.T) {
 	tp.apply(1, Mapping{Protocol: TLS, Port: port, Service: "raw.example"})
 	tp.waitListening(t, TLS, port)
 
-	hello := realClientHello(t, "raw.example")
+	large := realClientHello(t, "raw.example", 50)
+	if len(large) < 10<<10 || len(large) > tlsHelloMax {
+		t.Fatalf("large ClientHello of %d bytes", len(large))
+	}
+	passthroughExact(t, port, large, 1<<20)
+	passthroughExact(t, port, realClientHello(t, "raw.example", 0), 64<<20)
+	waitFor(t, 10*time.Second, "leases released", func() bool {
+		issued, released := res.counts()
+		return issued == 2 && released == 2
+	})
+
+	huge := realClientHello(t, "raw.example", 90) // over 16 KiB: two records
+	if len(huge) <= tlsHelloMax {
+		t.Fatalf("huge ClientHello of %d bytes", len(huge))
+	}
+	c := dialProxy(t, port)
+	defer c.Close()
+	_, _ = c.Write(huge)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a ClientHello over 16 KiB was relayed")
+	}
+	waitFor(t, 5*time.Second, "too_large counted", func() bool {
+		return counterSum(sink, "nullnet.proxy.tls.unrouted", "reason=too_large") == 1
+	})
+	if issued, _ := res.counts(); issued != 2 {
+		t.Fatalf("%d leases: the oversized hello was resolved", issued)
+	}
+}
+
+// passthroughExact sends hello one small piece at a time, then size random bytes, half-closes,
+// and checks the upstream's digest of everything it received.
+func passthroughExact(t *testing.T, port uint16, hello []byte, size int64) {
+	t.Helper()
 	c := dialProxy(t, port)
 	defer c.Close()
 	want := sha256.New()
@@ -202,7 +242,6 @@ func TestTLSPassthroughByteExact(t *testing.T) {
 			time.Sleep(time.Millisecond) // separate segments
 		}
 	}
-	const size = 64 << 20
 	if _, err := io.Copy(c, io.TeeReader(io.LimitReader(newRandReader(9), size), want)); err != nil {
 		t.Fatal(err)
 	}
@@ -212,12 +251,8 @@ func TestTLSPassthroughByteExact(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
 	got, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(got, want.Sum(nil)) {
-		t.Fatalf("upstream digest %x (%v), want %x", got, err, want.Sum(nil))
+		t.Fatalf("upstream digest %x (%v), want %x (ClientHello of %d bytes)", got, err, want.Sum(nil), len(hello))
 	}
-	waitFor(t, 10*time.Second, "lease released", func() bool {
-		issued, released := res.counts()
-		return issued == 1 && released == 1
-	})
 }
 
 func TestDesiredTableGroupsTLS(t *testing.T) {

@@ -245,10 +245,13 @@ type Conn interface {
 	SetReadDeadline(time.Time) error
 }
 
-// Read reads from c until the ClientHello at its start is complete, or max bytes were read, or
+// Read reads from c until the ClientHello at its start is complete, or limit bytes were read, or
 // the deadline passes. It returns the server name and every byte read (to be replayed to the
-// upstream), also on error. The read deadline is cleared on return.
-func Read(c Conn, buf []byte, deadline time.Time) (name string, read []byte, err error) {
+// upstream), also on error. Reading starts in buf; a ClientHello that does not fit moves to a
+// buffer of its own, doubled as needed up to limit bytes, so that the usual hello (under 2 KiB)
+// costs a small pooled buffer and only a large one costs more. The read deadline is cleared on
+// return.
+func Read(c Conn, buf []byte, limit int, deadline time.Time) (name string, read []byte, err error) {
 	if err := c.SetReadDeadline(deadline); err != nil {
 		return "", nil, err
 	}
@@ -256,7 +259,12 @@ func Read(c Conn, buf []byte, deadline time.Time) (name string, read []byte, err
 	n := 0
 	for {
 		if n == len(buf) {
-			return "", buf[:n], ErrTooLarge
+			if n >= limit {
+				return "", buf[:n], ErrTooLarge
+			}
+			grown := make([]byte, min(2*max(n, 512), limit))
+			copy(grown, buf[:n])
+			buf = grown
 		}
 		m, rerr := c.Read(buf[n:])
 		n += m

@@ -22,7 +22,7 @@ func captureHello(t testing.TB, cfg *tls.Config) []byte {
 		_ = tls.Client(client, cfg).Handshake() // fails once the pipe closes: no server
 	}()
 	buf := make([]byte, DefaultMaxHello)
-	name, read, err := Read(server, buf, time.Now().Add(5*time.Second))
+	name, read, err := Read(server, buf, DefaultMaxHello, time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatalf("reading crypto/tls's ClientHello: %v", err)
 	}
@@ -97,7 +97,7 @@ func TestParseRealClientHello(t *testing.T) {
 				defer client.Close()
 				_ = tls.Client(client, tc.cfg).Handshake()
 			}()
-			name, read, err := Read(server, make([]byte, DefaultMaxHello), time.Now().Add(5*time.Second))
+			name, read, err := Read(server, make([]byte, DefaultMaxHello), DefaultMaxHello, time.Now().Add(5*time.Second))
 			if !errors.Is(err, tc.wantErr) || name != tc.want {
 				t.Fatalf("Read = %q, %v; want %q, %v", name, err, tc.want, tc.wantErr)
 			}
@@ -210,7 +210,7 @@ func TestReadBounds(t *testing.T) {
 	hello := captureHello(t, &tls.Config{ServerName: "a.example"})
 	t.Run("byte by byte", func(t *testing.T) {
 		c := &slowConn{data: bytes.Clone(hello), step: 1}
-		name, read, err := Read(c, make([]byte, DefaultMaxHello), time.Now().Add(time.Second))
+		name, read, err := Read(c, make([]byte, DefaultMaxHello), DefaultMaxHello, time.Now().Add(time.Second))
 		if err != nil || name != "a.example" || !bytes.Equal(read, hello) {
 			t.Fatalf("%q %v (%d of %d bytes)", name, err, len(read), len(hello))
 		}
@@ -218,16 +218,24 @@ func TestReadBounds(t *testing.T) {
 			t.Fatal("deadline not cleared")
 		}
 	})
+	t.Run("small first buffer grows", func(t *testing.T) {
+		c := &slowConn{data: bytes.Clone(hello), step: 100}
+		first := make([]byte, 64)
+		name, read, err := Read(c, first, DefaultMaxHello, time.Now().Add(time.Second))
+		if err != nil || name != "a.example" || !bytes.Equal(read, hello) {
+			t.Fatalf("%q %v (%d of %d bytes)", name, err, len(read), len(hello))
+		}
+	})
 	t.Run("buffer too small", func(t *testing.T) {
 		c := &slowConn{data: bytes.Clone(hello), step: 64}
-		_, read, err := Read(c, make([]byte, len(hello)-1), time.Now().Add(time.Second))
+		_, read, err := Read(c, make([]byte, 64), len(hello)-1, time.Now().Add(time.Second))
 		if !errors.Is(err, ErrTooLarge) || len(read) != len(hello)-1 || Reason(err) != "too_large" {
 			t.Fatalf("%v, %d bytes", err, len(read))
 		}
 	})
 	t.Run("client closes early", func(t *testing.T) {
 		c := &slowConn{data: bytes.Clone(hello[:20]), step: 64}
-		_, read, err := Read(c, make([]byte, DefaultMaxHello), time.Now().Add(time.Second))
+		_, read, err := Read(c, make([]byte, DefaultMaxHello), DefaultMaxHello, time.Now().Add(time.Second))
 		if Reason(err) != "incomplete" || len(read) != 20 {
 			t.Fatalf("%v (%s), %d bytes", err, Reason(err), len(read))
 		}
@@ -238,7 +246,7 @@ func TestReadBounds(t *testing.T) {
 		defer server.Close()
 		go func() { _, _ = client.Write(hello[:10]) }()
 		start := time.Now()
-		_, read, err := Read(server, make([]byte, DefaultMaxHello), time.Now().Add(200*time.Millisecond))
+		_, read, err := Read(server, make([]byte, DefaultMaxHello), DefaultMaxHello, time.Now().Add(200*time.Millisecond))
 		if Reason(err) != "timeout" || len(read) != 10 || time.Since(start) > 2*time.Second {
 			t.Fatalf("%v (%s), %d bytes after %s", err, Reason(err), len(read), time.Since(start))
 		}
