@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -193,13 +194,15 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	defer p.conns.remove(c)
 
 	var hello []byte // what routing read of the client's bytes: the upstream gets it first
+	releaseHello := func() {}
 	if m.Protocol == TLS {
 		routed, read, release, ok := p.routeTLS(c, m)
 		if !ok {
 			return
 		}
-		defer release()
-		m, hello = routed, read
+		// Released once written, not held for the connection's life.
+		m, hello, releaseHello = routed, read, sync.OnceFunc(release)
+		defer releaseHello()
 	}
 
 	client := addrPortOf(c.RemoteAddr())
@@ -278,8 +281,11 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 
 	var helloErr error
-	if len(hello) > 0 {
+	helloLen := len(hello)
+	if helloLen > 0 {
 		_, helloErr = u.Write(hello)
+		hello = nil
+		releaseHello()
 	}
 	var toUp, toClient int64
 	var reason string
@@ -290,7 +296,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		reason = "writing the ClientHello to the upstream failed: " + helloErr.Error()
 	} else {
 		toUp, toClient, reason = relay(p.workers, c, u)
-		toUp += int64(len(hello))
+		toUp += int64(helloLen)
 	}
 	if p.runCtx.Err() != nil {
 		reason = "proxy shutdown"
