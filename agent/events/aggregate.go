@@ -62,6 +62,8 @@ var RemoteTriggered = map[string]func(Event) string{
 	TCPUpstreamConnectFailed: ByFields("service", "upstream"),
 	UpstreamLookupFailed:     ByFields("service", "protocol"),
 	ACMEOrderFailed:          ByFields("domain", "reason"),
+	// Not by server_name: a client may send a new one on every connection.
+	TLSConnectionUnrouted: ByFields("port", "reason"),
 }
 
 // ByFields keys events by their node and the named fields.

@@ -72,6 +72,10 @@ const (
 	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
 	// (close_on_unhealthy); one event per replica and change, with the counts.
 	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
+	// TLSConnectionUnrouted: a tls (passthrough) listener closed a connection whose ClientHello
+	// named no service of the port, or was missing, malformed, too large or too slow.
+	// Aggregated per port and reason.
+	TLSConnectionUnrouted = "tls_connection_unrouted"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -147,6 +151,7 @@ var specs = []Spec{
 	{Kind: CertificateRenewed, Fields: []string{"domain", "not_after", "source"}},
 	{Kind: ACMEOrderFailed, Fields: []string{"domain", "reason"}},
 	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
+	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.
