@@ -225,3 +225,49 @@ func acmeListeners(t *testing.T, sets *acmeSets) (httpPort, httpsPort int) {
 	}()
 	return hl.Addr().(*net.TCPAddr).Port, tl.Addr().(*net.TCPAddr).Port
 }
+
+// TestACMETwoServersOneOrder: two server agents with the same stacks against one Consul and one
+// Pebble both want the certificate; one order is placed, and both servers' certificate stores
+// (what their proxies receive) hold the same certificate.
+func TestACMETwoServersOneOrder(t *testing.T) {
+	consul := consultest.Start(t)
+	var sets acmeSets
+	httpPort, httpsPort := acmeListeners(t, &sets)
+	pebble := pebbletest.Start(t, pebbletest.Options{HTTPPort: httpPort, TLSPort: httpsPort})
+	const domain = "two.example.com"
+	stack := fmt.Sprintf("stack \"two\" {\n  service %q {\n    timeout = 60\n    acme = true\n  }\n}\n", domain)
+
+	var agents []*Agent
+	for k, name := range []string{"server-a", "server-b"} {
+		body := ""
+		if k == 0 { // the proxy whose set the stand-in listeners answer from
+			body = fmt.Sprintf("proxy {\n  enabled = true\n  http_addr = \"127.0.0.1:%d\"\n}\n", freePort(t))
+		}
+		cfg := testConfig(t, consul.HTTPAddr, body)
+		cfg.NodeName = name
+		cfg.Proxy.Servers = []string{fmt.Sprintf("127.0.0.1:%d", cfg.Ports.GRPC)}
+		cfg.Server.ACME = &config.ACME{DirectoryURL: pebble.DirectoryURL, CAFile: pebble.CAFile,
+			Challenge: "http-01", RenewBefore: config.DefaultACMERenewBefore}
+		if err := os.WriteFile(filepath.Join(cfg.Server.StacksDir, "two.hcl"), []byte(stack), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		a, _ := startACMEAgent(t, cfg, name)
+		agents = append(agents, a)
+	}
+	sets.set(agents[0].proxy.Certificates())
+	for _, a := range agents {
+		waitFor(t, "the certificate in "+a.cfg.NodeName+"'s store", 90*time.Second, func() bool {
+			_, src, ok := a.server.Certificates().Effective(domain)
+			return ok && src == "acme"
+		})
+	}
+	ca, _, _ := agents[0].server.Certificates().Effective(domain)
+	cb, _, _ := agents[1].server.Certificates().Effective(domain)
+	if !bytes.Equal(ca.CertPEM, cb.CertPEM) {
+		t.Fatal("the servers hold different certificates")
+	}
+	time.Sleep(3 * time.Second) // a second order would have been placed by now
+	if n := pebble.Issued(); n != 1 {
+		t.Fatalf("pebble issued %d certificates for two servers, want 1", n)
+	}
+}
