@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -431,19 +430,4 @@ func (i *Issuer) loadOrCreateAccount(ctx context.Context) (*accountRecord, error
 	}
 	i.logger.Info("registered ACME account", "directory", i.cfg.DirectoryURL, "account", reg.Location)
 	return a, nil
-}
-
-// challengeKeys lists the challenge keys this server wrote, for tests.
-func (i *Issuer) pendingChallenges() []string {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	var out []string
-	for t := range i.kv.http {
-		out = append(out, httpChalDir+t)
-	}
-	for d := range i.kv.tlsALPN {
-		out = append(out, tlsALPNChalDr+d)
-	}
-	slices.Sort(out)
-	return out
 }
