@@ -62,10 +62,18 @@ type StackRules struct {
 }
 
 // StackRulesFor derives the rules from an agent configuration: a tcp listen_port may not take
-// the proxies' HTTP port (proxy.http_addr, default 80), 443, or the agent's own HTTP and gRPC
-// ports. The server and `nullnet validate -stacks` both use it, so they agree.
+// the proxies' HTTP port (proxy.http_addr, default 80), their HTTPS port (proxy.https_addr,
+// default 443, unless HTTPS is off), or the agent's own HTTP and gRPC ports. The server and
+// `nullnet validate -stacks` both use it, so they agree.
 func StackRulesFor(cfg *Config) StackRules {
-	reserved := map[int]string{443: "HTTPS on the proxies"}
+	reserved := map[int]string{}
+	if cfg.Proxy.HTTPSAddr != "" {
+		if _, p, err := net.SplitHostPort(cfg.Proxy.HTTPSAddr); err == nil {
+			if n, err := strconv.Atoi(p); err == nil && n > 0 {
+				reserved[n] = "the proxies' HTTPS listener (proxy.https_addr)"
+			}
+		}
+	}
 	httpPort := 80
 	if _, p, err := net.SplitHostPort(cfg.Proxy.HTTPAddr); err == nil {
 		if n, err := strconv.Atoi(p); err == nil {
@@ -204,7 +212,8 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}}}
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
+		{Name: "https_redirect"}, {Name: "hsts"}}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -280,6 +289,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 				"%s service %q needs timeout (seconds or a duration such as \"90s\"; 0 = never idles out): the proxies only open ports for services they may reach.", svc.Protocol, svc.Name))
 		}
 	}
+	diags = append(diags, decodeHTTPSKeys(&svc, content)...)
 	return svc, diags
 }
 
