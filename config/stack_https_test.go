@@ -110,8 +110,8 @@ func TestProxyHTTPSAddr(t *testing.T) {
 		return Load([]Source{{Path: write(t, t.TempDir(), "a.hcl", body)}}, false)
 	}
 	for body, want := range map[string]string{
-		`node_name = "n"`:                   DefaultProxyHTTPSAddr,
-		"proxy {\n  https_addr = \"\"\n}\n": "",
+		`node_name = "n"`:                                 DefaultProxyHTTPSAddr,
+		"proxy {\n  https_addr = \"\"\n}\n":               "",
 		"proxy {\n  https_addr = \"127.0.0.1:9443\"\n}\n": "127.0.0.1:9443",
 	} {
 		r := load(body)
@@ -126,7 +126,7 @@ func TestProxyHTTPSAddr(t *testing.T) {
 		t.Errorf("-dev https_addr = %q", got)
 	}
 	for body, summary := range map[string]string{
-		"proxy {\n  enabled = true\n  https_addr = \"443\"\n}\n":                         "Invalid proxy.https_addr",
+		"proxy {\n  enabled = true\n  https_addr = \"443\"\n}\n":                        "Invalid proxy.https_addr",
 		"proxy {\n  enabled = true\n  http_addr = \":80\"\n  https_addr = \":80\"\n}\n": "Conflicting proxy.https_addr",
 	} {
 		r := load(body)
