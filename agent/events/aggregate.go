@@ -61,6 +61,8 @@ var RemoteTriggered = map[string]func(Event) string{
 	UDPUpstreamConnectFailed: ByFields("service", "upstream"),
 	TCPUpstreamConnectFailed: ByFields("service", "upstream"),
 	UpstreamLookupFailed:     ByFields("service", "protocol"),
+	// Per reason only: server names are the client's choice, and unbounded.
+	TLSHandshakeFailed: ByFields("reason"),
 }
 
 // ByFields keys events by their node and the named fields.

@@ -57,6 +57,9 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
+	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
+	TLSHandshakeFailed = "tls_handshake_failed"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -123,6 +126,7 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

@@ -20,8 +20,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
+	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
 )
 
@@ -37,8 +39,11 @@ type Config struct {
 	// BindRetryMin/Max bound the backoff between bind attempts of a listener whose port is
 	// taken (defaults 250ms and 10s).
 	BindRetryMin, BindRetryMax time.Duration
-	// DisableHTTP skips the HTTP router (its address is often privileged in tests).
+	// DisableHTTP skips the HTTP router and the HTTPS listener (their addresses are often
+	// privileged in tests).
 	DisableHTTP bool
+	// Certs is the certificate set the HTTPS listener serves (a new empty one if nil).
+	Certs *certs.Set
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -99,6 +104,11 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+	https          *httpsServer
+	httpsAddr      string
+	certs          *certs.Set
+	// policyOf returns an http service's edge settings (https.go: httpPolicy).
+	policyOf func(service string) *pb.ServicePolicy
 }
 
 // New builds the proxy role.
@@ -138,6 +148,11 @@ func New(cfg Config) (*Proxy, error) {
 	p.conns.m = map[any]func(){}
 	p.workers = newWorkerPool()
 	p.http = newHTTPRouter(p)
+	p.certs, p.httpsAddr = cfg.Certs, cfg.Agent.Proxy.HTTPSAddr
+	if p.certs == nil {
+		p.certs = &certs.Set{}
+	}
+	p.https = newHTTPSServer(p)
 	return p, nil
 }
 
@@ -161,6 +176,8 @@ type Status struct {
 	TableVersion uint64           `json:"table_version"`
 	TableAt      time.Time        `json:"table_received_at,omitzero"`
 	HTTPAddr     string           `json:"http_addr,omitempty"`
+	HTTPSAddr    string           `json:"https_addr,omitempty"`
+	HTTPSError   string           `json:"https_error,omitempty"` // last bind error while retrying
 	Listeners    []ListenerStatus `json:"listeners"`
 }
 
@@ -187,6 +204,10 @@ func (p *Proxy) status() Status {
 		Listeners: []ListenerStatus{}}
 	if !p.cfg.DisableHTTP {
 		st.HTTPAddr = p.httpAddr
+		st.HTTPSAddr = p.httpsAddr
+		if e := p.https.bindErr.Load(); e != nil {
+			st.HTTPSError = *e
+		}
 	}
 	slots := make([]*slot, 0, len(p.slots))
 	for _, s := range p.slots {
@@ -235,6 +256,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 				errc <- err
 			}
 		}()
+		if p.httpsAddr != "" {
+			bg.Add(1)
+			go func() { defer bg.Done(); p.https.run(runCtx, p.httpsAddr) }()
+		}
 	}
 	if p.cfg.Conn != nil {
 		bg.Add(1)
@@ -270,7 +295,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 const stopReleaseGrace = time.Second
 
 // Reload applies a new agent configuration: timeouts, UDP bounds and use_linger apply to new
-// connections and sessions at once; bind_addr and http_addr changes need a restart (logged).
+// connections and sessions at once; bind_addr, http_addr and https_addr changes need a restart
+// (logged).
 func (p *Proxy) Reload(cfg *config.Config) error {
 	old := p.settings()
 	next := settingsFrom(cfg)
@@ -278,6 +304,9 @@ func (p *Proxy) Reload(cfg *config.Config) error {
 		p.logger.Warn("proxy.bind_addr changed; existing listeners keep the old address until restart",
 			"old", old.BindAddr, "new", next.BindAddr)
 		next.BindAddr = old.BindAddr
+	}
+	if cfg.Proxy.HTTPSAddr != p.httpsAddr {
+		p.logger.Warn("proxy.https_addr changed; takes effect after restart", "old", p.httpsAddr, "new", cfg.Proxy.HTTPSAddr)
 	}
 	if cfg.Proxy.HTTPAddr != p.httpAddr {
 		p.logger.Warn("proxy.http_addr changed; takes effect after restart", "old", p.httpAddr, "new", cfg.Proxy.HTTPAddr)
