@@ -194,7 +194,7 @@ func ProxyAgentConfig(dir, consulAddr string, apiPort, serverGRPC, proxyHTTP int
 	var b strings.Builder
 	fmt.Fprintf(&b, "node_name = \"nnbench-proxy\"\ndata_dir = %q\n", filepath.Join(dir, "data"))
 	fmt.Fprintf(&b, "ports {\n  http = %d\n}\nconsul {\n  address = %q\n}\n", apiPort, consulAddr)
-	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n  https_addr = \"\"\n%s}\n", servers, proxyHTTP, benchAdmission)
+	fmt.Fprintf(&b, "proxy {\n  enabled   = true\n  bind_addr = \"127.0.0.1\"\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n%s}\n", servers, proxyHTTP, benchAdmission)
 	fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n}\n", servers)
 	return b.String()
 }
@@ -381,7 +381,7 @@ func AgentConfig(dir, consulAddr string, ports []int, svcs []Service) string {
 	fmt.Fprintf(&b, "consul {\n  address = %q\n}\n", consulAddr)
 	fmt.Fprintf(&b, "server {\n  stacks_dir = %q\n}\n", filepath.Join(dir, "stacks"))
 	grpc := fmt.Sprintf("[\"127.0.0.1:%d\"]", ports[1])
-	fmt.Fprintf(&b, "proxy {\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n  https_addr = \"\"\n%s}\n", grpc, ports[2], benchAdmission)
+	fmt.Fprintf(&b, "proxy {\n  servers   = %s\n  http_addr = \"127.0.0.1:%d\"\n%s}\n", grpc, ports[2], benchAdmission)
 	fmt.Fprintf(&b, "client {\n  servers = %s\n", grpc)
 	for _, s := range svcs {
 		// No address: the service listens on all addresses, as the client requires of a host
