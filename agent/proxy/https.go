@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -93,7 +95,9 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 		tl := tlsterm.NewListener(ln, tlsterm.ListenerConfig{TLS: h.conf, OnSuccess: h.handshakeDone,
 			OnFailure: h.handshakeFailed})
 		srv := h.r.newServer(ctx)
-		srv.ErrorLog = h.log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})
+		// net/http's HTTP/2 server logs protocol errors a client can cause at will (a bad
+		// preface, a broken frame): at most a few lines per interval reach the log.
+		srv.ErrorLog = log.New(&logLimiter{next: h.log, max: 10, every: 10 * time.Second}, "", 0)
 		h.srv.Store(srv)
 		if h.p.draining.Load() { // Drain ran between the check above and Store: it saw no server
 			tl.Close()
@@ -281,3 +285,38 @@ func (p *Proxy) httpPolicy(service string) *pb.ServicePolicy {
 
 // Certificates is the set the HTTPS listener serves; the certificate stream replaces it.
 func (p *Proxy) Certificates() *certs.Set { return p.certs }
+
+// logLimiter is the io.Writer of a standard logger that passes at most max lines per interval
+// to next (as warnings) and then one line saying how many it dropped.
+type logLimiter struct {
+	next  hclog.Logger
+	max   int
+	every time.Duration
+
+	mu      sync.Mutex
+	start   time.Time
+	n       int
+	dropped int
+}
+
+func (l *logLimiter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	now := time.Now()
+	if now.Sub(l.start) >= l.every {
+		if l.dropped > 0 {
+			l.next.Warn("server errors suppressed", "count", l.dropped, "interval", l.every)
+		}
+		l.start, l.n, l.dropped = now, 0, 0
+	}
+	pass := l.n < l.max
+	if pass {
+		l.n++
+	} else {
+		l.dropped++
+	}
+	l.mu.Unlock()
+	if pass {
+		l.next.Warn(strings.TrimSpace(string(b)))
+	}
+	return len(b), nil
+}

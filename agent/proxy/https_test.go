@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxy/tlsterm"
@@ -332,4 +333,21 @@ func TestHTTPSBindRetry(t *testing.T) {
 		}
 		return err != nil
 	})
+}
+
+func TestLogLimiter(t *testing.T) {
+	var buf strings.Builder
+	lg := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug})
+	l := &logLimiter{next: lg, max: 3, every: time.Hour}
+	for i := range 100 {
+		fmt.Fprintf(l, "line %d\n", i)
+	}
+	if n := strings.Count(buf.String(), "line "); n != 3 {
+		t.Fatalf("%d lines passed, want 3:\n%s", n, buf.String())
+	}
+	l.start = time.Now().Add(-2 * time.Hour)
+	fmt.Fprintf(l, "line again\n")
+	if !strings.Contains(buf.String(), "suppressed: count=97") || !strings.Contains(buf.String(), "line again") {
+		t.Fatalf("no summary:\n%s", buf.String())
+	}
 }
