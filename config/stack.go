@@ -213,7 +213,9 @@ var (
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
-		{Name: "https_redirect"}, {Name: "hsts"}}}
+		{Name: "https_redirect"}, {Name: "hsts"},
+		{Name: "close_on_unhealthy"},
+	}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -272,6 +274,8 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+
+	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:

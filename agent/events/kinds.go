@@ -35,6 +35,12 @@ const (
 	// TLS). Aggregated per caller address and reason (see RemoteTriggered).
 	AuthRefused = "auth_refused"
 
+	// Certificates the proxies serve (server; see website/docs/https.md).
+	CertificateInstalled  = "certificate_installed"
+	CertificateRemoved    = "certificate_removed"
+	CertificateExpiring   = "certificate_expiring"
+	TLSCertificateInvalid = "tls_certificate_invalid"
+
 	// Node side (client agents).
 	ControlChannelEstablished = "control_channel_established"
 	ControlChannelClosed      = "control_channel_closed"
@@ -60,6 +66,9 @@ const (
 	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
 	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
 	TLSHandshakeFailed = "tls_handshake_failed"
+	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
+	// (close_on_unhealthy); one event per replica and change, with the counts.
+	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -106,6 +115,11 @@ var specs = []Spec{
 	{Kind: ProxyRequestRefused, Fields: []string{"service", "client_ip", "code"}},
 	{Kind: AuthRefused, Fields: []string{"method", "peer", "reason"}},
 
+	{Kind: CertificateInstalled, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: CertificateRemoved, Fields: []string{"domain", "count"}},
+	{Kind: CertificateExpiring, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: TLSCertificateInvalid, Fields: []string{"domain", "dir", "reason"}},
+
 	{Kind: ControlChannelEstablished, Fields: []string{"server"}},
 	{Kind: ControlChannelClosed, Fields: []string{"error"}},
 	{Kind: OverlaySetupCompleted, Fields: []string{"command_id", "net_id", "side", "duration_ms", "service", "remote_underlay", "bridge", "changed"}},
@@ -127,6 +141,7 @@ var specs = []Spec{
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
 	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
+	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

@@ -16,7 +16,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
-	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxy/tlsterm"
 	pb "github.com/nullnet/nullnet/proto"
@@ -272,19 +271,17 @@ func (r *httpRouter) edge(w http.ResponseWriter, req *http.Request, service stri
 	return false
 }
 
-// httpPolicy returns the edge settings of an http service (nil: none).
-//
-// TODO(conduit): read the policy the port table carries (PortMappingBundle.http_services) once
-// it reaches the proxy; until then tests set policyOf.
+// httpPolicy returns the edge settings of an http service from the port table's http_services
+// (nil: none).
 func (p *Proxy) httpPolicy(service string) *pb.ServicePolicy {
-	if f := p.policyOf; f != nil && service != "" {
-		return f(service)
+	if service == "" {
+		return nil
+	}
+	if m, ok := p.httpService(service); ok {
+		return m.GetPolicy()
 	}
 	return nil
 }
-
-// Certificates is the set the HTTPS listener serves; the certificate stream replaces it.
-func (p *Proxy) Certificates() *certs.Set { return p.certs }
 
 // logLimiter is the io.Writer of a standard logger that passes at most max lines per interval
 // to next (as warnings) and then one line saying how many it dropped.

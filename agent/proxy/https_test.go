@@ -64,8 +64,7 @@ func startHTTPSFixture(t *testing.T) *httpsFixture {
 	}
 
 	ca := testcert.NewCA(t)
-	set := &certs.Set{}
-	set.Replace(&certs.Snapshot{
+	snap := &certs.Snapshot{
 		ByName: map[string]*tls.Certificate{
 			"web.example.com":    ca.Issue(t, "web.example.com").TLS,
 			"plain.example.com":  ca.Issue(t, "plain.example.com").TLS,
@@ -73,13 +72,16 @@ func startHTTPSFixture(t *testing.T) *httpsFixture {
 		},
 		HTTPChallenges:    map[string]string{"tok-123": "tok-123.thumbprint"},
 		TLSALPNChallenges: map[string]*tls.Certificate{"acme.example.com": ca.Issue(t, "acme.example.com").TLS},
-	})
-	policies := map[string]*pb.ServicePolicy{
-		"web.example.com":   {HttpsRedirect: true, HstsMaxAgeSecs: hstsAge},
-		"plain.example.com": {HstsMaxAgeSecs: hstsAge},
 	}
-	tp := startProxy(t, res, func(_ *config.Config, c *Config) { c.DisableHTTP = false; c.Certs = set })
-	tp.policyOf = func(s string) *pb.ServicePolicy { return policies[s] }
+	tp := startProxy(t, res, func(_ *config.Config, c *Config) { c.DisableHTTP = false })
+	tp.Certificates().Replace(snap)
+	// The policies as the port table carries them (http_services), without a server.
+	http := pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
+	tp.setPolicies(&pb.PortMappingBundle{Version: 1, HttpServices: []*pb.PortMapping{
+		{Service: "web.example.com", Protocol: http, Policy: &pb.ServicePolicy{HttpsRedirect: true, HstsMaxAgeSecs: hstsAge}},
+		{Service: "plain.example.com", Protocol: http, Policy: &pb.ServicePolicy{HstsMaxAgeSecs: hstsAge}},
+		{Service: "a.wild.example.com", Protocol: http},
+	}})
 	waitFor(t, 10*time.Second, "HTTP and HTTPS listeners bound", func() bool {
 		return tp.http.Addr() != "" && tp.https.Addr() != ""
 	})

@@ -22,8 +22,8 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
-	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
 )
 
@@ -42,8 +42,6 @@ type Config struct {
 	// DisableHTTP skips the HTTP router and the HTTPS listener (their addresses are often
 	// privileged in tests).
 	DisableHTTP bool
-	// Certs is the certificate set the HTTPS listener serves (a new empty one if nil).
-	Certs *certs.Set
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -104,11 +102,15 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
-	https          *httpsServer
-	httpsAddr      string
-	certs          *certs.Set
-	// policyOf returns an http service's edge settings (https.go: httpPolicy).
-	policyOf func(service string) *pb.ServicePolicy
+	// policies is the latest bundle's policies by service (policies.go); nil before the first.
+	policies atomic.Pointer[servicepolicy.Index]
+	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
+	httpUses httpUseSet
+	// certs is the TLS certificate set the servers stream (certs.go).
+	certs *certs.Set
+	// https serves proxy.https_addr ("" = off) through the HTTP router (https.go).
+	https     *httpsServer
+	httpsAddr string
 }
 
 // New builds the proxy role.
@@ -125,7 +127,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, logger: cfg.Logger, events: cfg.Events, slots: map[listenerKey]*slot{},
 		closing: map[listenerKey]chan struct{}{}, reannounceKick: make(chan struct{}, 1),
 		stream: "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
-		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax}
+		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax, certs: &certs.Set{}}
 	if p.bindRetryMin <= 0 {
 		p.bindRetryMin = 250 * time.Millisecond
 	}
@@ -148,10 +150,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.conns.m = map[any]func(){}
 	p.workers = newWorkerPool()
 	p.http = newHTTPRouter(p)
-	p.certs, p.httpsAddr = cfg.Certs, cfg.Agent.Proxy.HTTPSAddr
-	if p.certs == nil {
-		p.certs = &certs.Set{}
-	}
+	p.httpsAddr = cfg.Agent.Proxy.HTTPSAddr
 	p.https = newHTTPSServer(p)
 	return p, nil
 }
@@ -266,6 +265,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watch(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchUnhealthy(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchCerts(runCtx) }()
 	}
 
 	var err error
