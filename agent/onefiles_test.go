@@ -17,8 +17,9 @@ type oneProcessFiles struct {
 	ProxyHTTPPort int
 	// ProxyHTTPSPort is the proxy's HTTPS listener port on 127.0.0.1 (0: a free one).
 	ProxyHTTPSPort int
-	// ProxyExtra and ClientExtra are HCL lines added to the proxy and client blocks.
-	ProxyExtra, ClientExtra string
+	// ServerExtra, ProxyExtra and ClientExtra are HCL lines added to the server, proxy and
+	// client blocks.
+	ServerExtra, ProxyExtra, ClientExtra string
 }
 
 // write writes the stacks directory and the agent config into dir and returns the config
@@ -51,6 +52,7 @@ consul {
 }
 server {
   stacks_dir = %q
+%s
 }
 proxy {
   http_addr = "127.0.0.1:%d"
@@ -62,7 +64,7 @@ client {
   servers = ["127.0.0.1:%d"]
 %s
 }
-`, f.Node, httpPort, grpcPort, f.Consul, stacks, f.ProxyHTTPPort, f.ProxyHTTPSPort, grpcPort, f.ProxyExtra, grpcPort, f.ClientExtra)
+`, f.Node, httpPort, grpcPort, f.Consul, stacks, f.ServerExtra, f.ProxyHTTPPort, f.ProxyHTTPSPort, grpcPort, f.ProxyExtra, grpcPort, f.ClientExtra)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
