@@ -42,6 +42,8 @@ type Config struct {
 	// DisableHTTP skips the HTTP router and the HTTPS listener (their addresses are often
 	// privileged in tests).
 	DisableHTTP bool
+	// TLSHelloTimeout bounds how long a tls listener waits for a ClientHello (default 10s).
+	TLSHelloTimeout time.Duration
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -79,6 +81,7 @@ type Proxy struct {
 	httpAddr string
 
 	bindRetryMin, bindRetryMax time.Duration
+	tlsHelloTimeout            time.Duration
 
 	// runCtx is the parent of every slot and connection; Run cancels it (stop) when it ends.
 	runCtx context.Context
@@ -133,6 +136,10 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.bindRetryMax < p.bindRetryMin {
 		p.bindRetryMax = max(10*time.Second, p.bindRetryMin)
+	}
+	p.tlsHelloTimeout = cfg.TLSHelloTimeout
+	if p.tlsHelloTimeout <= 0 {
+		p.tlsHelloTimeout = tlsHelloTimeout
 	}
 	p.runCtx, p.stop = context.WithCancel(context.Background())
 	p.set.Store(settingsFrom(cfg.Agent))
