@@ -219,9 +219,13 @@ func classify(err error, n *note) Reason {
 	}
 	var re tls.RecordHeaderError
 	var ne net.Error
+	var oe *net.OpError
 	switch {
 	case errors.As(err, &re):
 		return ReasonNotTLS
+	case errors.As(err, &oe) && oe.Op == "remote error":
+		// An alert from the client: it rejected the certificate, or the protocol.
+		return ReasonProtocol
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		return ReasonTimeout

@@ -76,6 +76,17 @@ func waitFailure(t *testing.T, s *served, want Reason) Failure {
 	return Failure{}
 }
 
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestSNISelection(t *testing.T) {
 	ca := testcert.NewCA(t)
 	exact := ca.Issue(t, "a.example.com")
@@ -176,12 +187,27 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	}
 	waitFailure(t, s, ReasonNotTLS)
 
+	// A client that rejects the certificate (it does not trust the CA) sends an alert: protocol.
+	if _, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "a.example.com"}); err == nil {
+		t.Error("a client without the CA accepted the certificate")
+	}
+	if f := waitFailure(t, s, ReasonProtocol); !strings.Contains(f.Err.Error(), "remote error") {
+		t.Errorf("client alert classified from %v", f.Err)
+	}
+
 	// TLS 1.1 only: protocol.
 	if _, err := tls.Dial("tcp", addr, &tls.Config{ServerName: "a.example.com", RootCAs: ca.Pool,
 		MaxVersion: tls.VersionTLS11, MinVersion: tls.VersionTLS10}); err == nil {
 		t.Error("TLS 1.1 accepted")
 	}
-	waitFailure(t, s, ReasonProtocol)
+	waitFor(t, "the TLS 1.1 hello classified as protocol", func() bool {
+		for _, f := range s.fails() {
+			if f.Reason == ReasonProtocol && strings.Contains(f.Err.Error(), "unsupported versions") {
+				return true
+			}
+		}
+		return false
+	})
 
 	// Two silent clients fill the handshake slots: a third is closed at once (overload); the
 	// silent ones time out.
