@@ -63,6 +63,9 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
+	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
+	TLSHandshakeFailed = "tls_handshake_failed"
 
 	// Certificates (server): ACME.
 	CertificateRenewed = "certificate_renewed"
@@ -147,6 +150,7 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
 
 	{Kind: CertificateRenewed, Fields: []string{"domain", "not_after", "source"}},
 	{Kind: ACMEOrderFailed, Fields: []string{"domain", "reason"}},
