@@ -173,8 +173,8 @@ func (p *Pebble) Client() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.pool}}}
 }
 
-// Roots returns the pool of Pebble's issuing root (certificates it issues chain to it).
-func (p *Pebble) Roots(t testing.TB) *x509.CertPool {
+// RootPEM returns Pebble's issuing root in PEM (certificates it issues chain to it).
+func (p *Pebble) RootPEM(t testing.TB) []byte {
 	t.Helper()
 	resp, err := p.Client().Get(p.MgmtURL + "/roots/0")
 	if err != nil {
@@ -182,6 +182,13 @@ func (p *Pebble) Roots(t testing.TB) *x509.CertPool {
 	}
 	defer resp.Body.Close()
 	pem, _ := io.ReadAll(resp.Body)
+	return pem
+}
+
+// Roots returns the pool of Pebble's issuing root.
+func (p *Pebble) Roots(t testing.TB) *x509.CertPool {
+	t.Helper()
+	pem := p.RootPEM(t)
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
 		t.Fatalf("pebbletest: no root at /roots/0: %s", pem)
