@@ -203,8 +203,8 @@ func ParseStacks(files []StackFile, rules StackRules) *StackSet {
 var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
-	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}}}
+	serviceSchema   = &hcl.BodySchema{Attributes: append([]hcl.AttributeSchema{
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}}, clientPolicyAttrs...)}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -263,6 +263,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+	diags = append(diags, decodeClientPolicy(content, &svc)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:

@@ -7,15 +7,9 @@ package edgepolicy
 
 import (
 	"cmp"
-	"fmt"
 	"net/netip"
 	"slices"
 )
-
-// MaxListEntries bounds an allow or deny list. The matcher itself stays fast far beyond it; the
-// bound keeps a stack file's mistake (a generated list of every address) from reaching Consul
-// and every proxy.
-const MaxListEntries = 10000
 
 // Matcher is a compiled set of CIDRs: merged, sorted address ranges searched by binary search,
 // one table per family, so a lookup costs O(log n) comparisons of integers whatever the list
@@ -110,7 +104,9 @@ func (a u128) next() u128 {
 	return u128{a.hi, a.lo + 1}
 }
 
-func be32(b [4]byte) uint32 { return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) }
+func be32(b [4]byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
 
 func to128(a netip.Addr) u128 {
 	b := a.As16()
@@ -162,48 +158,4 @@ func (m *Matcher) Len() int {
 		return 0
 	}
 	return m.n
-}
-
-// ParseList parses CIDRs or single addresses (a single address is a /32 or /128) into
-// prefixes, refusing lists longer than MaxListEntries. It is what the stack parser and the
-// proxy both use, so that they accept the same lists.
-func ParseList(entries []string) ([]netip.Prefix, error) {
-	if len(entries) > MaxListEntries {
-		return nil, fmt.Errorf("%d entries; at most %d are allowed", len(entries), MaxListEntries)
-	}
-	out := make([]netip.Prefix, 0, len(entries))
-	for _, e := range entries {
-		p, err := ParseEntry(e)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
-// ParseEntry parses one list entry: a CIDR ("203.0.113.0/24", "2001:db8::/32") or a single
-// address. The result is canonical (masked; IPv4-mapped IPv6 written as IPv4); host bits set
-// in a CIDR are an error, since "10.1.2.3/8" is more likely a typo than a wish for 10.0.0.0/8.
-func ParseEntry(s string) (netip.Prefix, error) {
-	var p netip.Prefix
-	if a, err := netip.ParseAddr(s); err == nil {
-		if a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("%q: a zone is not allowed", s)
-		}
-		a = a.Unmap()
-		p = netip.PrefixFrom(a, a.BitLen())
-	} else {
-		p, err = netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR", s)
-		}
-		if p.Masked() != p {
-			return netip.Prefix{}, fmt.Errorf("%q has host bits set; did you mean %s?", s, p.Masked())
-		}
-		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-		}
-	}
-	return p, nil
 }

@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"strings"
+
+	"github.com/nullnet/nullnet/config"
 	"testing"
 )
 
 func mustPrefixes(t testing.TB, ss ...string) []netip.Prefix {
 	t.Helper()
-	ps, err := ParseList(ss)
+	ps, err := config.ParseClientList(ss)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,64 +108,6 @@ func randPrefix(rng *rand.Rand) netip.Prefix {
 	a := randAddr(rng)
 	p, _ := a.Prefix(rng.IntN(a.BitLen() + 1))
 	return p
-}
-
-func TestParseEntry(t *testing.T) {
-	tests := []struct {
-		in, want, err string
-	}{
-		{in: "203.0.113.0/24", want: "203.0.113.0/24"},
-		{in: "203.0.113.9", want: "203.0.113.9/32"},
-		{in: "2001:db8::/32", want: "2001:db8::/32"},
-		{in: "2001:DB8::1", want: "2001:db8::1/128"},
-		{in: "::ffff:10.0.0.0/104", want: "10.0.0.0/8"},
-		{in: "::ffff:10.0.0.1", want: "10.0.0.1/32"},
-		{in: "10.1.2.3/8", err: "host bits set; did you mean 10.0.0.0/8"},
-		{in: "fe80::1%eth0", err: "zone"},
-		{in: "example.com", err: "neither an address nor a CIDR"},
-		{in: "10.0.0.0/33", err: "neither"},
-		{in: "", err: "neither"},
-	}
-	for _, tc := range tests {
-		p, err := ParseEntry(tc.in)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("ParseEntry(%q) = %v, %v; want error with %q", tc.in, p, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || p.String() != tc.want {
-			t.Errorf("ParseEntry(%q) = %v, %v; want %s", tc.in, p, err, tc.want)
-		}
-	}
-	long := make([]string, MaxListEntries+1)
-	for i := range long {
-		long[i] = "10.0.0.1"
-	}
-	if _, err := ParseList(long); err == nil || !strings.Contains(err.Error(), "at most 10000") {
-		t.Errorf("a list of %d entries: %v", len(long), err)
-	}
-}
-
-// FuzzParseEntry: any string parses to a canonical prefix or an error, never a panic; the
-// canonical form parses back to itself, and the matcher built from it contains its address.
-func FuzzParseEntry(f *testing.F) {
-	for _, s := range []string{"10.0.0.0/8", "2001:db8::/32", "::ffff:1.2.3.4/120", "1.2.3.4", "::", "0.0.0.0/0", "x/1"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		p, err := ParseEntry(s)
-		if err != nil {
-			return
-		}
-		again, err := ParseEntry(p.String())
-		if err != nil || again != p {
-			t.Fatalf("%q → %v → %v, %v", s, p, again, err)
-		}
-		if !NewMatcher([]netip.Prefix{p}).Contains(p.Addr()) {
-			t.Fatalf("matcher of %v does not contain %v", p, p.Addr())
-		}
-	})
 }
 
 // BenchmarkMatcher: one lookup in lists of 10 to 10,000 CIDRs, the client's range last.
