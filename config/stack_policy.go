@@ -110,4 +110,3 @@ func countAttr(a *hcl.Attribute) (int, hcl.Diagnostics) {
 	n, _ := bf.Int64()
 	return int(n), nil
 }
-
