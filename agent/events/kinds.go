@@ -57,6 +57,11 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// ClientRefused: a service's client policy (allow/deny, per-client limits, max_sessions)
+	// refused a client; one per client, service and minute at most, up to 64 clients per
+	// service and minute, the rest summed in ClientsRefusedSummary.
+	ClientRefused         = "client_refused"
+	ClientsRefusedSummary = "clients_refused_summary"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -123,6 +128,8 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: ClientRefused, Fields: []string{"service", "protocol", "client_ip", "reason"}},
+	{Kind: ClientsRefusedSummary, Fields: []string{"service", "refused", "more_clients", "interval"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

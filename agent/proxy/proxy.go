@@ -99,6 +99,10 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+
+	// edge is the services' client policies (edge.go), replaced under edgeMu per port table.
+	edge   atomic.Pointer[edgeTable]
+	edgeMu sync.Mutex
 }
 
 // New builds the proxy role.
@@ -236,6 +240,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	bg.Add(1)
+	go func() { defer bg.Done(); p.edgeLoop(runCtx) }()
 	if p.cfg.Conn != nil {
 		bg.Add(1)
 		go func() { defer bg.Done(); p.watch(runCtx) }()

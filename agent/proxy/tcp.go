@@ -12,6 +12,7 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"golang.org/x/sys/unix"
 )
@@ -27,7 +28,8 @@ type tcpListener struct {
 	// (flushMetrics): labelled metric calls cost more than the rest of a short connection's
 	// user-space work.
 	accepted, toUp, toClient atomic.Uint64
-	closed                   atomic.Bool // serve returned: connections flush as they end
+	refused                  atomic.Uint64 // closed by the service's client policy
+	closed                   atomic.Bool   // serve returned: connections flush as they end
 }
 
 // metricsFlushEvery is how often a TCP listener reports its connection metrics.
@@ -38,6 +40,10 @@ func (l *tcpListener) flushMetrics() {
 	labels := listenerLabels(l.slot.mapping.Load())
 	if n := l.accepted.Swap(0); n > 0 {
 		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "accepted"}, float32(n), labels)
+	}
+	if n := l.refused.Swap(0); n > 0 {
+		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "failures"}, float32(n),
+			append(labels, metrics.Label{Name: "kind", Value: "policy"}))
 	}
 	for _, d := range []struct {
 		n   *atomic.Uint64
@@ -190,7 +196,17 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	defer p.conns.remove(c)
 
-	client := addrPortOf(c.RemoteAddr())
+	client := clientOf(c)
+	ticket, why := p.admitClient(m.Service, TCP, client.Addr())
+	if why != edgepolicy.Admitted {
+		// Refused before any Proxy call: a reset at once (SO_LINGER 0), no FIN handshake, so a
+		// flood costs the proxy one accept and one close per connection.
+		_ = c.SetLinger(0)
+		c.Close()
+		l.refused.Add(1)
+		return
+	}
+	defer ticket.Release()
 	// The connection's fields are formatted only for a line that is written: a logger.With
 	// per connection cost more than the rest of a short connection's user-space work.
 	var upstream netip.AddrPort

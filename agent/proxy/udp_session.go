@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 )
 
@@ -38,6 +39,8 @@ type udpSession struct {
 	fd    int
 	queue [][]byte // datagrams waiting for resolution (bounded by udp_queue_length)
 	use   *liveUse // set when ready; holds the lease and releases it (adopt.go)
+	// ticket is the session's place in its service's client policy; released when it ends.
+	ticket edgepolicy.Ticket
 
 	dgToUp, dgToClient, bytesToUp, bytesToClient atomic.Uint64
 	refused                                      atomic.Uint64
@@ -245,6 +248,7 @@ func (s *udpSession) dropStale() {
 	s.mu.Unlock()
 	s.l.drops[dropResolveWait].Add(uint64(queued))
 	s.l.remove(s)
+	s.ticket.Release()
 	s.l.active.Add(-1)
 }
 
@@ -268,6 +272,7 @@ func (s *udpSession) end(reason string) {
 		l.p.endUse(use)
 		upstream = use.upstream.String()
 	}
+	s.ticket.Release()
 	l.active.Add(-1)
 	l.logger.Info("udp session ended", "client", s.client, "service", s.service, "upstream", upstream,
 		"reason", reason, "datagrams_to_upstream", s.dgToUp.Load(), "bytes_to_upstream", s.bytesToUp.Load(),

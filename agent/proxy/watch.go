@@ -90,6 +90,7 @@ func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
 		}
 		p.logger.Warn("port table entry ignored", "version", b.GetVersion(), "problem", pr)
 	}
+	p.updatePolicies(b) // before the listeners open: a new service is never served without its policy
 	p.reconcile(b.GetVersion(), want)
 	p.mu.Lock()
 	p.tableAt = time.Now()
