@@ -135,6 +135,8 @@ type Service struct {
 	rules    atomic.Pointer[Rules]
 	sessions atomic.Int64
 	refused  [NumReasons]atomic.Uint64
+	takeMu   sync.Mutex
+	taken    [NumReasons]uint64 // Refused at the last TakeRefused
 
 	mu      sync.Mutex
 	clients map[netip.Addr]*client
@@ -335,11 +337,24 @@ func (s *Service) Clients() int {
 	return len(s.clients)
 }
 
-// Refused returns, per reason, the refusals counted since the last call (for metrics).
+// Refused returns, per reason, the refusals counted since the service was made.
 func (s *Service) Refused() [NumReasons]uint64 {
 	var out [NumReasons]uint64
 	for i := range out {
-		out[i] = s.refused[i].Swap(0)
+		out[i] = s.refused[i].Load()
 	}
+	return out
+}
+
+// TakeRefused returns, per reason, the refusals counted since its last call (for metrics).
+func (s *Service) TakeRefused() [NumReasons]uint64 {
+	s.takeMu.Lock()
+	defer s.takeMu.Unlock()
+	now := s.Refused()
+	var out [NumReasons]uint64
+	for i := range out {
+		out[i] = now[i] - s.taken[i]
+	}
+	s.taken = now
 	return out
 }

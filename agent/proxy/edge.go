@@ -195,7 +195,7 @@ func (p *Proxy) flushEdge(now time.Time) {
 	ns := now.UnixNano()
 	for name, s := range tab.svcs {
 		svc := []metrics.Label{{Name: "service", Value: name}}
-		for r, n := range s.Refused() {
+		for r, n := range s.TakeRefused() {
 			if n > 0 {
 				metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "policy", "refused"}, float32(n),
 					append(svc, metrics.Label{Name: "reason", Value: edgepolicy.Reason(r).String()}))

@@ -24,7 +24,7 @@ func FuzzDatagramBatchAddr(f *testing.F) {
 	}
 	f.Add(seed(netip.MustParseAddrPort("203.0.113.9:53"), unix.AF_INET))
 	f.Add(seed(netip.MustParseAddrPort("[2001:db8::1]:5353"), unix.AF_INET6))
-	f.Add(seed(netip.MustParseAddrPort("192.0.2.1:1"), unix.AF_INET6)) // IPv4-mapped
+	f.Add(seed(netip.MustParseAddrPort("192.0.2.1:1"), unix.AF_INET6))      // IPv4-mapped
 	f.Add(seed(netip.MustParseAddrPort("[fe80::1%7]:5353"), unix.AF_INET6)) // link-local, scope 7
 	f.Add(seed(netip.MustParseAddrPort("[::1]:9"), unix.AF_INET6))
 	f.Add([]byte{})
