@@ -59,6 +59,10 @@ func (l *tcpListener) flushMetrics() {
 
 func (p *Proxy) openTCP(s *slot) (server, error) {
 	m := s.mapping.Load()
+	// An unspecified bind address (0.0.0.0 or ::) is one dual-stack socket: Go opens AF_INET6
+	// with IPV6_V6ONLY off when the host has IPv6 (AF_INET otherwise), so IPv6 clients reach
+	// every service and IPv4 clients appear as a.b.c.d (addrPortOf unmaps). The same holds for
+	// UDP listeners and the HTTP router (TestIPv6Clients).
 	addr := net.JoinHostPort(p.settings().BindAddr, strconv.Itoa(int(m.Port)))
 	ln, err := keepAliveListenConfig.Listen(context.Background(), "tcp", addr)
 	if err != nil {
