@@ -200,15 +200,21 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 	}
 	var svcs []nnrun.Service
 	for _, r := range []struct{ name, proto, timeout string }{
-		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"}} {
+		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"},
+		{routeRRAllow, "tcp", "0"}, {routeRRDeny, "tcp", "0"}} {
 		port, err := proc.FreePort()
 		if err != nil {
 			t.broken = err
 			return t
 		}
-		_, bp, _ := net.SplitHostPort(backends[r.name])
+		backend := backends[r.name]
+		if r.name == routeRRAllow || r.name == routeRRDeny {
+			backend = backends[routeRR]
+		}
+		_, bp, _ := net.SplitHostPort(backend)
 		backendPort, _ := strconv.Atoi(bp)
-		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort, Timeout: r.timeout})
+		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort,
+			Timeout: r.timeout, Extra: policyExtra(r.name)})
 		t.addrs[r.name] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	dir := filepath.Join(b.work, "nullnet")
@@ -313,6 +319,7 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			} else {
 				rate.Add(t.name, r.Rate())
 				p99.Add(t.name, ms(r.P99))
+				b.allowListRate(ctx, t, r.Rate())
 				if uerr == nil && uerr1 == nil {
 					cpu.Add(t.name, cpuPerOp(u1.CPU-u0.CPU, float64(r.Ops)))
 				}
