@@ -21,6 +21,7 @@ import (
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
+	"google.golang.org/protobuf/proto"
 )
 
 // recordingResolver notes the client address of every Proxy call.
@@ -268,15 +269,40 @@ func TestPolicyUDP(t *testing.T) {
 	if err := exchange(udpClient(t, "127.0.0.6:0", port), []byte("f"), 1); err == nil {
 		t.Error("fourth session served beyond max_sessions = 3")
 	}
-	if got := tp.udpListener(port).drops[dropPolicy].Load(); got < 6 {
-		t.Errorf("policy drops = %d, want at least 6", got)
+	if got := tp.udpListener(port).drops[dropPolicy].Load(); got < 3 {
+		t.Errorf("policy drops = %d, want at least 3", got)
 	}
 	r := tp.edge.Load().lookup("dns").Refused()
 	if r[edgepolicy.Denied] == 0 || r[edgepolicy.ClientConnections] == 0 || r[edgepolicy.ServiceSessions] == 0 {
 		t.Errorf("refusals by reason: %v", r)
 	}
+	// A burst of 8 new sessions (source ports) from one client at a bucket of 3: 3 served, 5
+	// dropped; another client is served meanwhile.
+	tp.applyBundle(bundle(2, udpMapping("dns", port, &pb.ServicePolicy{NewConnectionsPerClientRate: 0.1, NewConnectionsPerClientBurst: 3})))
+	var burst []*net.UDPConn
+	for i := range 8 {
+		c := udpClient(t, "127.0.0.7:0", port)
+		if _, err := c.Write([]byte(fmt.Sprint("burst ", i))); err != nil {
+			t.Fatal(err)
+		}
+		burst = append(burst, c)
+	}
+	if err := exchange(udpClient(t, "127.0.0.8:0", port), []byte("h"), 3); err != nil {
+		t.Errorf("another client during the burst: %v", err)
+	}
+	answered := 0
+	deadline := time.Now().Add(2 * time.Second)
+	for _, c := range burst {
+		_ = c.SetReadDeadline(deadline)
+		if _, err := c.Read(make([]byte, 64)); err == nil {
+			answered++
+		}
+	}
+	if answered != 3 {
+		t.Errorf("burst of 8 sessions at burst 3: %d answered", answered)
+	}
 	// Live change to allow-all: the fourth client gets in (the listener stays).
-	tp.applyBundle(bundle(2, udpMapping("dns", port, nil)))
+	tp.applyBundle(bundle(3, udpMapping("dns", port, nil)))
 	if err := exchange(udpClient(t, "127.0.0.6:0", port), []byte("g"), 3); err != nil {
 		t.Errorf("after the policy was removed: %v", err)
 	}
@@ -331,4 +357,45 @@ func headerEchoUpstream(t *testing.T) (string, *atomic.Int64) {
 	}))
 	t.Cleanup(upstream.Close)
 	return strings.TrimPrefix(upstream.URL, "http://"), hits
+}
+
+// FuzzServicePolicy: whatever policy a server pushes (decoded from arbitrary protobuf bytes),
+// the proxy compiles it or refuses it without panicking, and admitting and releasing clients
+// under it keeps the session count exact.
+func FuzzServicePolicy(f *testing.F) {
+	for _, sp := range []*pb.ServicePolicy{
+		{Allow: []string{"10.0.0.0/8", "2001:db8::/32"}, Deny: []string{"10.0.0.1/32"}},
+		{MaxConnectionsPerClient: 1, MaxSessions: 2, NewConnectionsPerClientRate: 0.5, NewConnectionsPerClientBurst: 1},
+		{Allow: []string{"bogus"}}, {NewConnectionsPerClientRate: -1}, {MaxSessions: 1 << 31},
+	} {
+		b, _ := proto.Marshal(sp)
+		f.Add(b, []byte{10, 0, 0, 1})
+	}
+	f.Fuzz(func(t *testing.T, raw, addr []byte) {
+		var sp pb.ServicePolicy
+		if proto.Unmarshal(raw, &sp) != nil {
+			return
+		}
+		rules, err := edgepolicy.Compile(specOf(&sp))
+		if err != nil {
+			return
+		}
+		s := edgepolicy.NewService()
+		s.SetRules(rules)
+		a, ok := netip.AddrFromSlice(addr)
+		if !ok {
+			a = netip.MustParseAddr("192.0.2.1")
+		}
+		var tickets []edgepolicy.Ticket
+		for i := range 5 {
+			tk, _ := s.Admit(a, int64(i))
+			tickets = append(tickets, tk)
+		}
+		for _, tk := range tickets {
+			tk.Release()
+		}
+		if n := s.Sessions(); n != 0 {
+			t.Fatalf("%d sessions after every ticket was released", n)
+		}
+	})
 }
