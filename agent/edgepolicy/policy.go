@@ -212,7 +212,7 @@ func (s *Service) Admit(a netip.Addr, now int64) (Ticket, Decision) {
 	if r == nil {
 		return Ticket{}, Decision{}
 	}
-	a = a.Unmap()
+	a = a.Unmap().WithZone("") // one entry per address, whatever interface it came through
 	if why := r.Allows(a); why != Admitted {
 		return Ticket{}, s.refuse(a, why, now)
 	}

@@ -25,6 +25,7 @@ import (
 type clientNS struct {
 	ns         netns.NsHandle
 	addr, peer netip.Addr // the client's address, and the proxy side's on the same link
+	link       string     // the client's end of the veth pair
 }
 
 // newClientNS makes a namespace with a veth pair: name in the current namespace with peer,
@@ -76,6 +77,7 @@ func newClientNS(t *testing.T, name string, peer, addr netip.Addr) *clientNS {
 	}
 	defer host.Close()
 	addAddr(host, outer, peer)
+	addAddr(host, outer, linkLocalProxy)
 	h, err := netlink.NewHandleAt(r.ns)
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +88,7 @@ func newClientNS(t *testing.T, name string, peer, addr netip.Addr) *clientNS {
 		t.Fatal(err)
 	}
 	addAddr(h, inner, addr)
+	addAddr(h, inner, linkLocalClient)
 	lo, err := h.LinkByName("lo")
 	if err == nil {
 		err = h.LinkSetUp(lo)
@@ -93,7 +96,28 @@ func newClientNS(t *testing.T, name string, peer, addr netip.Addr) *clientNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &clientNS{ns: r.ns, addr: addr, peer: peer}
+	return &clientNS{ns: r.ns, addr: addr, peer: peer, link: name + "c"}
+}
+
+// Link-local addresses of every veth pair (each pair is a link of its own).
+var (
+	linkLocalProxy  = netip.MustParseAddr("fe80::1")
+	linkLocalClient = netip.MustParseAddr("fe80::2")
+)
+
+// udpLinkLocal exchanges one datagram with the proxy port at its link-local address: the
+// reply must leave through the client's link (the sockaddr_in6 scope).
+func (c *clientNS) udpLinkLocal(t *testing.T, port uint16) error {
+	var conn *net.UDPConn
+	var err error
+	c.run(t, func() {
+		conn, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(linkLocalProxy.WithZone(c.link), port)))
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return exchange(conn, []byte("link-local hello"), 3)
 }
 
 // run calls fn on a thread inside the namespace; sockets fn opens stay in it, and processes
@@ -208,6 +232,14 @@ func TestIPv6Clients(t *testing.T) {
 		if n := res.calls(c.addr.String()); n != 3 {
 			t.Errorf("Proxy calls with client_ip %s: %d, want 3 (tcp, udp, http)", c.addr, n)
 		}
+	}
+	// A link-local client: replies go back through its interface (c2's link is not the one a
+	// route lookup without the scope finds first); the server sees no zone.
+	if err := c2.udpLinkLocal(t, udpPort); err != nil {
+		t.Errorf("udp from a link-local client: %v", err)
+	}
+	if n := res.calls(linkLocalClient.String()); n != 1 {
+		t.Errorf("Proxy calls with client_ip %s: %d, want 1", linkLocalClient, n)
 	}
 	// An IPv4 client of the same dual-stack sockets is a.b.c.d, never ::ffff:a.b.c.d.
 	if got := tcpOutcome(t, "127.0.0.1", fmt.Sprintf("127.0.0.1:%d", tcpPort)); got != "served" {

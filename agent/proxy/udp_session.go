@@ -46,6 +46,10 @@ type udpSession struct {
 	refused                                      atomic.Uint64
 }
 
+// clientIP is the client's address for the server, policies and events: without the zone a
+// link-local client's address carries for the reply path.
+func (s *udpSession) clientIP() netip.Addr { return s.client.Addr().WithZone("") }
+
 func (s *udpSession) touch() { s.lastActive.Store(time.Now().UnixNano()) }
 
 func (s *udpSession) ready() bool {
@@ -177,11 +181,11 @@ func (s *udpSession) resolve(ctx context.Context) {
 	if closed {
 		return
 	}
-	lease, err := l.p.resolveUse(ctx, s.client.Addr(), s.service, UDP)
+	lease, err := l.p.resolveUse(ctx, s.clientIP(), s.service, UDP)
 	if err != nil {
 		l.p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
 			Message: fmt.Sprintf("no upstream for %q (udp)", s.service),
-			Fields: map[string]string{"service": s.service, "client_ip": s.client.Addr().String(),
+			Fields: map[string]string{"service": s.service, "client_ip": s.clientIP().String(),
 				"protocol": "udp", "error": err.Error()}})
 		s.fail(dropLookupFailed, "lookup failed: "+err.Error())
 		return
@@ -192,7 +196,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		l.p.events.Emit(events.Event{Kind: events.UDPUpstreamConnectFailed, Severity: events.Warning,
 			Message: fmt.Sprintf("cannot open a socket to %s for %q", lease.Upstream, s.service),
 			Fields: map[string]string{"service": s.service, "upstream": lease.Upstream.String(),
-				"client_ip": s.client.Addr().String(), "error": err.Error()}})
+				"client_ip": s.clientIP().String(), "error": err.Error()}})
 		s.fail(dropUpstreamWrite, "upstream socket: "+err.Error())
 		return
 	}
@@ -204,7 +208,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		return
 	}
 	s.fd = fd
-	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease)
+	s.use = l.p.startUse(s.clientIP(), s.service, UDP, lease)
 	s.state = stateReady
 	for _, d := range s.queue {
 		if err := s.writeUpstreamLocked(d); err != nil {
