@@ -2,6 +2,7 @@ package edgepolicy
 
 import (
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -240,5 +241,54 @@ func BenchmarkAdmit(b *testing.B) {
 			b.Fatal(d.Reason)
 		}
 		tk.Release()
+	}
+}
+
+// TestConcurrent: admissions, releases, rule changes and sweeps at once (run with -race) leave
+// exact counts.
+func TestConcurrent(t *testing.T) {
+	s := newService(64)
+	s.SetRules(compile(t, Spec{MaxConnectionsPerClient: 3, RatePerSecond: 1e6, MaxSessions: 100}))
+	done := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			s.Sweep(time.Now().UnixNano())
+			s.SetRules(compile(t, Spec{MaxConnectionsPerClient: 1 + i%3, RatePerSecond: 1e6, MaxSessions: 100}))
+			_, _ = s.Flush(time.Now().UnixNano())
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var held []Ticket
+			for i := range 5000 {
+				a := netip.AddrFrom4([4]byte{10, 0, byte(g), byte(i % 100)})
+				if tk, d := s.Admit(a, time.Now().UnixNano()); d.Reason == Admitted {
+					held = append(held, tk)
+				}
+				if len(held) > 4 {
+					held[0].Release()
+					held = held[1:]
+				}
+			}
+			for _, tk := range held {
+				tk.Release()
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	if n := s.Sessions(); n != 0 {
+		t.Errorf("sessions = %d", n)
+	}
+	if n := s.Clients(); n > 64 {
+		t.Errorf("clients = %d, bound 64", n)
 	}
 }
