@@ -319,12 +319,14 @@ func (b *bench) measure(ctx context.Context, t *target) {
 			} else {
 				rate.Add(t.name, r.Rate())
 				p99.Add(t.name, ms(r.P99))
-				b.allowListRate(ctx, t, r.Rate())
 				if uerr == nil && uerr1 == nil {
 					cpu.Add(t.name, cpuPerOp(u1.CPU-u0.CPU, float64(r.Ops)))
 				}
 			}
 		}
+	}
+	if !b.o.skip["connrate"] && !b.o.skip["policy"] {
+		b.allowListRate(ctx, t)
 	}
 	if !b.o.skip["udp"] {
 		for _, size := range []int{64, 1400} {
