@@ -35,6 +35,12 @@ const (
 	// TLS). Aggregated per caller address and reason (see RemoteTriggered).
 	AuthRefused = "auth_refused"
 
+	// Certificates the proxies serve (server; see website/docs/https.md).
+	CertificateInstalled  = "certificate_installed"
+	CertificateRemoved    = "certificate_removed"
+	CertificateExpiring   = "certificate_expiring"
+	TLSCertificateInvalid = "tls_certificate_invalid"
+
 	// Node side (client agents).
 	ControlChannelEstablished = "control_channel_established"
 	ControlChannelClosed      = "control_channel_closed"
@@ -107,6 +113,11 @@ var specs = []Spec{
 	{Kind: ReplicaRemoved, Fields: []string{"service", "replica", "reason"}},
 	{Kind: ProxyRequestRefused, Fields: []string{"service", "client_ip", "code"}},
 	{Kind: AuthRefused, Fields: []string{"method", "peer", "reason"}},
+
+	{Kind: CertificateInstalled, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: CertificateRemoved, Fields: []string{"domain", "count"}},
+	{Kind: CertificateExpiring, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: TLSCertificateInvalid, Fields: []string{"domain", "dir", "reason"}},
 
 	{Kind: ControlChannelEstablished, Fields: []string{"server"}},
 	{Kind: ControlChannelClosed, Fields: []string{"error"}},

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
@@ -99,6 +100,8 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+	// certs is the TLS certificate set the servers stream (certs.go).
+	certs *certs.Set
 
 	// edge is the services' client policies (edge.go), replaced under edgeMu per port table.
 	edge   atomic.Pointer[edgeTable]
@@ -119,7 +122,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, logger: cfg.Logger, events: cfg.Events, slots: map[listenerKey]*slot{},
 		closing: map[listenerKey]chan struct{}{}, reannounceKick: make(chan struct{}, 1),
 		stream: "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
-		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax}
+		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax, certs: &certs.Set{}}
 	if p.bindRetryMin <= 0 {
 		p.bindRetryMin = 250 * time.Millisecond
 	}
@@ -247,6 +250,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watch(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchCerts(runCtx) }()
 	}
 
 	var err error
