@@ -61,6 +61,8 @@ var RemoteTriggered = map[string]func(Event) string{
 	UDPUpstreamConnectFailed: ByFields("service", "upstream"),
 	TCPUpstreamConnectFailed: ByFields("service", "upstream"),
 	UpstreamLookupFailed:     ByFields("service", "protocol"),
+	// Not by server_name: a client may send a new one on every connection.
+	TLSConnectionUnrouted: ByFields("port", "reason"),
 }
 
 // ByFields keys events by their node and the named fields.

@@ -68,6 +68,13 @@ const (
 	// service and minute, the rest summed in ClientsRefusedSummary.
 	ClientRefused         = "client_refused"
 	ClientsRefusedSummary = "clients_refused_summary"
+	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
+	// (close_on_unhealthy); one event per replica and change, with the counts.
+	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
+	// TLSConnectionUnrouted: a tls (passthrough) listener closed a connection whose ClientHello
+	// named no service of the port, or was missing, malformed, too large or too slow.
+	// Aggregated per port and reason.
+	TLSConnectionUnrouted = "tls_connection_unrouted"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -141,6 +148,8 @@ var specs = []Spec{
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
 	{Kind: ClientRefused, Fields: []string{"service", "protocol", "client_ip", "reason"}},
 	{Kind: ClientsRefusedSummary, Fields: []string{"service", "refused", "more_clients", "interval"}},
+	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
+	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

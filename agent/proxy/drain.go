@@ -81,14 +81,14 @@ wait:
 // Draining reports whether Drain has started.
 func (p *Proxy) Draining() bool { return p.draining.Load() }
 
-// stopAccepting closes every TCP listener (their connections belong to the proxy and keep
+// stopAccepting closes every TCP listener (tls ones included) (their connections belong to the proxy and keep
 // running) and leaves UDP listeners open for the sessions they carry; reconcile no longer
 // opens anything once draining is set.
 func (p *Proxy) stopAccepting() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, s := range p.slots {
-		if k.Protocol != TCP {
+		if k.Protocol == UDP {
 			continue
 		}
 		delete(p.slots, k)

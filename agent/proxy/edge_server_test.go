@@ -1,8 +1,3 @@
-//go:build conduit
-
-// Needs the policy path of helper "conduit" (stack files → KV → port table): remove the build
-// line above once it is merged (go test -tags conduit runs it meanwhile on a merge of both).
-
 package proxy
 
 import (

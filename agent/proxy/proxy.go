@@ -22,6 +22,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
 )
@@ -40,6 +41,8 @@ type Config struct {
 	BindRetryMin, BindRetryMax time.Duration
 	// DisableHTTP skips the HTTP router (its address is often privileged in tests).
 	DisableHTTP bool
+	// TLSHelloTimeout bounds how long a tls listener waits for a ClientHello (default 10s).
+	TLSHelloTimeout time.Duration
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -77,6 +80,7 @@ type Proxy struct {
 	httpAddr string
 
 	bindRetryMin, bindRetryMax time.Duration
+	tlsHelloTimeout            time.Duration
 
 	// runCtx is the parent of every slot and connection; Run cancels it (stop) when it ends.
 	runCtx context.Context
@@ -100,6 +104,10 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+	// policies is the latest bundle's policies by service (policies.go); nil before the first.
+	policies atomic.Pointer[servicepolicy.Index]
+	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
+	httpUses httpUseSet
 	// certs is the TLS certificate set the servers stream (certs.go).
 	certs *certs.Set
 
@@ -128,6 +136,10 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if p.bindRetryMax < p.bindRetryMin {
 		p.bindRetryMax = max(10*time.Second, p.bindRetryMin)
+	}
+	p.tlsHelloTimeout = cfg.TLSHelloTimeout
+	if p.tlsHelloTimeout <= 0 {
+		p.tlsHelloTimeout = tlsHelloTimeout
 	}
 	p.runCtx, p.stop = context.WithCancel(context.Background())
 	p.set.Store(settingsFrom(cfg.Agent))
@@ -250,6 +262,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watch(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchUnhealthy(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.watchCerts(runCtx) }()
 	}

@@ -6,21 +6,38 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
-// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on.
+// Mapping is one entry of the port table: a TCP, UDP or TLS port every proxy listens on (a port
+// of tls services has one entry per service: the proxy routes by SNI among them), or a reachable
+// http service (ListenPort 0), which the proxies route by Host header and which the table
+// carries for its per-service settings (PortMappingBundle.http_services).
 type Mapping struct {
 	Stack           string `json:"stack"`
 	Service         string `json:"service"`
 	Protocol        string `json:"protocol"`
 	ListenPort      int    `json:"listen_port"`
 	IdleTimeoutSecs uint64 `json:"idle_timeout_secs"`
+	// Policy is the service's edge settings (nil = none; shared, never modified), identified
+	// by PolicyDigest: mappings compare by digest (same).
+	Policy       *config.ServicePolicy `json:"policy,omitempty"`
+	PolicyDigest string                `json:"-"`
 }
 
+// same compares two mappings, their policies by digest.
+func (m Mapping) same(o Mapping) bool {
+	return m.Stack == o.Stack && m.Service == o.Service && m.Protocol == o.Protocol && m.ListenPort == o.ListenPort &&
+		m.IdleTimeoutSecs == o.IdleTimeoutSecs && m.PolicyDigest == o.PolicyDigest
+}
+
+// isPort reports whether the mapping is a listener (tcp, udp), not an http service.
+func (m Mapping) isPort() bool { return m.ListenPort > 0 }
+
 // Conflict is a definition that was not published because an older one holds its service name
-// or its (protocol, listen_port).
+// or its listen_port (in its port space, which only tls services share).
 type Conflict struct {
 	Loser  Definition
 	Winner Definition
@@ -36,6 +53,10 @@ func (c Conflict) Key() string {
 
 // String explains the conflict for logs and events.
 func (c Conflict) String() string {
+	if c.Port && c.Loser.Protocol != c.Winner.Protocol {
+		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by %s service %q (stack %q), which was registered first; a tcp and a tls service cannot share a port; %q is not published",
+			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Protocol, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
+	}
 	if c.Port {
 		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by service %q (stack %q), which was registered first; %q is not published",
 			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
@@ -47,7 +68,8 @@ func (c Conflict) String() string {
 // resolveDefinitions turns every definition found in Consul into the published set and its port
 // table. The result is the same on every server for the same catalog: definitions are taken
 // oldest first (CreateIndex, then names), and a later one that repeats a service name or claims
-// a taken (protocol, listen_port) is left out and returned as a conflict.
+// a taken listen_port is left out and returned as a conflict. tls services share their port with
+// other tls services (config.SharesPort), never with a tcp service.
 func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []Conflict) {
 	sorted := slices.Clone(all)
 	sort.SliceStable(sorted, func(i, j int) bool {
@@ -75,7 +97,7 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 		return a.Timeout < b.Timeout
 	})
 	type portKey struct {
-		proto string
+		space string // config.PortSpace
 		port  int
 	}
 	defs := map[string]Definition{}
@@ -83,47 +105,78 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 	var conflicts []Conflict
 	for _, d := range sorted {
 		if w, dup := defs[d.Service]; dup {
-			if w != d {
+			if !w.Equal(d) {
 				conflicts = append(conflicts, Conflict{Loser: d, Winner: w})
 			}
 			continue
 		}
 		if inPortTable(d) {
-			k := portKey{d.Protocol, d.ListenPort}
-			if w, taken := ports[k]; taken {
+			k := portKey{config.PortSpace(d.Protocol), d.ListenPort}
+			if w, taken := ports[k]; taken && !config.SharesPort(w.Protocol, d.Protocol) {
 				conflicts = append(conflicts, Conflict{Loser: d, Winner: w, Port: true})
 				continue
+			} else if !taken {
+				ports[k] = d // the first holder decides what may join it
 			}
-			ports[k] = d
 		}
 		defs[d.Service] = d
 	}
 	return defs, buildTable(defs), conflicts
 }
 
-// inPortTable: only reachable tcp and udp services get a listener; http services are routed by
-// Host header and backend-only services (no timeout) are never reached by the proxy.
+// inPortTable: only reachable tcp, udp and tls services get a listener; http services are routed
+// by Host header and backend-only services (no timeout) are never reached by the proxy.
 func inPortTable(d Definition) bool {
-	return (d.Protocol == config.ProtocolTCP || d.Protocol == config.ProtocolUDP) && d.EntryPoint && d.ListenPort > 0
+	switch d.Protocol {
+	case config.ProtocolTCP, config.ProtocolUDP, config.ProtocolTLS:
+		return d.EntryPoint && d.ListenPort > 0
+	}
+	return false
 }
 
-// buildTable is the port table of a resolved definition set, sorted by protocol then port.
+// buildTable is the port table of a resolved definition set: the listeners sorted by
+// protocol, port, then service (several tls services share a port), then the reachable http
+// services sorted by name.
 func buildTable(defs map[string]Definition) []Mapping {
 	table := []Mapping{}
+	var http []Mapping
 	for _, d := range defs {
-		if !inPortTable(d) {
-			continue
+		m := Mapping{Stack: d.Stack, Service: d.Service, Protocol: d.Protocol,
+			ListenPort: d.ListenPort, IdleTimeoutSecs: uint64(d.Timeout.Seconds()), PolicyDigest: d.PolicyDigest}
+		if d.PolicyDigest != "" {
+			p := d.Policy
+			m.Policy = &p
 		}
-		table = append(table, Mapping{Stack: d.Stack, Service: d.Service, Protocol: d.Protocol,
-			ListenPort: d.ListenPort, IdleTimeoutSecs: uint64(d.Timeout.Seconds())})
+		switch {
+		case inPortTable(d):
+			table = append(table, m)
+		case d.Protocol == config.ProtocolHTTP && d.EntryPoint:
+			m.ListenPort = 0
+			http = append(http, m)
+		}
 	}
 	sort.Slice(table, func(i, j int) bool {
 		if table[i].Protocol != table[j].Protocol {
 			return table[i].Protocol < table[j].Protocol
 		}
-		return table[i].ListenPort < table[j].ListenPort
+		if table[i].ListenPort != table[j].ListenPort {
+			return table[i].ListenPort < table[j].ListenPort
+		}
+		return table[i].Service < table[j].Service
 	})
-	return table
+	sort.Slice(http, func(i, j int) bool { return http[i].Service < http[j].Service })
+	return append(table, http...)
+}
+
+// portsOnly is the listeners of a table (what /v1/port-mappings shows).
+func portsOnly(table []Mapping) []Mapping {
+	out := make([]Mapping, 0, len(table))
+	for _, m := range table {
+		if m.isPort() {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // maxDiffParts bounds the changes tableDiff names.
@@ -131,7 +184,23 @@ const maxDiffParts = 20
 
 // tableDiff describes what changed between two tables, for the log line of each publication.
 func tableDiff(old, cur []Mapping) string {
-	key := func(m Mapping) string { return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort) }
+	key := func(m Mapping) string {
+		switch {
+		case !m.isPort():
+			return m.Protocol + "/" + m.Service
+		case m.Protocol == config.ProtocolTLS: // one entry per service on a shared port
+			return fmt.Sprintf("%s/%d/%s", m.Protocol, m.ListenPort, m.Service)
+		}
+		return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort)
+	}
+	// "~" names a change; "~policy" one of the policy alone.
+	change := func(o, m Mapping) string {
+		if o.PolicyDigest != m.PolicyDigest && o.same(Mapping{Stack: m.Stack, Service: m.Service, Protocol: m.Protocol,
+			ListenPort: m.ListenPort, IdleTimeoutSecs: m.IdleTimeoutSecs, PolicyDigest: o.PolicyDigest}) {
+			return "~policy:"
+		}
+		return "~"
+	}
 	before := map[string]Mapping{}
 	for _, m := range old {
 		before[key(m)] = m
@@ -144,8 +213,8 @@ func tableDiff(old, cur []Mapping) string {
 		switch o, ok := before[k]; {
 		case !ok:
 			parts = append(parts, "+"+k+"="+m.Service)
-		case o != m:
-			parts = append(parts, "~"+k+"="+m.Service)
+		case !o.same(m):
+			parts = append(parts, change(o, m)+k+"="+m.Service)
 		}
 	}
 	for _, m := range old {
@@ -161,16 +230,29 @@ func tableDiff(old, cur []Mapping) string {
 	return strings.Join(parts, " ")
 }
 
-// toProto converts a table for WatchPortMappings.
+// toProto converts a table for WatchPortMappings: listeners in mappings, http services in
+// http_services, each with its policy.
 func toProto(version uint64, table []Mapping) *pb.PortMappingBundle {
 	b := &pb.PortMappingBundle{Version: version, Mappings: make([]*pb.PortMapping, 0, len(table))}
 	for _, m := range table {
-		p := pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
-		if m.Protocol == config.ProtocolUDP {
-			p = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		e := &pb.PortMapping{Service: m.Service, Stack: m.Stack, ListenPort: uint32(m.ListenPort),
+			IdleTimeoutSecs: m.IdleTimeoutSecs}
+		if m.Policy != nil {
+			e.Policy = servicepolicy.ToProto(*m.Policy)
 		}
-		b.Mappings = append(b.Mappings, &pb.PortMapping{Service: m.Service, Stack: m.Stack, Protocol: p,
-			ListenPort: uint32(m.ListenPort), IdleTimeoutSecs: m.IdleTimeoutSecs})
+		switch m.Protocol {
+		case config.ProtocolHTTP:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
+			b.HttpServices = append(b.HttpServices, e)
+			continue
+		case config.ProtocolUDP:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		case config.ProtocolTLS:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_TLS
+		default:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
+		}
+		b.Mappings = append(b.Mappings, e)
 	}
 	return b
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/server/certstore"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
@@ -145,6 +146,8 @@ func (s *Server) initStacks() error {
 		Client: s.cfg.Consul, Logger: s.logger.Named("mirror"), LockKey: key,
 		Node: DefinitionsNode, NodeMeta: map[string]string{"external-node": "true"}, Tag: DefinitionTag,
 		ExternalWatch: true, // watchCatalog reads the same node and hands every answer over
+		// Policies travel as KV documents beside their definitions (policies.go).
+		KVPrefix: servicepolicy.KVPrefix,
 		OnLeadership: func(leader bool) {
 			kind := events.LeadershipAcquired
 			if !leader {
