@@ -399,3 +399,34 @@ func FuzzServicePolicy(f *testing.F) {
 		}
 	})
 }
+
+// TestPolicyTLSPassthrough: two tls services share a port; the policy of the service the
+// ClientHello names applies (openssl s_client): one admits the client, the other denies it, and
+// the denied connection never reaches a backend nor makes a Proxy call.
+func TestPolicyTLSPassthrough(t *testing.T) {
+	res := newRecordingResolver()
+	a, b := startTLSBackend(t, "a.example"), startTLSBackend(t, "b.example")
+	res.set("a.example", netip.AddrPortFrom(loopback, uint16(a.port())))
+	res.set("b.example", netip.AddrPortFrom(loopback, uint16(b.port())))
+	tp := startProxy(t, res, nil)
+	port := freePort(t)
+	tlsMapping := func(name string, pol *pb.ServicePolicy) *pb.PortMapping {
+		return &pb.PortMapping{Service: name, Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TLS, ListenPort: uint32(port),
+			IdleTimeoutSecs: 60, Stack: "edge", Policy: pol}
+	}
+	tp.applyBundle(bundle(1, tlsMapping("a.example", &pb.ServicePolicy{Allow: []string{"127.0.0.0/8"}}),
+		tlsMapping("b.example", &pb.ServicePolicy{Deny: []string{"127.0.0.1"}})))
+	tp.waitListening(t, TLS, port)
+	if out := sClient(t, port, "a.example", "nullnet-test", "ping\n"); !strings.Contains(out, "backend=a.example") {
+		t.Errorf("allowed service: %s", out)
+	}
+	if out := sClient(t, port, "b.example", "nullnet-test", "ping\n"); strings.Contains(out, "backend=") {
+		t.Errorf("denied service reached its backend: %s", out)
+	}
+	if len(b.handshakes()) != 0 || res.calls("127.0.0.1") != 1 {
+		t.Errorf("denied client: backend handshakes %v, Proxy calls %d (want 1, for a.example)", b.handshakes(), res.calls("127.0.0.1"))
+	}
+	if r := tp.edge.Load().lookup("b.example").Refused(); r[edgepolicy.Denied] != 1 {
+		t.Errorf("refusals of b.example: %v", r)
+	}
+}
