@@ -78,8 +78,6 @@ type GoalVerdict struct {
 	Actual float64 `json:"actual"`
 	Met    bool    `json:"met"`
 	Reason string  `json:"reason,omitempty"`
-	// variant: the goal compares with a target outside Columns (nullnet without a feature).
-	variant bool
 }
 
 // Machine describes where the run happened.
@@ -198,7 +196,7 @@ func (r *Report) Finish() {
 }
 
 func (f *Figure) verdict(g Goal, n float64, hasN bool) GoalVerdict {
-	v := GoalVerdict{Goal: g.String(), variant: g.Against != "" && g.Against != "best" && !slices.Contains(Columns, g.Against)}
+	v := GoalVerdict{Goal: g.String()}
 	if !hasN {
 		v.Reason = "nullnet not measured"
 		return v
@@ -300,9 +298,6 @@ func (f *Figure) goalCell() string {
 		switch {
 		case v.Reason != "":
 			parts = append(parts, fmt.Sprintf("%s: n/a", v.Goal))
-		case v.Met && v.variant:
-			// Against a variant of nullnet itself, which has no column: show the ratio.
-			parts = append(parts, fmt.Sprintf("%s: met (%s)", v.Goal, format(v.Actual)))
 		case v.Met:
 			parts = append(parts, fmt.Sprintf("%s: met", v.Goal))
 		default:
