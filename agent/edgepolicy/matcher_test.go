@@ -110,15 +110,19 @@ func randPrefix(rng *rand.Rand) netip.Prefix {
 	return p
 }
 
-// BenchmarkMatcher: one lookup in lists of 10 to 10,000 CIDRs, the client's range last.
+// BenchmarkMatcher: one lookup in lists of 10 to 10,000 CIDRs (every other /24 or /48, so that
+// none merge), the client's range last.
 func BenchmarkMatcher(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
 		ps := make([]netip.Prefix, 0, n)
 		for i := range n - 1 {
-			ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24))
+			ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 7), byte(i << 1), 0}), 24))
 		}
 		ps = append(ps, netip.MustParsePrefix("198.51.100.0/24"))
 		m := NewMatcher(ps)
+		if len(m.v4) != n {
+			b.Fatalf("%d ranges for %d prefixes", len(m.v4), n)
+		}
 		a := netip.MustParseAddr("198.51.100.7")
 		b.Run(fmt.Sprintf("v4/%d", n), func(b *testing.B) {
 			for b.Loop() {
@@ -129,7 +133,7 @@ func BenchmarkMatcher(b *testing.B) {
 		})
 		ps6 := make([]netip.Prefix, 0, n)
 		for i := range n - 1 {
-			ps6 = append(ps6, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 8), byte(i)}), 48))
+			ps6 = append(ps6, netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 7), byte(i << 1)}), 48))
 		}
 		ps6 = append(ps6, netip.MustParsePrefix("2001:db9::/32"))
 		m6 := NewMatcher(ps6)

@@ -224,23 +224,33 @@ func TestCompileErrors(t *testing.T) {
 	}
 }
 
-// BenchmarkAdmit: the per-connection cost with an allow-list of 1,000 CIDRs and per-client
-// limits.
+// BenchmarkAdmit: the per-connection cost (Admit and Release) with an allow-list of 1,000
+// CIDRs, alone and with per-client limits.
 func BenchmarkAdmit(b *testing.B) {
 	allow := make([]string, 0, 1000)
 	for i := range 999 {
-		allow = append(allow, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24).String())
+		allow = append(allow, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 7), byte(i << 1), 0}), 24).String())
 	}
 	allow = append(allow, "192.0.2.0/24")
-	s := NewService()
-	s.SetRules(compile(b, Spec{Allow: allow, MaxConnectionsPerClient: 100, RatePerSecond: 1e9}))
-	now := time.Now().UnixNano()
-	for b.Loop() {
-		tk, d := s.Admit(a1, now)
-		if d.Reason != Admitted {
-			b.Fatal(d.Reason)
-		}
-		tk.Release()
+	for _, tc := range []struct {
+		name string
+		spec Spec
+	}{
+		{"allow1000", Spec{Allow: allow}},
+		{"allow1000+limits", Spec{Allow: allow, MaxConnectionsPerClient: 100, RatePerSecond: 1e9, MaxSessions: 1 << 20}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			s := NewService()
+			s.SetRules(compile(b, tc.spec))
+			now := time.Now().UnixNano()
+			for b.Loop() {
+				tk, d := s.Admit(a1, now)
+				if d.Reason != Admitted {
+					b.Fatal(d.Reason)
+				}
+				tk.Release()
+			}
+		})
 	}
 }
 

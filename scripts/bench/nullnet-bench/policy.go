@@ -22,13 +22,14 @@ const (
 	noListTarget = "nullnet without list"
 )
 
-// policyExtra are the stack lines of the policy routes.
+// policyExtra are the stack lines of the policy routes (the allow-list: every other /24 of
+// 10.0.0.0/8, so that the proxy keeps 1,000 ranges, none merged).
 func policyExtra(route string) []string {
 	switch route {
 	case routeRRAllow:
 		l := make([]string, 0, 1000)
 		for i := range 999 {
-			l = append(l, fmt.Sprintf("%q", netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)))
+			l = append(l, fmt.Sprintf("%q", netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 7), byte(i << 1), 0}), 24)))
 		}
 		l = append(l, `"127.0.0.0/8"`)
 		return []string{"allow = [" + strings.Join(l, ", ") + "]"}
