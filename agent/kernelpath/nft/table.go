@@ -56,7 +56,7 @@ type Config struct {
 	// Name of the table; DefaultTable when empty. Tests use "nullnet_<random>".
 	Name string
 	// NetNS is an fd of the network namespace to work in; 0 means the caller's.
-	NetNS int
+	NetNS  int
 	Logger hclog.Logger
 }
 
