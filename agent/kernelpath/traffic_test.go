@@ -111,6 +111,8 @@ func TestKernelPathCarriesTraffic(t *testing.T) {
 	}))
 	t.Cleanup(func() { _ = serverUDP.Close() })
 
+	// Per-flow byte counters (per namespace): the future per-session accounting reads them.
+	must(t, tp.proxy.Sysctl("net/netfilter/nf_conntrack_acct", "1"))
 	tb, err := nft.New(nft.Config{Name: "nullnet_" + randomID(), NetNS: int(tp.proxy.NS)})
 	must(t, err)
 	_, err = tb.Start()
@@ -205,6 +207,11 @@ func TestKernelPathCarriesTraffic(t *testing.T) {
 		}
 		sawTCP = sawTCP || f.Proto == 6
 		sawUDP = sawUDP || f.Proto == 17
+		if f.BytesOrig == 0 || f.BytesReply == 0 || f.PacketsOrig == 0 || f.PacketsReply == 0 {
+			t.Errorf("flow without accounting (nf_conntrack_acct=1): %+v", f)
+		}
+		t.Logf("flow proto %d %s -> %s via %s: %d/%d bytes, %d/%d packets (orig/reply)",
+			f.Proto, f.Client, f.Target, f.Listen, f.BytesOrig, f.BytesReply, f.PacketsOrig, f.PacketsReply)
 	}
 	if !sawTCP || !sawUDP {
 		t.Fatalf("conntrack by mark %#x: tcp %v udp %v in %+v", netID, sawTCP, sawUDP, flows)
