@@ -202,8 +202,15 @@ func (t *Table) ruleExprs() []expr.Any {
 	return e
 }
 
-// Add installs entries in one transaction: a packet sees all of them or none. An entry whose
-// key is installed already replaces it (delete and add in the same transaction).
+// MaxBatch is the most entries one transaction carries. A transaction is sent in one sendmsg,
+// which must fit the netlink socket's send buffer (net.core.wmem_default, 208 KiB by default;
+// about 100 bytes per entry for both maps): 10,000 entries failed with EMSGSIZE.
+const MaxBatch = 1024
+
+// Add installs entries: up to MaxBatch in one transaction, so a packet sees all of them or
+// none; a larger call is applied as several transactions in order. An entry whose key is
+// installed already replaces it (delete and add in the same transaction). On error, the
+// transactions before the failing one stay applied.
 func (t *Table) Add(entries ...Entry) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -214,18 +221,26 @@ func (t *Table) Add(entries ...Entry) error {
 		}
 		batch[e.Key] = e
 	}
-	var replaced, added []Entry
+	var added []Entry
 	for _, e := range batch {
+		if old, ok := t.entries[e.Key]; !ok || old != e {
+			added = append(added, e)
+		}
+	}
+	for chunk := range slices.Chunk(added, MaxBatch) {
+		if err := t.add(chunk); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *Table) add(added []Entry) error {
+	var replaced []Entry
+	for _, e := range added {
 		if old, ok := t.entries[e.Key]; ok {
-			if old == e {
-				continue
-			}
 			replaced = append(replaced, old)
 		}
-		added = append(added, e)
-	}
-	if len(added) == 0 {
-		return nil
 	}
 	if err := t.queueDelete(replaced); err != nil {
 		return err
@@ -242,30 +257,30 @@ func (t *Table) Add(entries ...Entry) error {
 	return nil
 }
 
-// Delete removes the entries of keys in one transaction; keys not installed are ignored.
-// Flows already translated keep going until their conntrack entries are flushed.
+// Delete removes the entries of keys, up to MaxBatch per transaction; keys not installed are
+// ignored. Flows already translated keep going until their conntrack entries are flushed.
 func (t *Table) Delete(keys ...Key) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	seen := make(map[Key]bool, len(keys))
 	var gone []Entry
 	for _, k := range keys {
-		if e, ok := t.entries[k]; ok {
+		if e, ok := t.entries[k]; ok && !seen[k] {
+			seen[k] = true
 			gone = append(gone, e)
-			delete(t.entries, k) // also dedups keys; restored below on failure
 		}
 	}
-	if len(gone) == 0 {
-		return nil
-	}
-	err := t.queueDelete(gone)
-	if err == nil {
-		err = t.conn.Flush()
-	}
-	if err != nil {
-		for _, e := range gone {
-			t.entries[e.Key] = e
+	for chunk := range slices.Chunk(gone, MaxBatch) {
+		err := t.queueDelete(chunk)
+		if err == nil {
+			err = t.conn.Flush()
 		}
-		return fmt.Errorf("deleting %d kernel path entries: %w", len(gone), err)
+		if err != nil {
+			return fmt.Errorf("deleting %d kernel path entries: %w", len(chunk), err)
+		}
+		for _, e := range chunk {
+			delete(t.entries, e.Key)
+		}
 	}
 	return nil
 }

@@ -294,3 +294,35 @@ func hostRuleset(t *testing.T) string {
 	}
 	return strings.TrimSpace(strings.Join(keep, "\n"))
 }
+
+// TestMoreThanMaxBatch: a call larger than one transaction can carry (EMSGSIZE at about 2,000
+// entries with the default socket buffer) is split and fully applied.
+func TestMoreThanMaxBatch(t *testing.T) {
+	ns, _ := testNS(t)
+	tb := newTable(t, ns, "nullnet_"+randomID())
+	if _, err := tb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tb.Stop() })
+	n := 2*MaxBatch + 5
+	entries := make([]Entry, n)
+	keys := make([]Key, n)
+	for i := range entries {
+		entries[i] = entry(i)
+		keys[i] = entries[i].Key
+	}
+	start := time.Now()
+	if err := tb.Add(entries...); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d entries added in %v", n, time.Since(start))
+	if got, err := tb.List(); err != nil || len(got) != n {
+		t.Fatalf("List: %d entries (%v), want %d", len(got), err, n)
+	}
+	if err := tb.Delete(keys...); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := tb.List(); len(got) != 0 {
+		t.Fatalf("after Delete: %d entries", len(got))
+	}
+}
