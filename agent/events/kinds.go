@@ -68,6 +68,9 @@ const (
 	// service and minute, the rest summed in ClientsRefusedSummary.
 	ClientRefused         = "client_refused"
 	ClientsRefusedSummary = "clients_refused_summary"
+	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
+	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
+	TLSHandshakeFailed = "tls_handshake_failed"
 	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
 	// (close_on_unhealthy); one event per replica and change, with the counts.
 	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
@@ -148,6 +151,7 @@ var specs = []Spec{
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
 	{Kind: ClientRefused, Fields: []string{"service", "protocol", "client_ip", "reason"}},
 	{Kind: ClientsRefusedSummary, Fields: []string{"service", "refused", "more_clients", "interval"}},
+	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
 	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},
 }
