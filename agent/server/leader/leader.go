@@ -90,8 +90,9 @@ type Leadership struct {
 	logger  hclog.Logger
 	checkID string
 
-	mu     sync.Mutex
-	leader bool
+	mu      sync.Mutex
+	leader  bool
+	session string // the lock session while the lock is held
 }
 
 // New checks the config and fills defaults.
@@ -143,6 +144,21 @@ func (l *Leadership) IsLeader() bool {
 func (l *Leadership) setLeader(v bool) {
 	l.mu.Lock()
 	l.leader = v
+	l.mu.Unlock()
+}
+
+// Fence returns the lock key and the session that holds it while this server holds the lock
+// (empty otherwise). A write that carries a check-session on it (sessionstore.Config.Fence)
+// fails once this server has lost the lock, even before Revoke has run.
+func (l *Leadership) Fence() (key, session string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.cfg.Key, l.session
+}
+
+func (l *Leadership) setSession(id string) {
+	l.mu.Lock()
+	l.session = id
 	l.mu.Unlock()
 }
 
@@ -242,7 +258,9 @@ func (l *Leadership) term(ctx context.Context) error {
 	}
 	// Release the key before the session goes: destroying a session that holds the lock
 	// starts lock-delay, a release does not, so a clean stop hands over at once.
+	l.setSession(id)
 	defer func() {
+		l.setSession("")
 		_, _, err := l.cfg.Client.KV().Release(&api.KVPair{Key: l.cfg.Key, Session: id, Flags: api.LockFlagValue}, nil)
 		if err != nil {
 			l.logger.Debug("releasing the leader lock", "key", l.cfg.Key, "error", err)

@@ -24,6 +24,13 @@ func (s *Store) commit(ctx context.Context, batch []*op) {
 		fenced := false
 		if s.cfg.Fence != nil {
 			key, session := s.cfg.Fence()
+			if session == "" {
+				// Not leading (any more): an empty session would match a free key.
+				for _, o := range pending {
+					s.fail(o, fmt.Errorf("sessionstore: %w (no lock session)", ErrNotLeader))
+				}
+				return
+			}
 			ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: key, Session: session}})
 			fenced = true
 		}
