@@ -80,8 +80,10 @@ type Config struct {
 type Info struct {
 	Name    string `json:"name"`
 	Address string `json:"address,omitempty"`
-	// Session is the lock session's id (not part of the stored value).
-	Session string `json:"-"`
+	// Session is the lock session's id, and ConsulNode the Consul node it belongs to when the
+	// lock carries no value (a plain api.Lock, today's mirror); neither is part of the value.
+	Session    string `json:"-"`
+	ConsulNode string `json:"-"`
 }
 
 // Leadership campaigns for the lock. Build with New, then Run.
@@ -190,7 +192,7 @@ func Current(ctx context.Context, c *api.Client, key string) (Info, bool, error)
 	if se == nil {
 		return Info{}, false, nil
 	}
-	return Info{Name: se.Name, Address: se.Node, Session: se.ID}, true, nil
+	return Info{Name: se.Name, ConsulNode: se.Node, Session: se.ID}, true, nil
 }
 
 // Run campaigns until ctx ends. When it returns, Revoke has run for every Establish and the lock
