@@ -2,6 +2,7 @@ package sessionstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -294,6 +295,8 @@ func TestBatchedWriteRate(t *testing.T) {
 		t.Log(msg)
 		fmt.Println(msg)
 	}
+	b, _ := json.Marshal(record(1, 101))
+	fmt.Printf("one session in KV: record %d bytes + net id key (value = session id, %d bytes)\n", len(b), len("s-000001"))
 	run("batched (64 ops, 10 ms)", 3000, 200, nil)
 	run("unbatched (1 op per txn)", 600, 200, func(cfg *sessionstore.Config) { cfg.MaxOps = 1 })
 }
