@@ -79,10 +79,18 @@ type StackRules struct {
 }
 
 // StackRulesFor derives the rules from an agent configuration: a tcp listen_port may not take
-// the proxies' HTTP port (proxy.http_addr, default 80), 443, or the agent's own HTTP and gRPC
-// ports. The server and `nullnet validate -stacks` both use it, so they agree.
+// the proxies' HTTP port (proxy.http_addr, default 80), their HTTPS port (proxy.https_addr,
+// default 443, unless HTTPS is off), or the agent's own HTTP and gRPC ports. The server and
+// `nullnet validate -stacks` both use it, so they agree.
 func StackRulesFor(cfg *Config) StackRules {
-	reserved := map[int]string{443: "HTTPS on the proxies"}
+	reserved := map[int]string{}
+	if cfg.Proxy.HTTPSAddr != "" {
+		if _, p, err := net.SplitHostPort(cfg.Proxy.HTTPSAddr); err == nil {
+			if n, err := strconv.Atoi(p); err == nil && n > 0 {
+				reserved[n] = "the proxies' HTTPS listener (proxy.https_addr)"
+			}
+		}
+	}
 	httpPort := 80
 	if _, p, err := net.SplitHostPort(cfg.Proxy.HTTPAddr); err == nil {
 		if n, err := strconv.Atoi(p); err == nil {
@@ -222,6 +230,7 @@ var (
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
+		{Name: "https_redirect"}, {Name: "hsts"},
 		{Name: "close_on_unhealthy"},
 	}}
 )
@@ -301,6 +310,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 				"%s service %q needs timeout (seconds or a duration such as \"90s\"; 0 = never idles out): the proxies only open ports for services they may reach.", svc.Protocol, svc.Name))
 		}
 	}
+	diags = append(diags, decodeHTTPSKeys(&svc, content)...)
 	return svc, diags
 }
 

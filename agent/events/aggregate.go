@@ -63,6 +63,8 @@ var RemoteTriggered = map[string]func(Event) string{
 	UpstreamLookupFailed:     ByFields("service", "protocol"),
 	// Not by server_name: a client may send a new one on every connection.
 	TLSConnectionUnrouted: ByFields("port", "reason"),
+	// Per reason only: server names are the client's choice, and unbounded.
+	TLSHandshakeFailed: ByFields("reason"),
 }
 
 // ByFields keys events by their node and the named fields.
