@@ -321,14 +321,25 @@ func (l *Leadership) acquire(ctx context.Context, session string, renewDone <-ch
 // before term releases the lock).
 func (l *Leadership) lead(ctx context.Context, session string, renewDone <-chan struct{}) error {
 	leadCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The monitor ends leadCtx as soon as the lock is lost, so an Establish still running
+	// (restoring state) stops at once instead of finishing for a leader that no longer is.
 	lost := make(chan string, 1)
-	go l.monitor(leadCtx, session, renewDone, lost)
+	go l.monitor(leadCtx, session, renewDone, func(reason string) { lost <- reason; cancel() })
 
 	l.logger.Info("leader elected: this server holds the lock", "key", l.cfg.Key, "server", l.cfg.Name)
 	l.emit(events.Event{Kind: events.LeaderElected, Fields: map[string]string{"lock": l.cfg.Key, "server": l.cfg.Name}})
 	if err := l.cfg.Establish(leadCtx); err != nil {
 		cancel()
 		l.cfg.Revoke()
+		select {
+		case reason := <-lost: // the lock went while establishing: that is the cause
+			l.logger.Warn("leadership lost while establishing", "key", l.cfg.Key, "reason", reason, "error", err)
+			l.emit(events.Event{Kind: events.LeadershipLost, Severity: events.Warning, Message: err.Error(),
+				Fields: map[string]string{"lock": l.cfg.Key, "server": l.cfg.Name, "reason": reason}})
+			return nil
+		default:
+		}
 		l.emit(events.Event{Kind: events.LeadershipLost, Severity: events.Warning, Message: err.Error(),
 			Fields: map[string]string{"lock": l.cfg.Key, "server": l.cfg.Name, "reason": ReasonEstablishFailed}})
 		return fmt.Errorf("establishing leadership: %w", err)
@@ -351,7 +362,7 @@ func (l *Leadership) lead(ctx context.Context, session string, renewDone <-chan 
 
 // monitor reports on lost why the lock is no longer ours: the key changed hands, or the
 // session's renewals stopped.
-func (l *Leadership) monitor(ctx context.Context, session string, renewDone <-chan struct{}, lost chan<- string) {
+func (l *Leadership) monitor(ctx context.Context, session string, renewDone <-chan struct{}, lost func(reason string)) {
 	type answer struct {
 		pair  *api.KVPair
 		index uint64
@@ -375,7 +386,7 @@ func (l *Leadership) monitor(ctx context.Context, session string, renewDone <-ch
 		case <-ctx.Done():
 			return
 		case <-renewDone:
-			lost <- ReasonSessionInvalidated
+			lost(ReasonSessionInvalidated)
 			return
 		case a = <-ch:
 		}
@@ -390,7 +401,7 @@ func (l *Leadership) monitor(ctx context.Context, session string, renewDone <-ch
 		}
 		failures = 0
 		if a.pair == nil || a.pair.Session != session {
-			lost <- l.lossReason(ctx, session)
+			lost(l.lossReason(ctx, session))
 			return
 		}
 		index = a.index

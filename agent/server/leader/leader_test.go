@@ -288,3 +288,60 @@ func TestEstablishFailureRevokes(t *testing.T) {
 		t.Fatalf("%d establish_failed events, want 2", n)
 	}
 }
+
+// A lock lost while establish still runs (a slow restore) ends establish's context at once.
+func TestLossDuringEstablishCancelsIt(t *testing.T) {
+	srv := consultest.Start(t)
+	c := srv.Client(t)
+	key := fmt.Sprintf("nullnet-test/leader-slowest-%d", time.Now().UnixNano())
+	started := make(chan struct{}, 4)
+	ended := make(chan time.Time, 4)
+	var once sync.Once
+	cd := start(t, c, key, "a", func(ctx context.Context) error {
+		first := false
+		once.Do(func() { first = true })
+		if !first {
+			return nil
+		}
+		started <- struct{}{}
+		<-ctx.Done()
+		ended <- time.Now()
+		return ctx.Err()
+	})
+	select {
+	case <-started:
+	case <-time.After(15 * time.Second):
+		t.Fatal("establish never started")
+	}
+	if cd.l.IsLeader() {
+		t.Fatal("IsLeader before establish returned")
+	}
+	in, ok, err := leader.Current(context.Background(), c, key)
+	if err != nil || !ok {
+		t.Fatalf("Current: %v %v", ok, err)
+	}
+	began := time.Now()
+	if _, err := c.Session().Destroy(in.Session, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case at := <-ended:
+		t.Logf("establish cancelled %s after the session was destroyed", at.Sub(began).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("establish kept running after the lock was lost")
+	}
+	waitOne(t, c, key, []*candidate{cd}, 10*time.Second) // it campaigns again and leads
+	evs, _ := cd.events.Since(0)
+	var reasons []string
+	for _, e := range evs {
+		if e.Kind == events.LeadershipLost {
+			reasons = append(reasons, e.Fields["reason"])
+		}
+	}
+	if len(reasons) != 1 || reasons[0] != leader.ReasonSessionInvalidated {
+		t.Fatalf("leadership_lost reasons %v, want [%s]", reasons, leader.ReasonSessionInvalidated)
+	}
+	if e, r := cd.established.Load(), cd.revoked.Load(); e != 2 || r != 1 {
+		t.Fatalf("establish %d revoke %d, want 2 and 1", e, r)
+	}
+}
