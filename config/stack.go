@@ -52,6 +52,8 @@ type StackService struct {
 	// Policy is the service's edge settings (see ServicePolicy); zero when none are set.
 	Policy    ServicePolicy `json:"policy,omitempty"`
 	DeclRange hcl.Range     `json:"-"`
+
+	routeRanges []routeRange // where Policy.Routes were declared (stack_routes.go)
 }
 
 // StackRules are the checks that depend on the deployment rather than on the files alone.
@@ -196,6 +198,7 @@ func ParseStacks(files []StackFile, rules StackRules) *StackSet {
 	}
 	set.Files = parser.Files()
 	set.Diags = append(set.Diags, validateStackSet(set.Stacks, rules)...)
+	set.Diags = append(set.Diags, validateRoutes(set.Stacks)...)
 	sort.SliceStable(set.Stacks, func(i, j int) bool { return set.Stacks[i].Name < set.Stacks[j].Name })
 	return set
 }
@@ -204,7 +207,8 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}}}
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}},
+		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"path_prefix"}}}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -263,6 +267,8 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+
+	diags = append(diags, decodeRoutes(&svc, content.Blocks)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:
