@@ -33,6 +33,10 @@ type httpRouter struct {
 	// inflight counts requests in ServeHTTP, upgraded (WebSocket) ones until they close: Drain
 	// waits for it to reach 0.
 	inflight atomic.Int64
+	// routes are the path routes of the last port table (http_routes.go); access is the
+	// access log (http_accesslog.go).
+	routes atomic.Pointer[routeTables]
+	access atomic.Pointer[accessLogState]
 }
 
 type targetKey struct{}
@@ -60,6 +64,7 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 			// dropped (ReverseProxy drops only XFF, XFH, XFP and Forwarded), then ours are set.
 			stripForwarding(pr.Out.Header)
 			pr.SetXForwarded()
+			setRouteHeaders(pr)
 			if ap, err := netip.ParseAddrPort(pr.In.RemoteAddr); err == nil {
 				client := ap.Addr().Unmap().String() // no ::ffff: form from a dual-stack socket
 				pr.Out.Header.Set("X-Forwarded-For", client)
@@ -200,7 +205,9 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
 	service := serviceFromHost(req.Host)
 	sw := &statusWriter{ResponseWriter: w}
+	target, upstream := "", netip.AddrPort{} // set once known, for the access log
 	defer func() {
+		r.logAccess(req, sw, start, target, upstream)
 		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "http", "requests"}, 1,
 			[]metrics.Label{{Name: "service", Value: service}, {Name: "code", Value: fmt.Sprint(sw.code())}})
 		r.log.Debug("request", "client", req.RemoteAddr, "host", req.Host, "method", req.Method,
@@ -226,14 +233,16 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
 		client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
-	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), service, HTTP)
+	target, routed := r.route(service, req)
+	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), target, HTTP)
 	if err != nil {
-		r.lookupFailed(sw, service, client.Addr(), err)
+		r.lookupFailed(sw, target, client.Addr(), err)
 		return
 	}
 	defer r.p.resolver.Release(lease)
-	ctx := context.WithValue(req.Context(), targetKey{}, lease.Upstream)
-	r.rp.ServeHTTP(sw, req.WithContext(ctx))
+	upstream = lease.Upstream
+	ctx := context.WithValue(routed.Context(), targetKey{}, lease.Upstream)
+	r.rp.ServeHTTP(sw, routed.WithContext(ctx))
 }
 
 func (r *httpRouter) lookupFailed(w http.ResponseWriter, service string, client netip.Addr, err error) {
@@ -290,6 +299,7 @@ func errorPage(w http.ResponseWriter, code int, title, body string) {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	bytes  atomic.Int64 // body bytes sent; for an upgrade, bytes after the 101 (countingConn)
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -303,7 +313,9 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes.Add(int64(n))
+	return n, err
 }
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

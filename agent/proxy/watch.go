@@ -90,6 +90,7 @@ func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
 		}
 		p.logger.Warn("port table entry ignored", "version", b.GetVersion(), "problem", pr)
 	}
+	p.http.setRoutes(b)
 	p.reconcile(b.GetVersion(), want)
 	p.mu.Lock()
 	p.tableAt = time.Now()
