@@ -166,6 +166,11 @@ func Open(cfg Config) (*Log, error) {
 // Log queues an entry; it never blocks. It reports false when the entry was dropped (buffer
 // full, or the log closed).
 func (l *Log) Log(e Entry) bool {
+	// Clipped before queuing, so that a queued entry never pins a long request target or Host
+	// (8 KiB each): the buffer holds at most about DefaultBuffer × 2.5 KiB.
+	e.URI = clip(e.URI, maxURI)
+	e.Host, e.Method = clip(e.Host, maxField), clip(e.Method, maxField)
+	e.Client, e.Service, e.Upstream = clip(e.Client, maxField), clip(e.Service, maxField), clip(e.Upstream, maxField)
 	l.closeMu.RLock()
 	defer l.closeMu.RUnlock()
 	if !l.closed {
