@@ -242,6 +242,9 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	defer r.p.resolver.Release(lease)
 	upstream = lease.Upstream
 	ctx := context.WithValue(routed.Context(), targetKey{}, lease.Upstream)
+	if target != service {
+		ctx = context.WithValue(ctx, routedKey{}, target) // upstreamFailed names the target
+	}
 	r.rp.ServeHTTP(sw, routed.WithContext(ctx))
 }
 
@@ -270,7 +273,7 @@ func (r *httpRouter) lookupFailed(w http.ResponseWriter, service string, client 
 // upstreamFailed is the ReverseProxy error handler: the upstream could not be reached or
 // broke off.
 func (r *httpRouter) upstreamFailed(w http.ResponseWriter, req *http.Request, err error) {
-	service := serviceFromHost(req.Host)
+	service := routedService(req)
 	target, _ := req.Context().Value(targetKey{}).(netip.AddrPort)
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody is left to read a page.

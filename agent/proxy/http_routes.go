@@ -37,6 +37,17 @@ func (r *httpRouter) setRoutes(b *pb.PortMappingBundle) {
 	r.routes.Store(&tabs)
 }
 
+// routedKey carries the target service of a routed request to upstreamFailed.
+type routedKey struct{}
+
+// routedService is the service a request was sent to: a route's target, else the Host's.
+func routedService(req *http.Request) string {
+	if s, ok := req.Context().Value(routedKey{}).(string); ok {
+		return s
+	}
+	return serviceFromHost(req.Host)
+}
+
 // routeKey carries the stripped prefix of a routed request to Rewrite (X-Forwarded-Prefix).
 type routeKey struct{}
 

@@ -233,3 +233,35 @@ func TestHTTPAccessLogOn(t *testing.T) {
 		regexp.QuoteMeta(web.String()))
 	waitFor(t, 10*time.Second, "the request in the agent log", func() bool { return re.MatchString(out.String()) })
 }
+
+// TestHTTPRouteTargetDown: a route's target that fails answers with the target's name, and a
+// target without a replica gives the 503 of that target, not of the Host's service.
+func TestHTTPRouteTargetDown(t *testing.T) {
+	www := startNamedBackend(t, "www")
+	dead, _ := net.Listen("tcp", "127.0.0.1:0")
+	deadAddr := addrOf(t, dead.Addr())
+	dead.Close()
+	res := newTestResolver()
+	res.set("www.example.com", www)
+	res.set("broken.example.com", deadAddr)
+	res.fail("down.example.com", fmt.Errorf("%w for %q", ErrNoReplica, "down.example.com"))
+	tp := startProxy(t, res, func(_ *config.Config, c *Config) { c.DisableHTTP = false })
+	waitFor(t, 10*time.Second, "HTTP router bound", func() bool { return tp.http.Addr() != "" })
+	tp.applyBundle(routesBundle(1, "www.example.com",
+		&pb.HTTPRoute{PathPrefix: "/broken/", Service: "broken.example.com"},
+		&pb.HTTPRoute{PathPrefix: "/down/", Service: "down.example.com"}))
+	for _, tc := range []struct {
+		path string
+		code int
+		text string
+	}{
+		{"/broken/x", 502, "<code>broken.example.com</code> did not answer"},
+		{"/down/x", 503, "<code>down.example.com</code> has no healthy replica"},
+		{"/fine", 200, `"backend":"www"`},
+	} {
+		code, body := curl(t, "http://"+tp.http.Addr()+tc.path, "-H", "Host: www.example.com")
+		if code != tc.code || !strings.Contains(body, tc.text) {
+			t.Errorf("%s: %d %q, want %d with %q", tc.path, code, body, tc.code, tc.text)
+		}
+	}
+}
