@@ -118,3 +118,36 @@ func TestDropsWhenStalled(t *testing.T) {
 		t.Errorf("no drop report:\n%s", out)
 	}
 }
+
+// BenchmarkLog is a request's cost of handing its line to the log (the writer runs beside it,
+// writing to a file).
+func BenchmarkLog(b *testing.B) {
+	l, err := Open(Config{Path: filepath.Join(b.TempDir(), "access.log"), Buffer: 1 << 16})
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := Entry{Time: time.Now(), Listener: "http", Client: "203.0.113.7:51234", Method: "GET", Host: "www.example.com",
+		URI: "/api/users?id=7", Status: 200, Bytes: 512, Duration: 3 * time.Millisecond, Service: "api.example.com",
+		Upstream: "10.99.0.5:8080"}
+	b.ReportAllocs()
+	for b.Loop() {
+		l.Log(e)
+	}
+	b.StopTimer()
+	if err := l.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(l.Dropped())/float64(b.N)*100, "%dropped")
+}
+
+// BenchmarkAppendText is the writer's cost of formatting one line.
+func BenchmarkAppendText(b *testing.B) {
+	e := Entry{Time: time.Now(), Listener: "http", Client: "203.0.113.7:51234", Method: "GET", Host: "www.example.com",
+		URI: "/api/users?id=7", Status: 200, Bytes: 512, Duration: 3 * time.Millisecond, Service: "api.example.com",
+		Upstream: "10.99.0.5:8080"}
+	var buf []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = e.AppendText(buf[:0])
+	}
+}
