@@ -61,7 +61,7 @@ func TestHTTPRoutesWithServer(t *testing.T) {
 		}
 		return m["backend"], m["uri"], m["prefix"]
 	}
-	waitFor(t, 30*time.Second, "the route in the proxy's port table", func() bool {
+	waitFor(t, 30*time.Second, "the route in the proxy's port table (the server must publish http_services with policies: conduit's path)", func() bool {
 		b, _, _ := get("/api/ping")
 		return b == "api"
 	})
