@@ -207,8 +207,9 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}},
-		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"path_prefix"}}}}
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
+		{Name: "close_on_unhealthy"},
+	}, Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"path_prefix"}}}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -268,6 +269,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		svc.Timeout, svc.EntryPoint = t, true
 	}
 
+	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
 	diags = append(diags, decodeRoutes(&svc, content.Blocks)...)
 
 	switch svc.Protocol {

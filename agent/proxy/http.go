@@ -245,6 +245,14 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if target != service {
 		ctx = context.WithValue(ctx, routedKey{}, target) // upstreamFailed names the target
 	}
+	if lease.ReplicaID != "" && r.p.servicePolicy(target).GetCloseOnUnhealthy() {
+		// Ended when the replica turns critical (unhealthy.go): cancelling the request ends a
+		// streamed response, and ReverseProxy closes an upgraded connection with it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer r.p.httpUses.track(target, lease.ReplicaID, cancel)()
+	}
 	r.rp.ServeHTTP(sw, routed.WithContext(ctx))
 }
 
