@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -174,7 +175,9 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 }
 
 // handleTCP resolves, dials and relays one accepted connection. It releases the lease exactly
-// once and writes one log line when the connection ends.
+// once and writes one log line when the connection ends. On a tls listener it first routes the
+// connection by SNI (routeTLS) and writes the ClientHello it read to the upstream before
+// relaying.
 func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	start := time.Now()
 
@@ -189,6 +192,18 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		return
 	}
 	defer p.conns.remove(c)
+
+	var hello []byte // what routing read of the client's bytes: the upstream gets it first
+	releaseHello := func() {}
+	if m.Protocol == TLS {
+		routed, read, release, ok := p.routeTLS(c, m)
+		if !ok {
+			return
+		}
+		// Released once written, not held for the connection's life.
+		m, hello, releaseHello = routed, read, sync.OnceFunc(release)
+		defer releaseHello()
+	}
 
 	client := addrPortOf(c.RemoteAddr())
 	// The connection's fields are formatted only for a line that is written: a logger.With
@@ -216,13 +231,13 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		p.logger.Warn("tcp connection refused", fields("reason", kind, "error", err, "duration", time.Since(start))...)
 	}
 
-	lease, err := p.resolveUse(p.runCtx, client.Addr(), m.Service, TCP)
+	lease, err := p.resolveUse(p.runCtx, client.Addr(), m.Service, m.Protocol)
 	if err != nil {
 		kind := failureKind(err)
 		p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
-			Message: fmt.Sprintf("no upstream for %q (tcp port %d)", m.Service, m.Port),
+			Message: fmt.Sprintf("no upstream for %q (%s port %d)", m.Service, m.Protocol, m.Port),
 			Fields: map[string]string{"service": m.Service, "client_ip": client.Addr().String(),
-				"protocol": "tcp", "error": err.Error()}})
+				"protocol": string(m.Protocol), "error": err.Error()}})
 		fail(kind, err)
 		return
 	}
@@ -236,7 +251,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		}
 		p.shares.Forget(lease)
 		p.resolver.Release(lease)
-		if lease, err = p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, TCP); err != nil {
+		if lease, err = p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, m.Protocol); err != nil {
 			fail(failureKind(err), err)
 			return
 		}
@@ -251,7 +266,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		fail("connect", err)
 		return
 	}
-	use := p.startUse(client.Addr(), m.Service, TCP, lease, func() { c.Close(); uc.Close() })
+	use := p.startUse(client.Addr(), m.Service, m.Protocol, lease, func() { c.Close(); uc.Close() })
 	defer p.endUse(use)
 	upstream = lease.Upstream
 	if debug {
@@ -265,7 +280,24 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		return
 	}
 
-	toUp, toClient, reason := relay(p.workers, c, u)
+	var helloErr error
+	helloLen := len(hello)
+	if helloLen > 0 {
+		_, helloErr = u.Write(hello)
+		hello = nil
+		releaseHello()
+	}
+	var toUp, toClient int64
+	var reason string
+	if helloErr != nil {
+		_ = c.SetLinger(0)
+		c.Close()
+		u.Close()
+		reason = "writing the ClientHello to the upstream failed: " + helloErr.Error()
+	} else {
+		toUp, toClient, reason = relay(p.workers, c, u)
+		toUp += int64(helloLen)
+	}
 	if p.runCtx.Err() != nil {
 		reason = "proxy shutdown"
 	} else if use.killed.Load() {

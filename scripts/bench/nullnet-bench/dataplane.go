@@ -33,6 +33,10 @@ const (
 	routeEcho  = "echo"  // UDP echo
 	routeSink  = "sink"  // UDP, reads only (idle sessions)
 	routeFlood = "flood" // UDP echo for the flood figure (short session timeout: its sessions go)
+	// The passthrough figure: bulk streams that start with a ClientHello, to a byte sink, through
+	// a tls service (routed by SNI) and through a tcp service, in the same run.
+	routeStream      = "stream"      // TCP
+	routePassthrough = "passthrough" // TLS passthrough; SNI "bench-passthrough"
 )
 
 // The flood figure: 50,000 new source addresses, two datagrams each, paced (as in
@@ -64,6 +68,9 @@ type bench struct {
 	// nullnetErr is why nullnet did not carry traffic on loopback; the overlay variant, same
 	// binary, is then not attempted.
 	nullnetErr error
+	// The passthrough figure's ClientHello and byte sinks per route (passthrough.go).
+	hello []byte
+	sinks map[string]*load.TCPSink
 }
 
 // figures of the data plane, with the targets.
@@ -105,10 +112,17 @@ func (b *bench) dataPlane(ctx context.Context) error {
 	defer sink.Close()
 	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: loopback(rr.Addr()),
 		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr()), routeFlood: loopback(echo.Addr())}
+	if !b.o.skip["passthrough"] {
+		stop, err := b.startPassthroughSinks(backends)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	targets := []*target{{name: report.Direct, addrs: map[string]string{
 		routeIperf: backends[routeIperf], routeRR: backends[routeRR], routeEcho: backends[routeEcho],
-		routeFlood: backends[routeFlood]}, stop: func() {}}}
+		routeFlood: backends[routeFlood], routeStream: backends[routeStream]}, stop: func() {}}}
 	if !b.o.skip["anchors"] {
 		targets = append(targets, b.startAnchor(ctx, report.HAProxy, backends), b.startAnchor(ctx, report.Nginx, backends))
 	}
@@ -132,6 +146,7 @@ func (b *bench) dataPlane(ctx context.Context) error {
 			b.measure(ctx, t)
 		}
 	}
+	b.passthroughNote()
 	if !b.o.skip["sessions"] {
 		for _, t := range targets {
 			if _, ok := t.addrs[routeSink]; ok && ctx.Err() == nil {
@@ -199,8 +214,13 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		return t
 	}
 	var svcs []nnrun.Service
-	for _, r := range []struct{ name, proto, timeout string }{
-		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"}} {
+	routes := []struct{ name, proto, timeout string }{
+		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"}}
+	if _, ok := backends[routePassthrough]; ok {
+		routes = append(routes, struct{ name, proto, timeout string }{routeStream, "tcp", "0"},
+			struct{ name, proto, timeout string }{routePassthrough, "tls", "0"})
+	}
+	for _, r := range routes {
 		port, err := proc.FreePort()
 		if err != nil {
 			t.broken = err
@@ -318,6 +338,9 @@ func (b *bench) measure(ctx context.Context, t *target) {
 				}
 			}
 		}
+	}
+	if !b.o.skip["passthrough"] {
+		b.measurePassthrough(ctx, t)
 	}
 	if !b.o.skip["udp"] {
 		for _, size := range []int{64, 1400} {
