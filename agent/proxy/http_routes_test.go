@@ -265,3 +265,39 @@ func TestHTTPRouteTargetDown(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPAccessLogHTTPS: the HTTPS listener's requests (curl over TLS, HTTP/2) are logged
+// with listener=https, the plain listener's with listener=http, and an https_redirect answer
+// with its 308 and no service chosen. The log is turned on by a reload.
+func TestHTTPAccessLogHTTPS(t *testing.T) {
+	f := startHTTPSFixture(t)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	on := *f.tp.cfg.Agent
+	on.Proxy.AccessLog = logPath
+	if err := f.tp.Reload(&on); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := f.curlTLS(t, "web.example.com", "/secure?x=1"); err != nil || !strings.Contains(out, `"path":"/secure?x=1"`) {
+		t.Fatalf("https: %v %s", err, out)
+	}
+	if code, body := curl(t, "http://"+f.httpAddr+"/plain", "-H", "Host: plain.example.com"); code != 200 {
+		t.Fatalf("http: %d %s", code, body)
+	}
+	if code, _ := curl(t, "http://"+f.httpAddr+"/r", "-H", "Host: web.example.com"); code != 308 {
+		t.Fatalf("redirect: %d", code)
+	}
+	lines := readLines(t, logPath, 3)
+	want := []string{
+		`listener=https client=127\.0\.0\.1:\d+ method=GET host=web\.example\.com:\d+ uri="/secure\?x=1" status=200 bytes=[1-9]\d* duration_ms=\S+ service=web\.example\.com upstream=127\.0\.0\.1:\d+$`,
+		`listener=http client=127\.0\.0\.1:\d+ method=GET host=plain\.example\.com uri=/plain status=200 bytes=[1-9]\d* duration_ms=\S+ service=plain\.example\.com upstream=127\.0\.0\.1:\d+$`,
+		`listener=http client=127\.0\.0\.1:\d+ method=GET host=web\.example\.com uri=/r status=308 bytes=\d+ duration_ms=\S+ service=- upstream=-$`,
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for i, w := range want {
+		if !regexp.MustCompile(w).MatchString(lines[i]) {
+			t.Errorf("line %d:\n%s\ndoes not match\n%s", i, lines[i], w)
+		}
+	}
+}
