@@ -312,7 +312,7 @@ func stringLit(e ast.Expr) (string, bool) {
 // --- stack files ----------------------------------------------------------------------------
 
 // stackFiles are the config files that define stack-file schema and checks.
-var stackFiles = []string{"stack.go", "stack_routes.go", "stack_health.go", "stack_https.go"}
+var stackFiles = []string{"stack.go", "stack_routes.go", "stack_health.go", "stack_https.go", "stack_policy.go"}
 
 // stackSchemaKeys reads the block types and attribute names of the hcl.BodySchema literals in
 // config/stack.go (and the other stackFiles), plus any hcl struct tags, should the schema move

@@ -63,6 +63,11 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// ClientRefused: a service's client policy (allow/deny, per-client limits, max_sessions)
+	// refused a client; one per client, service and minute at most, up to 64 clients per
+	// service and minute, the rest summed in ClientsRefusedSummary.
+	ClientRefused         = "client_refused"
+	ClientsRefusedSummary = "clients_refused_summary"
 	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
 	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
 	TLSHandshakeFailed = "tls_handshake_failed"
@@ -144,6 +149,8 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: ClientRefused, Fields: []string{"service", "protocol", "client_ip", "reason"}},
+	{Kind: ClientsRefusedSummary, Fields: []string{"service", "refused", "more_clients", "interval"}},
 	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
 	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},

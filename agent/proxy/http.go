@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 )
@@ -65,8 +66,8 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 			stripForwarding(pr.Out.Header)
 			pr.SetXForwarded()
 			setRouteHeaders(pr)
-			if ap, err := netip.ParseAddrPort(pr.In.RemoteAddr); err == nil {
-				client := ap.Addr().Unmap().String() // no ::ffff: form from a dual-stack socket
+			if ap := clientOfRequest(pr.In); ap.Port() != 0 || !ap.Addr().IsUnspecified() {
+				client := ap.Addr().String() // unmapped: no ::ffff: form from a dual-stack socket
 				pr.Out.Header.Set("X-Forwarded-For", client)
 				pr.Out.Header.Set("X-Real-Ip", client)
 			}
@@ -232,11 +233,22 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			fmt.Sprintf("No service is named %q: Host must be the name of a stack service.", service))
 		return
 	}
-	client := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
-	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
-		client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	client := clientOfRequest(req)
+	ticket, ok := r.admit(sw, service, client.Addr())
+	if !ok {
+		return
 	}
+	defer ticket.Release()
 	target, routed := r.route(service, req)
+	if target != service {
+		// A route must not bypass its target's own allow-list and limits: the request passes
+		// the policies of both the Host's service and the target.
+		tt, ok := r.admit(sw, target, client.Addr())
+		if !ok {
+			return
+		}
+		defer tt.Release()
+	}
 	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), target, HTTP)
 	if err != nil {
 		r.lookupFailed(sw, target, client.Addr(), err)
@@ -257,6 +269,24 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		defer r.p.httpUses.track(target, lease.ReplicaID, cancel)()
 	}
 	r.rp.ServeHTTP(sw, routed.WithContext(ctx))
+}
+
+// admit applies service's client policy (allow/deny lists, per-client limits) to a request,
+// answering 403 or 429 itself when the client is refused.
+func (r *httpRouter) admit(w http.ResponseWriter, service string, client netip.Addr) (edgepolicy.Ticket, bool) {
+	ticket, why := r.p.admitClient(service, HTTP, client)
+	if why == edgepolicy.Admitted {
+		return ticket, true
+	}
+	if why.Listed() {
+		errorPage(w, http.StatusForbidden, "Forbidden",
+			fmt.Sprintf("Service <code>%s</code> does not accept requests from your address.", html.EscapeString(service)))
+		return ticket, false
+	}
+	w.Header().Set("Retry-After", "1")
+	errorPage(w, http.StatusTooManyRequests, "Too many requests",
+		fmt.Sprintf("Service <code>%s</code> limits how many requests one client may make (%s).", html.EscapeString(service), why))
+	return ticket, false
 }
 
 func (r *httpRouter) lookupFailed(w http.ResponseWriter, service string, client netip.Addr, err error) {

@@ -301,3 +301,36 @@ func TestHTTPAccessLogHTTPS(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPRouteTargetPolicy: a route does not open a way around its target's allow-list: a
+// client the target denies gets 403 through the route as through the target's own Host, while
+// the Host's service itself still answers it.
+func TestHTTPRouteTargetPolicy(t *testing.T) {
+	www, api := startNamedBackend(t, "www"), startNamedBackend(t, "api")
+	res := newTestResolver()
+	res.set("www.example.com", www)
+	res.set("api.example.com", api)
+	tp := startProxy(t, res, func(_ *config.Config, c *Config) { c.DisableHTTP = false })
+	waitFor(t, 10*time.Second, "HTTP router bound", func() bool { return tp.http.Addr() != "" })
+	http := pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
+	tp.applyBundle(&pb.PortMappingBundle{Version: 1, HttpServices: []*pb.PortMapping{
+		{Service: "www.example.com", Protocol: http, Policy: &pb.ServicePolicy{
+			Routes: []*pb.HTTPRoute{{PathPrefix: "/api/", Service: "api.example.com"}}}},
+		{Service: "api.example.com", Protocol: http, Policy: &pb.ServicePolicy{Deny: []string{"127.0.0.0/8"}}},
+	}})
+	for _, tc := range []struct {
+		host, path string
+		code       int
+	}{
+		{"www.example.com", "/home", 200},
+		{"www.example.com", "/api/x", 403},
+		{"api.example.com", "/x", 403},
+	} {
+		if code, body := curl(t, "http://"+tp.http.Addr()+tc.path, "-H", "Host: "+tc.host); code != tc.code {
+			t.Errorf("%s%s: %d, want %d (%s)", tc.host, tc.path, code, tc.code, body)
+		}
+	}
+	if issued, _ := res.counts(); issued != 1 {
+		t.Errorf("%d resolutions; refused requests must not reach the server", issued)
+	}
+}

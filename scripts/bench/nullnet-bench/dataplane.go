@@ -215,7 +215,8 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 	}
 	var svcs []nnrun.Service
 	routes := []struct{ name, proto, timeout string }{
-		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"}}
+		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"},
+		{routeRRAllow, "tcp", "0"}, {routeRRDeny, "tcp", "0"}}
 	if _, ok := backends[routePassthrough]; ok {
 		routes = append(routes, struct{ name, proto, timeout string }{routeStream, "tcp", "0"},
 			struct{ name, proto, timeout string }{routePassthrough, "tls", "0"})
@@ -226,9 +227,14 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 			t.broken = err
 			return t
 		}
-		_, bp, _ := net.SplitHostPort(backends[r.name])
+		backend := backends[r.name]
+		if r.name == routeRRAllow || r.name == routeRRDeny {
+			backend = backends[routeRR]
+		}
+		_, bp, _ := net.SplitHostPort(backend)
 		backendPort, _ := strconv.Atoi(bp)
-		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort, Timeout: r.timeout})
+		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort,
+			Timeout: r.timeout, Extra: policyExtra(r.name)})
 		t.addrs[r.name] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	dir := filepath.Join(b.work, "nullnet")
@@ -338,6 +344,9 @@ func (b *bench) measure(ctx context.Context, t *target) {
 				}
 			}
 		}
+	}
+	if !b.o.skip["connrate"] && !b.o.skip["policy"] {
+		b.allowListRate(ctx, t)
 	}
 	if !b.o.skip["passthrough"] {
 		b.measurePassthrough(ctx, t)
