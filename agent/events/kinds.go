@@ -17,6 +17,8 @@ const (
 	ConsulACLDenied    = "consul_acl_denied"
 	LeadershipAcquired = "leadership_acquired"
 	LeadershipLost     = "leadership_lost"
+	// LeaderElected: this server won the HA leader lock (agent/server/leader).
+	LeaderElected = "leader_elected"
 
 	// Nodes and sessions (server).
 	NodeConnected       = "node_connected"
@@ -108,7 +110,8 @@ var specs = []Spec{
 	{Kind: ConsulRecovered, Reserved: true},
 	{Kind: ConsulACLDenied, Fields: []string{"watch", "query", "missing_acl", "filtered"}},
 	{Kind: LeadershipAcquired, Fields: []string{"lock"}},
-	{Kind: LeadershipLost, Fields: []string{"lock"}},
+	{Kind: LeadershipLost, Fields: []string{"lock", "server", "reason"}},
+	{Kind: LeaderElected, Fields: []string{"lock", "server"}},
 
 	{Kind: NodeConnected, Fields: []string{"underlay_addr", "roles", "version", "reconnect", "restarted"}},
 	{Kind: NodeDisconnected, Fields: []string{"grace_period"}},
