@@ -146,6 +146,9 @@ type Proxy struct {
 	// DrainTimeout bounds the drain on SIGTERM or `nullnet leave`: listeners stop accepting and
 	// open connections and requests get this long to finish; 0 stops at once.
 	DrainTimeout time.Duration `json:"drain_timeout"`
+	// AccessLog is where the HTTP router writes one line per request: "off", "on" (the agent's
+	// log, logger proxy.access) or an absolute file path (lines appended; reopened on reload).
+	AccessLog string `json:"access_log"`
 }
 
 // Client is the node role: tunnel ends and host services.
@@ -261,6 +264,7 @@ const (
 	DefaultUDPQueueLength           = 64
 	DefaultUseLinger                = time.Second
 	DefaultDrainTimeout             = 30 * time.Second
+	DefaultAccessLog                = AccessLogOff
 	// DefaultUDPReceiveBuffer is 8 MiB: a second of a 100,000 datagram/s flood of small
 	// datagrams fits, where the kernel default (208 KiB) overflows within milliseconds.
 	DefaultUDPReceiveBuffer           = 8 << 20
