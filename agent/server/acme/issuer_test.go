@@ -295,3 +295,31 @@ func TestChallengeRelayedThroughKV(t *testing.T) {
 		t.Fatal("a server serves a certificate for a domain not in its stacks")
 	}
 }
+
+// A server that dies holding the lock (its session is never renewed) delays ordering only
+// until Consul invalidates its session; then another server orders.
+func TestLockHolderDies(t *testing.T) {
+	e := newEnv(t, pebbletest.Options{})
+	sess, _, err := e.consul.Session().Create(&api.SessionEntry{Name: "dead-server", TTL: "10s", LockDelay: time.Millisecond,
+		Behavior: api.SessionBehaviorRelease}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, _, err := e.consul.KV().Acquire(&api.KVPair{Key: e.prefix + "lock", Value: []byte("dead"), Session: sess,
+		Flags: api.LockFlagValue}, nil)
+	if err != nil || !ok {
+		t.Fatalf("taking the lock for the dead server: %v %v", ok, err)
+	}
+	start := time.Now()
+	i, _ := e.issuer(t, "survivor", nil, nil)
+	i.SetDomains([]string{"failover.example.com"})
+	time.Sleep(3 * time.Second)
+	if i.Orders() != 0 {
+		t.Fatal("ordered while another server held the lock")
+	}
+	e.sink.waitCert(t, "failover.example.com", 60*time.Second, nil)
+	t.Logf("certificate %s after the holder stopped renewing its 10 s session", time.Since(start).Round(time.Millisecond))
+	if i.Orders() != 1 || e.pebble.Issued() != 1 {
+		t.Fatalf("orders %d, pebble issued %d", i.Orders(), e.pebble.Issued())
+	}
+}
