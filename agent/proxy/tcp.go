@@ -13,6 +13,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/proxyproto"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,7 +28,8 @@ type tcpListener struct {
 	// (flushMetrics): labelled metric calls cost more than the rest of a short connection's
 	// user-space work.
 	accepted, toUp, toClient atomic.Uint64
-	closed                   atomic.Bool // serve returned: connections flush as they end
+	headersSent              atomic.Uint64 // PROXY headers written upstream
+	closed                   atomic.Bool   // serve returned: connections flush as they end
 }
 
 // metricsFlushEvery is how often a TCP listener reports its connection metrics.
@@ -48,6 +50,7 @@ func (l *tcpListener) flushMetrics() {
 				append(labels, metrics.Label{Name: "direction", Value: d.dir}))
 		}
 	}
+	countHeadersSent(labels, l.slot.mapping.Load().SendProxy, l.headersSent.Swap(0))
 	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "tcp", "active"}, float32(l.active.Load()), labels)
 }
 
@@ -190,13 +193,22 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	defer p.conns.remove(c)
 
-	client := addrPortOf(c.RemoteAddr())
+	tc, err := p.clientOf(c, TCP)
+	if err != nil { // a trusted load balancer without a valid header: nobody to serve
+		_ = c.SetLinger(0)
+		c.Close()
+		return
+	}
+	client := tc.client
 	// The connection's fields are formatted only for a line that is written: a logger.With
 	// per connection cost more than the rest of a short connection's user-space work.
 	var upstream netip.AddrPort
 	fields := func(kv ...any) []any {
 		out := make([]any, 0, 8+len(kv))
 		out = append(out, "client", client.String(), "service", m.Service, "port", m.Port)
+		if tc.viaHeader {
+			out = append(out, "via", tc.peer.String())
+		}
 		if upstream.IsValid() {
 			out = append(out, "upstream", upstream.String())
 		}
@@ -263,6 +275,15 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		u.Close()
 		c.Close()
 		return
+	}
+	if err := writeProxyHeader(u, m.SendProxy, tc); err != nil {
+		_ = u.SetLinger(0)
+		u.Close()
+		fail("upstream_write", err)
+		return
+	}
+	if m.SendProxy != proxyproto.None {
+		l.headersSent.Add(1)
 	}
 
 	toUp, toClient, reason := relay(p.workers, c, u)

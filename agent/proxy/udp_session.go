@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/proxyproto"
+	"golang.org/x/sys/unix"
 )
 
 // Session states.
@@ -27,8 +29,14 @@ const (
 // checks state == stateReady: end closes the fd only after setting stateClosed under the write
 // lock, so a recycled fd number can never be mistaken for this session's socket.
 type udpSession struct {
-	l          *udpListener
-	client     netip.AddrPort
+	l *udpListener
+	// peer is the datagrams' source and the replies' destination (the session's key); client is
+	// the client's address, the peer's own unless a trusted front load balancer's PROXY header
+	// gave it (then local is the address the header says the client reached).
+	peer, client, local netip.AddrPort
+	// ppHdr, when the service sends PROXY headers, prefixes every datagram upstream (set once
+	// the session is ready, under mu).
+	ppHdr      []byte
 	service    string
 	created    time.Time
 	lastActive atomic.Int64 // unix nanoseconds; refreshed by both directions
@@ -88,6 +96,13 @@ func (s *udpSession) fromClient(b *datagramBatch, from, to int) {
 // sendUpstreamLocked sends slots [from, to) of b on the session's socket, a single datagram
 // with write(2) and several with one sendmmsg(2); s.mu is held (either way).
 func (s *udpSession) sendUpstreamLocked(b *datagramBatch, from, to int) {
+	if to-from == 1 || s.ppHdr != nil {
+		for i := from; i < to; i++ {
+			d := b.data(i)
+			s.afterWrite(len(d), s.writeUpstreamLocked(d))
+		}
+		return
+	}
 	if to-from == 1 {
 		d := b.data(from)
 		s.afterWrite(len(d), s.writeUpstreamLocked(d))
@@ -124,7 +139,16 @@ func (s *udpSession) sendUpstreamLocked(b *datagramBatch, from, to int) {
 // writeUpstreamLocked sends one datagram on the session's socket; s.mu is held (either way).
 func (s *udpSession) writeUpstreamLocked(b []byte) error {
 	for range 3 {
-		_, err := syscall.Write(s.fd, b)
+		var err error
+		if s.ppHdr != nil {
+			// Header and payload in one datagram, as the specification requires.
+			_, err = unix.Writev(s.fd, [][]byte{s.ppHdr, b})
+			if err == nil {
+				s.l.headersSent.Add(1)
+			}
+		} else {
+			_, err = syscall.Write(s.fd, b)
+		}
 		switch err {
 		case syscall.EINTR:
 			continue
@@ -201,6 +225,13 @@ func (s *udpSession) resolve(ctx context.Context) {
 		return
 	}
 	s.fd = fd
+	if m := l.slot.mapping.Load(); m.SendProxy != proxyproto.None {
+		local := s.local
+		if !local.IsValid() {
+			local = addrPortOf(l.conn.LocalAddr())
+		}
+		s.ppHdr = proxyproto.AppendV2(nil, proxyproto.Datagram, s.client, local)
+	}
 	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease)
 	s.state = stateReady
 	for _, d := range s.queue {

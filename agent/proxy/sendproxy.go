@@ -1,0 +1,64 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+
+	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/proxyproto"
+	pb "github.com/nullnet/nullnet/proto"
+)
+
+// PROXY protocol to upstream (send_proxy_protocol): a tcp service's upstream connection starts
+// with a header carrying the client's address, a udp service's every datagram does.
+
+// sendProxyVersion is the PROXY protocol version a mapping's upstream gets. The per-service
+// policy arrives with the mapping (PortMapping.policy); this is the one place that reads it.
+func sendProxyVersion(e *pb.PortMapping) proxyproto.Version {
+	switch e.GetPolicy().GetSendProxyProtocol() {
+	case pb.ProxyProtocolVersion_PROXY_PROTOCOL_V1:
+		if e.GetProtocol() == pb.ServiceProtocol_SERVICE_PROTOCOL_UDP {
+			return proxyproto.V2 // v1 has no datagram form (the stack file is refused first)
+		}
+		return proxyproto.V1
+	case pb.ProxyProtocolVersion_PROXY_PROTOCOL_V2:
+		return proxyproto.V2
+	}
+	return proxyproto.None
+}
+
+// headerBufs holds the buffers of header writes: header plus the client's early bytes.
+var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// writeProxyHeader writes what must precede the relay on a new upstream connection: the PROXY
+// header of version v (None: none) for tc, then the client bytes read with a received header.
+// It is one write, so the upstream gets the header in the segment before any client byte.
+// TLS passthrough services call it with their upstream connection before relaying the
+// ClientHello.
+func writeProxyHeader(up net.Conn, v proxyproto.Version, tc tcpClient) error {
+	if v == proxyproto.None && len(tc.early) == 0 {
+		return nil
+	}
+	bp := headerBufs.Get().(*[]byte)
+	b := (*bp)[:0]
+	if v != proxyproto.None {
+		b = proxyproto.Append(b, v, proxyproto.Stream, tc.client, tc.local)
+	}
+	b = append(b, tc.early...)
+	_, err := up.Write(b)
+	if cap(b) <= 4<<10 {
+		*bp = b[:0]
+		headerBufs.Put(bp)
+	}
+	return err
+}
+
+// countHeadersSent is the headers-sent metric, per listener and version; tcp listeners add it
+// to their per-second flush instead.
+func countHeadersSent(labels []metrics.Label, v proxyproto.Version, n uint64) {
+	if n == 0 {
+		return
+	}
+	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "proxy_protocol", "sent"}, float32(n),
+		append(labels, metrics.Label{Name: "version", Value: v.String()}))
+}
