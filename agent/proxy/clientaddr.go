@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -139,7 +140,9 @@ func (c *ppConn) RemoteAddr() net.Addr {
 func (c *ppConn) Read(b []byte) (int, error) {
 	c.init()
 	if c.err != nil {
-		return 0, c.err
+		// EOF, not the error: net/http closes without answering (it would answer 400 to
+		// anything else), as the TCP listeners do. The rejection is counted and logged already.
+		return 0, io.EOF
 	}
 	if len(c.client.early) > 0 {
 		n := copy(b, c.client.early)
