@@ -50,6 +50,10 @@ type Config struct {
 	// an ingress host: the first agent keeps the server and the host services, the second runs
 	// proxy and client only. Its process is the relay the figures measure (Agent.Relay).
 	SeparateProxy bool
+	// HTTPSPort, when set, opens the proxy's HTTPS listener there (proxy.https_addr), and
+	// CertsDir is the server's certificate directory (server.certs_dir).
+	HTTPSPort int
+	CertsDir  string
 }
 
 // Remote is the service host of a two-host run.
@@ -107,7 +111,7 @@ func Start(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.Remote != nil {
 		local = nil
 	}
-	hcl := AgentConfig(cfg.Dir, consulAddr, ports, local)
+	hcl := cfg.withHTTPS(AgentConfig(cfg.Dir, consulAddr, ports, local))
 	if cfg.SeparateProxy {
 		hcl = strings.Replace(hcl, "proxy {\n", "proxy {\n  enabled   = false\n", 1)
 	}
@@ -167,6 +171,22 @@ func (a *Agent) LogTail(n int) string {
 	return a.Process.LogTail(n/2) + "\n[proxy agent] " + a.proxy.LogTail(n/2)
 }
 
+// withHTTPS adds the HTTPS settings to an agent configuration rendered by AgentConfig or
+// ProxyAgentConfig: the listener to its proxy block, the certificate directory to its server
+// block (each only where the block exists). The HTTPS listener is off unless asked for, so
+// other figures never bind a second port.
+func (cfg Config) withHTTPS(hcl string) string {
+	https := `""`
+	if cfg.HTTPSPort > 0 {
+		https = fmt.Sprintf("\"127.0.0.1:%d\"", cfg.HTTPSPort)
+	}
+	hcl = strings.Replace(hcl, "proxy {\n", "proxy {\n  https_addr = "+https+"\n", 1)
+	if cfg.CertsDir != "" {
+		hcl = strings.Replace(hcl, "server {\n", fmt.Sprintf("server {\n  certs_dir = %q\n", cfg.CertsDir), 1)
+	}
+	return hcl
+}
+
 // ProxyAgentConfig renders the SeparateProxy agent's configuration: proxy and client roles,
 // its API on apiPort, the server on this host's serverGRPC port.
 func ProxyAgentConfig(dir, consulAddr string, apiPort, serverGRPC, proxyHTTP int) string {
@@ -197,7 +217,7 @@ func startProxyAgent(ctx context.Context, cfg Config, consulAddr string, serverG
 		return nil, "", "", err
 	}
 	path := filepath.Join(dir, "agent.hcl")
-	hcl := ProxyAgentConfig(dir, consulAddr, apiPort, serverGRPC, proxyHTTP)
+	hcl := cfg.withHTTPS(ProxyAgentConfig(dir, consulAddr, apiPort, serverGRPC, proxyHTTP))
 	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
 		return nil, "", "", err
 	}
@@ -340,6 +360,10 @@ func StackFile(svcs []Service) string {
 	var b strings.Builder
 	b.WriteString("stack \"bench\" {\n")
 	for _, s := range svcs {
+		if s.Protocol == "http" { // routed by Host: no listen_port
+			fmt.Fprintf(&b, "  service %q {\n    protocol    = \"http\"\n    timeout     = %q\n  }\n", s.Name, s.Timeout)
+			continue
+		}
 		fmt.Fprintf(&b, "  service %q {\n    protocol    = %q\n    listen_port = %d\n    timeout     = %q\n  }\n",
 			s.Name, s.Protocol, s.ListenPort, s.Timeout)
 	}
