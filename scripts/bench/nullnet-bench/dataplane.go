@@ -30,6 +30,7 @@ const (
 const (
 	routeIperf = "iperf" // TCP, iperf3 server
 	routeRR    = "rr"    // TCP, one request / one response / close
+	routeRRPP  = "rrpp"  // the same with send_proxy_protocol = "v2" (nullnet only)
 	routeEcho  = "echo"  // UDP echo
 	routeSink  = "sink"  // UDP, reads only (idle sessions)
 	routeFlood = "flood" // UDP echo for the flood figure (short session timeout: its sessions go)
@@ -64,6 +65,8 @@ type bench struct {
 	// nullnetErr is why nullnet did not carry traffic on loopback; the overlay variant, same
 	// binary, is then not attempted.
 	nullnetErr error
+	// rrpp is the back end of routeRRPP: it counts the PROXY headers it received.
+	rrpp *load.TCPResponder
 }
 
 // figures of the data plane, with the targets.
@@ -93,6 +96,10 @@ func (b *bench) dataPlane(ctx context.Context) error {
 		return err
 	}
 	defer rr.Close()
+	if b.rrpp, err = load.StartProxyProtocolResponder(":0"); err != nil {
+		return err
+	}
+	defer b.rrpp.Close()
 	echo, err := load.StartUDPEcho(":0", 2, false)
 	if err != nil {
 		return err
@@ -104,6 +111,7 @@ func (b *bench) dataPlane(ctx context.Context) error {
 	}
 	defer sink.Close()
 	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: loopback(rr.Addr()),
+		routeRRPP: loopback(b.rrpp.Addr()),
 		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr()), routeFlood: loopback(echo.Addr())}
 
 	targets := []*target{{name: report.Direct, addrs: map[string]string{
@@ -199,8 +207,9 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		return t
 	}
 	var svcs []nnrun.Service
-	for _, r := range []struct{ name, proto, timeout string }{
-		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"}} {
+	for _, r := range []struct{ name, proto, timeout, pp string }{
+		{routeRR, "tcp", "0", ""}, {routeRRPP, "tcp", "0", "v2"}, {routeIperf, "tcp", "0", ""}, {routeEcho, "udp", "5m", ""},
+		{routeSink, "udp", "5m", ""}, {routeFlood, "udp", "10s", ""}} {
 		port, err := proc.FreePort()
 		if err != nil {
 			t.broken = err
@@ -208,7 +217,8 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		}
 		_, bp, _ := net.SplitHostPort(backends[r.name])
 		backendPort, _ := strconv.Atoi(bp)
-		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort, Timeout: r.timeout})
+		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort,
+			Timeout: r.timeout, SendProxyProtocol: r.pp})
 		t.addrs[r.name] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	dir := filepath.Join(b.work, "nullnet")
@@ -318,6 +328,9 @@ func (b *bench) measure(ctx context.Context, t *target) {
 				}
 			}
 		}
+	}
+	if !b.o.skip["connrate"] && !b.o.skip["proxyproto"] {
+		b.connRatePP(ctx, t)
 	}
 	if !b.o.skip["udp"] {
 		for _, size := range []int{64, 1400} {
@@ -501,4 +514,32 @@ func (b *bench) streams() []int {
 		return []int{8}
 	}
 	return []int{1, 8}
+}
+
+// connRatePP is the connection rate through a service with send_proxy_protocol = "v2", beside
+// the plain figure (goal: 0.97× of it). nullnet only: the anchors' equivalent is their own
+// feature. The back end counts the headers, so a proxy that did not send them fails the figure
+// instead of measuring the plain path twice.
+func (b *bench) connRatePP(ctx context.Context, t *target) {
+	addr, ok := t.addrs[routeRRPP]
+	if !ok {
+		return
+	}
+	rate := b.rep.Figure("tcp_conn_rate_pp_v2", "TCP connections/s, send_proxy_protocol v2", "conn/s", true,
+		report.Goal{Figure: "tcp_conn_rate", Ratio: 0.97})
+	if t.broken != nil {
+		rate.Fail(t.name, t.broken)
+		return
+	}
+	before := b.rrpp.ProxyHeaders.Load()
+	r := load.ConnRate(ctx, addr, connWorkers, b.o.duration)
+	headers := b.rrpp.ProxyHeaders.Load() - before
+	switch {
+	case r.Ops == 0 || r.Errors > r.Ops/100:
+		rate.Fail(t.name, fmt.Errorf("%d connections, %d failed", r.Ops, r.Errors))
+	case headers < r.Ops:
+		rate.Fail(t.name, fmt.Errorf("the back end got %d PROXY headers for %d connections: the proxy did not send them", headers, r.Ops))
+	default:
+		rate.Add(t.name, r.Rate())
+	}
 }

@@ -32,6 +32,8 @@ type Service struct {
 	Timeout string
 	// BackendAddr is the backend's address (default 127.0.0.1).
 	BackendAddr string
+	// SendProxyProtocol is the stack's send_proxy_protocol ("" = none).
+	SendProxyProtocol string
 }
 
 // Config says what to start.
@@ -364,8 +366,12 @@ func StackFile(svcs []Service) string {
 			fmt.Fprintf(&b, "  service %q {\n    protocol    = \"http\"\n    timeout     = %q\n  }\n", s.Name, s.Timeout)
 			continue
 		}
-		fmt.Fprintf(&b, "  service %q {\n    protocol    = %q\n    listen_port = %d\n    timeout     = %q\n  }\n",
+		fmt.Fprintf(&b, "  service %q {\n    protocol    = %q\n    listen_port = %d\n    timeout     = %q\n",
 			s.Name, s.Protocol, s.ListenPort, s.Timeout)
+		if s.SendProxyProtocol != "" {
+			fmt.Fprintf(&b, "    send_proxy_protocol = %q\n", s.SendProxyProtocol)
+		}
+		b.WriteString("  }\n")
 	}
 	b.WriteString("}\n")
 	return b.String()
