@@ -30,20 +30,29 @@ func sendProxyVersion(e *pb.PortMapping) proxyproto.Version {
 // headerBufs holds the buffers of header writes: header plus the client's early bytes.
 var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
+// appendProxyHeader appends the PROXY header of version v (None: nothing) for the client of
+// tc to b.
+//
+// TLS passthrough (and any relay that reads the client's first bytes itself) uses it with
+// clientOf: call p.clientOf(c, proto) first (it reads a trusted load balancer's header); the
+// client's stream is then tc.early followed by c; write appendProxyHeader(nil, v, tc) and the
+// client bytes read so far upstream in one write, then relay.
+func appendProxyHeader(b []byte, v proxyproto.Version, tc tcpClient) []byte {
+	if v == proxyproto.None {
+		return b
+	}
+	return proxyproto.Append(b, v, proxyproto.Stream, tc.client, tc.local)
+}
+
 // writeProxyHeader writes what must precede the relay on a new upstream connection: the PROXY
 // header of version v (None: none) for tc, then the client bytes read with a received header.
 // It is one write, so the upstream gets the header in the segment before any client byte.
-// TLS passthrough services call it with their upstream connection before relaying the
-// ClientHello.
 func writeProxyHeader(up net.Conn, v proxyproto.Version, tc tcpClient) error {
 	if v == proxyproto.None && len(tc.early) == 0 {
 		return nil
 	}
 	bp := headerBufs.Get().(*[]byte)
-	b := (*bp)[:0]
-	if v != proxyproto.None {
-		b = proxyproto.Append(b, v, proxyproto.Stream, tc.client, tc.local)
-	}
+	b := appendProxyHeader((*bp)[:0], v, tc)
 	b = append(b, tc.early...)
 	_, err := up.Write(b)
 	if cap(b) <= 4<<10 {
