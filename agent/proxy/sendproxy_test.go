@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/nullnet/nullnet/agent/proxyproto"
+	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -33,5 +35,24 @@ func TestSendProxyFromPolicy(t *testing.T) {
 	next.SendProxy = proxyproto.None
 	if d := diffTable(running, map[listenerKey]Mapping{next.key(): next}); len(d.Update) != 1 || len(d.Open)+len(d.Close) != 0 {
 		t.Fatalf("diff %+v: want one in-place update", d)
+	}
+}
+
+// proxy.proxy_protocol_from decides whose headers are read; a reload replaces the list.
+func TestSendsProxyHeader(t *testing.T) {
+	c := config.Default()
+	c.Proxy.ProxyProtocolFrom = []string{"10.0.0.0/8", "192.0.2.7", "2001:db8::/32"}
+	s := settingsFrom(c)
+	for _, tc := range []struct {
+		addr string
+		want bool
+	}{{"10.1.2.3", true}, {"11.0.0.1", false}, {"192.0.2.7", true}, {"192.0.2.8", false},
+		{"2001:db8::1", true}, {"2001:db9::1", false}, {"127.0.0.1", false}} {
+		if got := s.sendsProxyHeader(netip.MustParseAddr(tc.addr)); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.addr, got, tc.want)
+		}
+	}
+	if settingsFrom(config.Default()).sendsProxyHeader(netip.MustParseAddr("10.1.2.3")) {
+		t.Error("the default (empty) list trusts a peer")
 	}
 }
