@@ -94,18 +94,14 @@ func (s *udpSession) fromClient(b *datagramBatch, from, to int) {
 }
 
 // sendUpstreamLocked sends slots [from, to) of b on the session's socket, a single datagram
-// with write(2) and several with one sendmmsg(2); s.mu is held (either way).
+// with write(2) and several with one sendmmsg(2); s.mu is held (either way). With a PROXY
+// header every datagram goes with writev(2), header and payload in one datagram.
 func (s *udpSession) sendUpstreamLocked(b *datagramBatch, from, to int) {
 	if to-from == 1 || s.ppHdr != nil {
 		for i := from; i < to; i++ {
 			d := b.data(i)
 			s.afterWrite(len(d), s.writeUpstreamLocked(d))
 		}
-		return
-	}
-	if to-from == 1 {
-		d := b.data(from)
-		s.afterWrite(len(d), s.writeUpstreamLocked(d))
 		return
 	}
 	for i := from; i < to; i++ {
