@@ -27,6 +27,11 @@ func sendProxyVersion(e *pb.PortMapping) proxyproto.Version {
 	return proxyproto.None
 }
 
+// sendProxyFor is the version a new connection or session of m's service sends; the one place
+// the relays ask. (With per-service policies read per use, it becomes a lookup of m.Service,
+// which also serves a TLS listener's routed service names.)
+func (p *Proxy) sendProxyFor(m *Mapping) proxyproto.Version { return m.SendProxy }
+
 // headerBufs holds the buffers of header writes: header plus the client's early bytes.
 var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
@@ -62,8 +67,7 @@ func writeProxyHeader(up net.Conn, v proxyproto.Version, tc tcpClient) error {
 	return err
 }
 
-// countHeadersSent is the headers-sent metric, per listener and version; tcp listeners add it
-// to their per-second flush instead.
+// countHeadersSent adds n to the headers-sent metric of a listener and version.
 func countHeadersSent(labels []metrics.Label, v proxyproto.Version, n uint64) {
 	if n == 0 {
 		return

@@ -28,7 +28,7 @@ type tcpListener struct {
 	// (flushMetrics): labelled metric calls cost more than the rest of a short connection's
 	// user-space work.
 	accepted, toUp, toClient atomic.Uint64
-	headersSent              atomic.Uint64 // PROXY headers written upstream
+	headersSent              [3]atomic.Uint64 // PROXY headers written upstream, by version
 	closed                   atomic.Bool   // serve returned: connections flush as they end
 }
 
@@ -50,7 +50,9 @@ func (l *tcpListener) flushMetrics() {
 				append(labels, metrics.Label{Name: "direction", Value: d.dir}))
 		}
 	}
-	countHeadersSent(labels, l.slot.mapping.Load().SendProxy, l.headersSent.Swap(0))
+	for _, v := range []proxyproto.Version{proxyproto.V1, proxyproto.V2} {
+		countHeadersSent(labels, v, l.headersSent[v].Swap(0))
+	}
 	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "tcp", "active"}, float32(l.active.Load()), labels)
 }
 
@@ -276,14 +278,15 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		c.Close()
 		return
 	}
-	if err := writeProxyHeader(u, m.SendProxy, tc); err != nil {
+	sendProxy := p.sendProxyFor(m)
+	if err := writeProxyHeader(u, sendProxy, tc); err != nil {
 		_ = u.SetLinger(0)
 		u.Close()
 		fail("upstream_write", err)
 		return
 	}
-	if m.SendProxy != proxyproto.None {
-		l.headersSent.Add(1)
+	if sendProxy != proxyproto.None {
+		l.headersSent[sendProxy].Add(1)
 	}
 
 	toUp, toClient, reason := relay(p.workers, c, u)

@@ -221,7 +221,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		return
 	}
 	s.fd = fd
-	if m := l.slot.mapping.Load(); m.SendProxy != proxyproto.None {
+	if l.p.sendProxyFor(l.slot.mapping.Load()) != proxyproto.None { // v2: udp has no v1
 		local := s.local
 		if !local.IsValid() {
 			local = addrPortOf(l.conn.LocalAddr())
