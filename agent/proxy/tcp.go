@@ -29,7 +29,7 @@ type tcpListener struct {
 	// user-space work.
 	accepted, toUp, toClient atomic.Uint64
 	headersSent              [3]atomic.Uint64 // PROXY headers written upstream, by version
-	closed                   atomic.Bool   // serve returned: connections flush as they end
+	closed                   atomic.Bool      // serve returned: connections flush as they end
 }
 
 // metricsFlushEvery is how often a TCP listener reports its connection metrics.
