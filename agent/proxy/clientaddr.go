@@ -16,7 +16,7 @@ import (
 // The client's address. A connection or datagram from a front load balancer listed in
 // proxy.proxy_protocol_from starts with a PROXY protocol header, and the address it carries is
 // the client's everywhere: the Proxy RPC's client_ip (sessions, stickiness), allow-lists and
-// limits, logs, events and X-Forwarded-For. Every path takes it from here: clientOf for TCP,
+// limits, logs, events and X-Forwarded-For. Every path takes it from here: readClient for TCP,
 // (*udpListener).fromPeer for UDP, ppListener for the HTTP router. A peer not in the list is a
 // client itself: a header it sends is not read, the bytes go upstream as data.
 
@@ -54,10 +54,10 @@ type tcpClient struct {
 	early []byte
 }
 
-// clientOf tells who is behind an accepted connection, reading the PROXY header that a trusted
+// readClient tells who is behind an accepted connection, reading the PROXY header that a trusted
 // peer must send first (with a deadline). An error means the peer was trusted and its header
 // missing or invalid: the caller closes the connection (counted here by reason).
-func (p *Proxy) clientOf(c *net.TCPConn, proto Protocol) (tcpClient, error) {
+func (p *Proxy) readClient(c *net.TCPConn, proto Protocol) (tcpClient, error) {
 	peer := addrPortOf(c.RemoteAddr())
 	local := addrPortOf(c.LocalAddr())
 	if !p.settings().sendsProxyHeader(peer.Addr()) {
@@ -129,7 +129,13 @@ type ppConn struct {
 }
 
 func (c *ppConn) init() {
-	c.once.Do(func() { c.client, c.err = c.p.clientOf(c.TCPConn, "http") })
+	c.once.Do(func() { c.client, c.err = c.p.readClient(c.TCPConn, "http") })
+}
+
+// ClientAddr is the client's address (the header's source), for code that asks a net.Conn.
+func (c *ppConn) ClientAddr() netip.AddrPort {
+	c.init()
+	return c.client.client
 }
 
 func (c *ppConn) RemoteAddr() net.Addr {

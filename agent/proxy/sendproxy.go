@@ -39,7 +39,7 @@ var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &
 // tc to b.
 //
 // TLS passthrough (and any relay that reads the client's first bytes itself) uses it with
-// clientOf: call p.clientOf(c, proto) first (it reads a trusted load balancer's header); the
+// readClient: call p.readClient(c, proto) first (it reads a trusted load balancer's header); the
 // client's stream is then tc.early followed by c; write appendProxyHeader(nil, v, tc) and the
 // client bytes read so far upstream in one write, then relay.
 func appendProxyHeader(b []byte, v proxyproto.Version, tc tcpClient) []byte {

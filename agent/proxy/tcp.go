@@ -195,7 +195,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	defer p.conns.remove(c)
 
-	tc, err := p.clientOf(c, TCP)
+	tc, err := p.readClient(c, TCP)
 	if err != nil { // a trusted load balancer without a valid header: nobody to serve
 		_ = c.SetLinger(0)
 		c.Close()
