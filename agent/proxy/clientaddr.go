@@ -115,13 +115,13 @@ func (l ppListener) Accept() (net.Conn, error) {
 	if !ok || !l.p.settings().sendsProxyHeader(addrPortOf(c.RemoteAddr()).Addr()) {
 		return c, nil
 	}
-	return &ppConn{TCPConn: tc, p: l.p}, nil
+	return &ppConn{prefixedConn: prefixedConn{TCPConn: tc}, p: l.p}, nil
 }
 
 // ppConn is a trusted peer's connection: RemoteAddr is the client's once the header is read; a
 // missing or invalid header makes every Read fail, and the server closes the connection.
 type ppConn struct {
-	*net.TCPConn
+	prefixedConn
 	p      *Proxy
 	once   sync.Once
 	client tcpClient
@@ -129,7 +129,10 @@ type ppConn struct {
 }
 
 func (c *ppConn) init() {
-	c.once.Do(func() { c.client, c.err = c.p.readClient(c.TCPConn, "http") })
+	c.once.Do(func() {
+		c.client, c.err = c.p.readClient(c.TCPConn, "http")
+		c.early = c.client.early
+	})
 }
 
 // ClientAddr is the client's address (the header's source), for code that asks a net.Conn.
@@ -150,12 +153,7 @@ func (c *ppConn) Read(b []byte) (int, error) {
 		// anything else), as the TCP listeners do. The rejection is counted and logged already.
 		return 0, io.EOF
 	}
-	if len(c.client.early) > 0 {
-		n := copy(b, c.client.early)
-		c.client.early = c.client.early[n:]
-		return n, nil
-	}
-	return c.TCPConn.Read(b)
+	return c.prefixedConn.Read(b)
 }
 
 // fromPeer takes datagrams [from, to) of b from a trusted front load balancer: each must start
@@ -178,4 +176,21 @@ func (l *udpListener) fromPeer(ctx context.Context, peer netip.AddrPort, b *data
 		}
 		l.fromClient(ctx, peer, client, local, b, i, i+1)
 	}
+}
+
+// prefixedConn reads early (bytes already read from the connection, e.g. with a PROXY header)
+// before the connection itself: what a relay that parses the client's first bytes (the TLS
+// ClientHello) reads through after readClient.
+type prefixedConn struct {
+	*net.TCPConn
+	early []byte
+}
+
+func (c *prefixedConn) Read(b []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(b, c.early)
+		c.early = c.early[n:]
+		return n, nil
+	}
+	return c.TCPConn.Read(b)
 }

@@ -336,6 +336,38 @@ func TestProxyProtocolFromHAProxy(t *testing.T) {
 			t.Fatalf("Proxy RPC client %v, want %s (the forged header must not count)", got, ppClient)
 		}
 	})
+	t.Run("header and first bytes in one segment", func(t *testing.T) {
+		src := netip.MustParseAddrPort("203.0.113.5:4242")
+		dst := netip.MustParseAddrPort("192.0.2.1:80")
+		// HTTP router: the request right behind a v1 header.
+		c := dialProxy(t, tp.httpPort(t)) // from 127.0.0.1: trusted
+		req := "GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+		if _, err := c.Write(append(proxyproto.AppendV1(nil, src, dst), req...)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := io.ReadAll(c)
+		c.Close()
+		if err != nil || !bytes.HasSuffix(resp, []byte("xff=203.0.113.5")) {
+			t.Fatalf("router answered %q (%v), want xff=203.0.113.5", resp, err)
+		}
+		// TCP: the data behind a v2 header reaches the upstream, the header does not.
+		c = dialProxy(t, sinkPort)
+		if _, err := c.Write(append(proxyproto.AppendV2(nil, proxyproto.Stream, src, dst), "payload"...)); err != nil {
+			t.Fatal(err)
+		}
+		c.CloseWrite()
+		_, _ = io.ReadAll(c)
+		c.Close()
+		waitFor(t, 5*time.Second, "the sink got the payload alone", func() bool {
+			rawMu.Lock()
+			defer rawMu.Unlock()
+			return string(raw) == "payload"
+		})
+		if got := res.last(); got != src.Addr() {
+			t.Fatalf("Proxy RPC client %v, want %v", got, src.Addr())
+		}
+	})
 	t.Run("trusted peer without a valid header is cut off", func(t *testing.T) {
 		before := tp.headerRejects.Load()
 		v2 := proxyproto.AppendV2(nil, proxyproto.Stream, netip.MustParseAddrPort("1.2.3.4:5"), netip.MustParseAddrPort("5.6.7.8:9"))
