@@ -65,6 +65,9 @@ const (
 type Server struct {
 	Enabled   bool   `json:"enabled"`
 	StacksDir string `json:"stacks_dir"`
+	// CertsDir holds <domain>/fullchain.pem + privkey.pem pairs the proxies serve over HTTPS
+	// ("" = none). Watched like StacksDir.
+	CertsDir string `json:"certs_dir"`
 	// Network is "vxlan" (build tunnels on demand) or "direct" (dial replicas' own addresses).
 	Network string `json:"network"`
 	// SetupTimeout bounds the wait for both nodes' overlay setup acks.

@@ -64,6 +64,7 @@ log_level = "debug"
 server {
   enabled    = true
   stacks_dir = "/srv/stacks"
+  certs_dir  = "/srv/certs"
 }
 client {
   enabled = true
@@ -96,7 +97,7 @@ client {
 	if c.NodeName != "from-file" || c.LogLevel != "warn" {
 		t.Errorf("scalar override: node_name=%q log_level=%q", c.NodeName, c.LogLevel)
 	}
-	if !c.Server.Enabled || c.Server.StacksDir != "/srv/stacks" || c.Server.Network != "direct" {
+	if !c.Server.Enabled || c.Server.StacksDir != "/srv/stacks" || c.Server.CertsDir != "/srv/certs" || c.Server.Network != "direct" {
 		t.Errorf("blocks must merge: %+v", c.Server)
 	}
 	if c.Ports.HTTP != 4800 || c.Ports.GRPC != DefaultGRPCPort || c.Server.SetupTimeout != 3*time.Second {

@@ -101,6 +101,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 	if s := r.Server; s != nil {
 		pick(&c.Server.Enabled, s.Enabled)
 		pick(&c.Server.StacksDir, s.StacksDir)
+		pick(&c.Server.CertsDir, s.CertsDir)
 		if s.Network != nil {
 			v, d := StringAttr(s.Network)
 			diags = append(diags, d...)

@@ -32,7 +32,7 @@ type ServicePolicy struct {
 	// MaxConnectionsPerClient bounds one client address's open connections/sessions (0 = none).
 	MaxConnectionsPerClient int `json:"max_connections_per_client,omitempty"`
 	// NewConnectionsPerClient is a token bucket per client address (`"20/s"`); zero = none.
-	NewConnectionsPerClient Rate `json:"new_connections_per_client,omitempty"`
+	NewConnectionsPerClient Rate `json:"new_connections_per_client,omitzero"`
 	// MaxSessions bounds the service's open TCP connections plus UDP sessions on each proxy
 	// (0 = none).
 	MaxSessions int `json:"max_sessions,omitempty"`

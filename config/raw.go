@@ -54,6 +54,7 @@ type rawConsul struct {
 type rawServer struct {
 	Enabled         *bool          `hcl:"enabled,optional"`
 	StacksDir       *string        `hcl:"stacks_dir,optional"`
+	CertsDir        *string        `hcl:"certs_dir,optional"`
 	Network         *hcl.Attribute `hcl:"network,optional"`
 	SetupTimeout    *hcl.Attribute `hcl:"setup_timeout,optional"`
 	NodeGracePeriod *hcl.Attribute `hcl:"node_grace_period,optional"`

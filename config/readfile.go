@@ -26,7 +26,21 @@ var (
 // os.ReadFile forever (a FIFO without a writer blocks even the open). The file is opened with
 // O_NONBLOCK, so the open itself never waits, and the opened descriptor is checked with fstat,
 // so a path swapped between a directory listing and the open is judged by what was opened.
-func ReadRegularFile(path string) ([]byte, error) {
+func ReadRegularFile(path string) ([]byte, error) { return ReadRegularFileLimit(path, MaxFileSize) }
+
+// tooLarge is ErrFileTooLarge for another limit than MaxFileSize.
+type tooLarge struct{ limit int64 }
+
+func (e tooLarge) Error() string        { return fmt.Sprintf("larger than %d bytes", e.limit) }
+func (e tooLarge) Is(target error) bool { return target == ErrFileTooLarge }
+
+// ReadRegularFileLimit is ReadRegularFile with another size limit (certificate files are much
+// smaller than stack files). Its too-large error matches ErrFileTooLarge with errors.Is.
+func ReadRegularFileLimit(path string, limit int64) ([]byte, error) {
+	var errTooLarge error = ErrFileTooLarge
+	if limit != MaxFileSize {
+		errTooLarge = tooLarge{limit}
+	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
@@ -41,18 +55,18 @@ func ReadRegularFile(path string) ([]byte, error) {
 		return nil, &fs.PathError{Op: "read", Path: path,
 			Err: fmt.Errorf("%w (it is a %s); configuration and stack files must be regular files", ErrNotRegularFile, fileType(st.Mode))}
 	}
-	if st.Size > MaxFileSize {
+	if st.Size > limit {
 		unix.Close(fd)
-		return nil, &fs.PathError{Op: "read", Path: path, Err: ErrFileTooLarge}
+		return nil, &fs.PathError{Op: "read", Path: path, Err: errTooLarge}
 	}
 	f := os.NewFile(uintptr(fd), path)
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(b) > MaxFileSize { // grew after the fstat
-		return nil, &fs.PathError{Op: "read", Path: path, Err: ErrFileTooLarge}
+	if int64(len(b)) > limit { // grew after the fstat
+		return nil, &fs.PathError{Op: "read", Path: path, Err: errTooLarge}
 	}
 	return b, nil
 }

@@ -205,7 +205,9 @@ var (
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
-		{Name: "send_proxy_protocol"}}}
+		{Name: "send_proxy_protocol"},
+		{Name: "close_on_unhealthy"},
+	}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -266,6 +268,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 	}
 
 	diags = append(diags, decodeSendProxyProtocol(&svc, content.Attributes["send_proxy_protocol"])...)
+	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:

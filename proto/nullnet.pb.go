@@ -1518,7 +1518,10 @@ type ProxyResponse struct {
 	LeaseId string `protobuf:"bytes,4,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	NetId   uint32 `protobuf:"varint,5,opt,name=net_id,json=netId,proto3" json:"net_id,omitempty"`
 	// True when the session already existed (no tunnel was built for this call).
-	Reused        bool `protobuf:"varint,6,opt,name=reused,proto3" json:"reused,omitempty"`
+	Reused bool `protobuf:"varint,6,opt,name=reused,proto3" json:"reused,omitempty"`
+	// The replica the session runs to ("<consul node>/<service id>"), matched against
+	// UnhealthyReplicas.
+	ReplicaId     string `protobuf:"bytes,7,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1593,6 +1596,13 @@ func (x *ProxyResponse) GetReused() bool {
 		return x.Reused
 	}
 	return false
+}
+
+func (x *ProxyResponse) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
 }
 
 type ReleaseProxyRequest struct {
@@ -1988,6 +1998,157 @@ func (x *CertificateBundle) GetTlsAlpnChallenges() []*AcmeTLSALPNChallenge {
 	return nil
 }
 
+type WatchUnhealthyReplicasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProxyNode     string                 `protobuf:"bytes,1,opt,name=proxy_node,json=proxyNode,proto3" json:"proxy_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchUnhealthyReplicasRequest) Reset() {
+	*x = WatchUnhealthyReplicasRequest{}
+	mi := &file_nullnet_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchUnhealthyReplicasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchUnhealthyReplicasRequest) ProtoMessage() {}
+
+func (x *WatchUnhealthyReplicasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchUnhealthyReplicasRequest.ProtoReflect.Descriptor instead.
+func (*WatchUnhealthyReplicasRequest) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WatchUnhealthyReplicasRequest) GetProxyNode() string {
+	if x != nil {
+		return x.ProxyNode
+	}
+	return ""
+}
+
+// One replica Consul marks critical, of a service whose policy has close_on_unhealthy.
+type UnhealthyReplica struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Service       string                 `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	ReplicaId     string                 `protobuf:"bytes,2,opt,name=replica_id,json=replicaId,proto3" json:"replica_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnhealthyReplica) Reset() {
+	*x = UnhealthyReplica{}
+	mi := &file_nullnet_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnhealthyReplica) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnhealthyReplica) ProtoMessage() {}
+
+func (x *UnhealthyReplica) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnhealthyReplica.ProtoReflect.Descriptor instead.
+func (*UnhealthyReplica) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UnhealthyReplica) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *UnhealthyReplica) GetReplicaId() string {
+	if x != nil {
+		return x.ReplicaId
+	}
+	return ""
+}
+
+type UnhealthyReplicas struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Increases with every distinct set a server publishes.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Sorted by service, then replica_id.
+	Replicas      []*UnhealthyReplica `protobuf:"bytes,2,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnhealthyReplicas) Reset() {
+	*x = UnhealthyReplicas{}
+	mi := &file_nullnet_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnhealthyReplicas) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnhealthyReplicas) ProtoMessage() {}
+
+func (x *UnhealthyReplicas) ProtoReflect() protoreflect.Message {
+	mi := &file_nullnet_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnhealthyReplicas.ProtoReflect.Descriptor instead.
+func (*UnhealthyReplicas) Descriptor() ([]byte, []int) {
+	return file_nullnet_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UnhealthyReplicas) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *UnhealthyReplicas) GetReplicas() []*UnhealthyReplica {
+	if x != nil {
+		return x.Replicas
+	}
+	return nil
+}
+
 var File_nullnet_proto protoreflect.FileDescriptor
 
 const file_nullnet_proto_rawDesc = "" +
@@ -2099,7 +2260,7 @@ const file_nullnet_proto_rawDesc = "" +
 	"\x06net_id\x18\x01 \x01(\rR\x05netId\x12\x1f\n" +
 	"\vupstream_ip\x18\x02 \x01(\tR\n" +
 	"upstreamIp\x12#\n" +
-	"\rupstream_port\x18\x03 \x01(\rR\fupstreamPort\"\xbe\x01\n" +
+	"\rupstream_port\x18\x03 \x01(\rR\fupstreamPort\"\xdd\x01\n" +
 	"\rProxyResponse\x12\x1f\n" +
 	"\vupstream_ip\x18\x01 \x01(\tR\n" +
 	"upstreamIp\x12#\n" +
@@ -2108,7 +2269,9 @@ const file_nullnet_proto_rawDesc = "" +
 	"session_id\x18\x03 \x01(\tR\tsessionId\x12\x19\n" +
 	"\blease_id\x18\x04 \x01(\tR\aleaseId\x12\x15\n" +
 	"\x06net_id\x18\x05 \x01(\rR\x05netId\x12\x16\n" +
-	"\x06reused\x18\x06 \x01(\bR\x06reused\"O\n" +
+	"\x06reused\x18\x06 \x01(\bR\x06reused\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\a \x01(\tR\treplicaId\"O\n" +
 	"\x13ReleaseProxyRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x1d\n" +
 	"\n" +
@@ -2134,7 +2297,17 @@ const file_nullnet_proto_rawDesc = "" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12;\n" +
 	"\fcertificates\x18\x02 \x03(\v2\x17.nullnet.v1.CertificateR\fcertificates\x12F\n" +
 	"\x0fhttp_challenges\x18\x03 \x03(\v2\x1d.nullnet.v1.AcmeHTTPChallengeR\x0ehttpChallenges\x12P\n" +
-	"\x13tls_alpn_challenges\x18\x04 \x03(\v2 .nullnet.v1.AcmeTLSALPNChallengeR\x11tlsAlpnChallenges*]\n" +
+	"\x13tls_alpn_challenges\x18\x04 \x03(\v2 .nullnet.v1.AcmeTLSALPNChallengeR\x11tlsAlpnChallenges\">\n" +
+	"\x1dWatchUnhealthyReplicasRequest\x12\x1d\n" +
+	"\n" +
+	"proxy_node\x18\x01 \x01(\tR\tproxyNode\"K\n" +
+	"\x10UnhealthyReplica\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x1d\n" +
+	"\n" +
+	"replica_id\x18\x02 \x01(\tR\treplicaId\"g\n" +
+	"\x11UnhealthyReplicas\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x128\n" +
+	"\breplicas\x18\x02 \x03(\v2\x1c.nullnet.v1.UnhealthyReplicaR\breplicas*]\n" +
 	"\vOverlaySide\x12\x1c\n" +
 	"\x18OVERLAY_SIDE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OVERLAY_SIDE_SERVICE\x10\x01\x12\x16\n" +
@@ -2155,12 +2328,13 @@ const file_nullnet_proto_rawDesc = "" +
 	"\x11PROXY_PROTOCOL_V2\x10\x022\x9b\x01\n" +
 	"\aControl\x12H\n" +
 	"\x0eControlChannel\x12\x17.nullnet.v1.NodeMessage\x1a\x19.nullnet.v1.ServerMessage(\x010\x01\x12F\n" +
-	"\vReportEvent\x12\x16.nullnet.v1.AgentEvent\x1a\x1f.nullnet.v1.ReportEventResponse2\xd2\x02\n" +
+	"\vReportEvent\x12\x16.nullnet.v1.AgentEvent\x1a\x1f.nullnet.v1.ReportEventResponse2\xb8\x03\n" +
 	"\aIngress\x12Z\n" +
 	"\x11WatchPortMappings\x12$.nullnet.v1.WatchPortMappingsRequest\x1a\x1d.nullnet.v1.PortMappingBundle0\x01\x12<\n" +
 	"\x05Proxy\x12\x18.nullnet.v1.ProxyRequest\x1a\x19.nullnet.v1.ProxyResponse\x12Q\n" +
 	"\fReleaseProxy\x12\x1f.nullnet.v1.ReleaseProxyRequest\x1a .nullnet.v1.ReleaseProxyResponse\x12Z\n" +
-	"\x11WatchCertificates\x12$.nullnet.v1.WatchCertificatesRequest\x1a\x1d.nullnet.v1.CertificateBundle0\x01B,Z*github.com/nullnet/nullnet/proto;nullnetpbb\x06proto3"
+	"\x11WatchCertificates\x12$.nullnet.v1.WatchCertificatesRequest\x1a\x1d.nullnet.v1.CertificateBundle0\x01\x12d\n" +
+	"\x16WatchUnhealthyReplicas\x12).nullnet.v1.WatchUnhealthyReplicasRequest\x1a\x1d.nullnet.v1.UnhealthyReplicas0\x01B,Z*github.com/nullnet/nullnet/proto;nullnetpbb\x06proto3"
 
 var (
 	file_nullnet_proto_rawDescOnce sync.Once
@@ -2175,38 +2349,41 @@ func file_nullnet_proto_rawDescGZIP() []byte {
 }
 
 var file_nullnet_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_nullnet_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_nullnet_proto_goTypes = []any{
-	(OverlaySide)(0),                 // 0: nullnet.v1.OverlaySide
-	(Severity)(0),                    // 1: nullnet.v1.Severity
-	(ServiceProtocol)(0),             // 2: nullnet.v1.ServiceProtocol
-	(ProxyProtocolVersion)(0),        // 3: nullnet.v1.ProxyProtocolVersion
-	(*NodeMessage)(nil),              // 4: nullnet.v1.NodeMessage
-	(*Hello)(nil),                    // 5: nullnet.v1.Hello
-	(*OverlayEndRef)(nil),            // 6: nullnet.v1.OverlayEndRef
-	(*CommandAck)(nil),               // 7: nullnet.v1.CommandAck
-	(*ServerMessage)(nil),            // 8: nullnet.v1.ServerMessage
-	(*Welcome)(nil),                  // 9: nullnet.v1.Welcome
-	(*OverlaySetup)(nil),             // 10: nullnet.v1.OverlaySetup
-	(*OverlayTeardown)(nil),          // 11: nullnet.v1.OverlayTeardown
-	(*AgentEvent)(nil),               // 12: nullnet.v1.AgentEvent
-	(*ReportEventResponse)(nil),      // 13: nullnet.v1.ReportEventResponse
-	(*HTTPRoute)(nil),                // 14: nullnet.v1.HTTPRoute
-	(*ServicePolicy)(nil),            // 15: nullnet.v1.ServicePolicy
-	(*WatchPortMappingsRequest)(nil), // 16: nullnet.v1.WatchPortMappingsRequest
-	(*PortMapping)(nil),              // 17: nullnet.v1.PortMapping
-	(*PortMappingBundle)(nil),        // 18: nullnet.v1.PortMappingBundle
-	(*ProxyRequest)(nil),             // 19: nullnet.v1.ProxyRequest
-	(*AdoptUse)(nil),                 // 20: nullnet.v1.AdoptUse
-	(*ProxyResponse)(nil),            // 21: nullnet.v1.ProxyResponse
-	(*ReleaseProxyRequest)(nil),      // 22: nullnet.v1.ReleaseProxyRequest
-	(*ReleaseProxyResponse)(nil),     // 23: nullnet.v1.ReleaseProxyResponse
-	(*WatchCertificatesRequest)(nil), // 24: nullnet.v1.WatchCertificatesRequest
-	(*Certificate)(nil),              // 25: nullnet.v1.Certificate
-	(*AcmeHTTPChallenge)(nil),        // 26: nullnet.v1.AcmeHTTPChallenge
-	(*AcmeTLSALPNChallenge)(nil),     // 27: nullnet.v1.AcmeTLSALPNChallenge
-	(*CertificateBundle)(nil),        // 28: nullnet.v1.CertificateBundle
-	nil,                              // 29: nullnet.v1.AgentEvent.FieldsEntry
+	(OverlaySide)(0),                      // 0: nullnet.v1.OverlaySide
+	(Severity)(0),                         // 1: nullnet.v1.Severity
+	(ServiceProtocol)(0),                  // 2: nullnet.v1.ServiceProtocol
+	(ProxyProtocolVersion)(0),             // 3: nullnet.v1.ProxyProtocolVersion
+	(*NodeMessage)(nil),                   // 4: nullnet.v1.NodeMessage
+	(*Hello)(nil),                         // 5: nullnet.v1.Hello
+	(*OverlayEndRef)(nil),                 // 6: nullnet.v1.OverlayEndRef
+	(*CommandAck)(nil),                    // 7: nullnet.v1.CommandAck
+	(*ServerMessage)(nil),                 // 8: nullnet.v1.ServerMessage
+	(*Welcome)(nil),                       // 9: nullnet.v1.Welcome
+	(*OverlaySetup)(nil),                  // 10: nullnet.v1.OverlaySetup
+	(*OverlayTeardown)(nil),               // 11: nullnet.v1.OverlayTeardown
+	(*AgentEvent)(nil),                    // 12: nullnet.v1.AgentEvent
+	(*ReportEventResponse)(nil),           // 13: nullnet.v1.ReportEventResponse
+	(*HTTPRoute)(nil),                     // 14: nullnet.v1.HTTPRoute
+	(*ServicePolicy)(nil),                 // 15: nullnet.v1.ServicePolicy
+	(*WatchPortMappingsRequest)(nil),      // 16: nullnet.v1.WatchPortMappingsRequest
+	(*PortMapping)(nil),                   // 17: nullnet.v1.PortMapping
+	(*PortMappingBundle)(nil),             // 18: nullnet.v1.PortMappingBundle
+	(*ProxyRequest)(nil),                  // 19: nullnet.v1.ProxyRequest
+	(*AdoptUse)(nil),                      // 20: nullnet.v1.AdoptUse
+	(*ProxyResponse)(nil),                 // 21: nullnet.v1.ProxyResponse
+	(*ReleaseProxyRequest)(nil),           // 22: nullnet.v1.ReleaseProxyRequest
+	(*ReleaseProxyResponse)(nil),          // 23: nullnet.v1.ReleaseProxyResponse
+	(*WatchCertificatesRequest)(nil),      // 24: nullnet.v1.WatchCertificatesRequest
+	(*Certificate)(nil),                   // 25: nullnet.v1.Certificate
+	(*AcmeHTTPChallenge)(nil),             // 26: nullnet.v1.AcmeHTTPChallenge
+	(*AcmeTLSALPNChallenge)(nil),          // 27: nullnet.v1.AcmeTLSALPNChallenge
+	(*CertificateBundle)(nil),             // 28: nullnet.v1.CertificateBundle
+	(*WatchUnhealthyReplicasRequest)(nil), // 29: nullnet.v1.WatchUnhealthyReplicasRequest
+	(*UnhealthyReplica)(nil),              // 30: nullnet.v1.UnhealthyReplica
+	(*UnhealthyReplicas)(nil),             // 31: nullnet.v1.UnhealthyReplicas
+	nil,                                   // 32: nullnet.v1.AgentEvent.FieldsEntry
 }
 var file_nullnet_proto_depIdxs = []int32{
 	5,  // 0: nullnet.v1.NodeMessage.hello:type_name -> nullnet.v1.Hello
@@ -2219,7 +2396,7 @@ var file_nullnet_proto_depIdxs = []int32{
 	0,  // 7: nullnet.v1.OverlaySetup.side:type_name -> nullnet.v1.OverlaySide
 	0,  // 8: nullnet.v1.OverlayTeardown.side:type_name -> nullnet.v1.OverlaySide
 	1,  // 9: nullnet.v1.AgentEvent.severity:type_name -> nullnet.v1.Severity
-	29, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
+	32, // 10: nullnet.v1.AgentEvent.fields:type_name -> nullnet.v1.AgentEvent.FieldsEntry
 	3,  // 11: nullnet.v1.ServicePolicy.send_proxy_protocol:type_name -> nullnet.v1.ProxyProtocolVersion
 	14, // 12: nullnet.v1.ServicePolicy.routes:type_name -> nullnet.v1.HTTPRoute
 	2,  // 13: nullnet.v1.PortMapping.protocol:type_name -> nullnet.v1.ServiceProtocol
@@ -2231,23 +2408,26 @@ var file_nullnet_proto_depIdxs = []int32{
 	25, // 19: nullnet.v1.CertificateBundle.certificates:type_name -> nullnet.v1.Certificate
 	26, // 20: nullnet.v1.CertificateBundle.http_challenges:type_name -> nullnet.v1.AcmeHTTPChallenge
 	27, // 21: nullnet.v1.CertificateBundle.tls_alpn_challenges:type_name -> nullnet.v1.AcmeTLSALPNChallenge
-	4,  // 22: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
-	12, // 23: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
-	16, // 24: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
-	19, // 25: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
-	22, // 26: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
-	24, // 27: nullnet.v1.Ingress.WatchCertificates:input_type -> nullnet.v1.WatchCertificatesRequest
-	8,  // 28: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
-	13, // 29: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
-	18, // 30: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
-	21, // 31: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
-	23, // 32: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
-	28, // 33: nullnet.v1.Ingress.WatchCertificates:output_type -> nullnet.v1.CertificateBundle
-	28, // [28:34] is the sub-list for method output_type
-	22, // [22:28] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	30, // 22: nullnet.v1.UnhealthyReplicas.replicas:type_name -> nullnet.v1.UnhealthyReplica
+	4,  // 23: nullnet.v1.Control.ControlChannel:input_type -> nullnet.v1.NodeMessage
+	12, // 24: nullnet.v1.Control.ReportEvent:input_type -> nullnet.v1.AgentEvent
+	16, // 25: nullnet.v1.Ingress.WatchPortMappings:input_type -> nullnet.v1.WatchPortMappingsRequest
+	19, // 26: nullnet.v1.Ingress.Proxy:input_type -> nullnet.v1.ProxyRequest
+	22, // 27: nullnet.v1.Ingress.ReleaseProxy:input_type -> nullnet.v1.ReleaseProxyRequest
+	24, // 28: nullnet.v1.Ingress.WatchCertificates:input_type -> nullnet.v1.WatchCertificatesRequest
+	29, // 29: nullnet.v1.Ingress.WatchUnhealthyReplicas:input_type -> nullnet.v1.WatchUnhealthyReplicasRequest
+	8,  // 30: nullnet.v1.Control.ControlChannel:output_type -> nullnet.v1.ServerMessage
+	13, // 31: nullnet.v1.Control.ReportEvent:output_type -> nullnet.v1.ReportEventResponse
+	18, // 32: nullnet.v1.Ingress.WatchPortMappings:output_type -> nullnet.v1.PortMappingBundle
+	21, // 33: nullnet.v1.Ingress.Proxy:output_type -> nullnet.v1.ProxyResponse
+	23, // 34: nullnet.v1.Ingress.ReleaseProxy:output_type -> nullnet.v1.ReleaseProxyResponse
+	28, // 35: nullnet.v1.Ingress.WatchCertificates:output_type -> nullnet.v1.CertificateBundle
+	31, // 36: nullnet.v1.Ingress.WatchUnhealthyReplicas:output_type -> nullnet.v1.UnhealthyReplicas
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_nullnet_proto_init() }
@@ -2270,7 +2450,7 @@ func file_nullnet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nullnet_proto_rawDesc), len(file_nullnet_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

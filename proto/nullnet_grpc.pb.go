@@ -169,10 +169,11 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Ingress_WatchPortMappings_FullMethodName = "/nullnet.v1.Ingress/WatchPortMappings"
-	Ingress_Proxy_FullMethodName             = "/nullnet.v1.Ingress/Proxy"
-	Ingress_ReleaseProxy_FullMethodName      = "/nullnet.v1.Ingress/ReleaseProxy"
-	Ingress_WatchCertificates_FullMethodName = "/nullnet.v1.Ingress/WatchCertificates"
+	Ingress_WatchPortMappings_FullMethodName      = "/nullnet.v1.Ingress/WatchPortMappings"
+	Ingress_Proxy_FullMethodName                  = "/nullnet.v1.Ingress/Proxy"
+	Ingress_ReleaseProxy_FullMethodName           = "/nullnet.v1.Ingress/ReleaseProxy"
+	Ingress_WatchCertificates_FullMethodName      = "/nullnet.v1.Ingress/WatchCertificates"
+	Ingress_WatchUnhealthyReplicas_FullMethodName = "/nullnet.v1.Ingress/WatchUnhealthyReplicas"
 )
 
 // IngressClient is the client API for Ingress service.
@@ -189,6 +190,10 @@ type IngressClient interface {
 	// The TLS certificates (and pending ACME challenges) every proxy serves: the full set on
 	// subscribe, then the full set again after every change.
 	WatchCertificates(ctx context.Context, in *WatchCertificatesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CertificateBundle], error)
+	// The replicas of close_on_unhealthy services that Consul marks critical: the full set on
+	// subscribe, then the full set again after every change. A proxy ends its uses relayed to
+	// them (ProxyResponse.replica_id), so that clients reconnect to a healthy replica.
+	WatchUnhealthyReplicas(ctx context.Context, in *WatchUnhealthyReplicasRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[UnhealthyReplicas], error)
 }
 
 type ingressClient struct {
@@ -257,6 +262,25 @@ func (c *ingressClient) WatchCertificates(ctx context.Context, in *WatchCertific
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Ingress_WatchCertificatesClient = grpc.ServerStreamingClient[CertificateBundle]
 
+func (c *ingressClient) WatchUnhealthyReplicas(ctx context.Context, in *WatchUnhealthyReplicasRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[UnhealthyReplicas], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Ingress_ServiceDesc.Streams[2], Ingress_WatchUnhealthyReplicas_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchUnhealthyReplicasRequest, UnhealthyReplicas]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ingress_WatchUnhealthyReplicasClient = grpc.ServerStreamingClient[UnhealthyReplicas]
+
 // IngressServer is the server API for Ingress service.
 // All implementations must embed UnimplementedIngressServer
 // for forward compatibility.
@@ -271,6 +295,10 @@ type IngressServer interface {
 	// The TLS certificates (and pending ACME challenges) every proxy serves: the full set on
 	// subscribe, then the full set again after every change.
 	WatchCertificates(*WatchCertificatesRequest, grpc.ServerStreamingServer[CertificateBundle]) error
+	// The replicas of close_on_unhealthy services that Consul marks critical: the full set on
+	// subscribe, then the full set again after every change. A proxy ends its uses relayed to
+	// them (ProxyResponse.replica_id), so that clients reconnect to a healthy replica.
+	WatchUnhealthyReplicas(*WatchUnhealthyReplicasRequest, grpc.ServerStreamingServer[UnhealthyReplicas]) error
 	mustEmbedUnimplementedIngressServer()
 }
 
@@ -292,6 +320,9 @@ func (UnimplementedIngressServer) ReleaseProxy(context.Context, *ReleaseProxyReq
 }
 func (UnimplementedIngressServer) WatchCertificates(*WatchCertificatesRequest, grpc.ServerStreamingServer[CertificateBundle]) error {
 	return status.Error(codes.Unimplemented, "method WatchCertificates not implemented")
+}
+func (UnimplementedIngressServer) WatchUnhealthyReplicas(*WatchUnhealthyReplicasRequest, grpc.ServerStreamingServer[UnhealthyReplicas]) error {
+	return status.Error(codes.Unimplemented, "method WatchUnhealthyReplicas not implemented")
 }
 func (UnimplementedIngressServer) mustEmbedUnimplementedIngressServer() {}
 func (UnimplementedIngressServer) testEmbeddedByValue()                 {}
@@ -372,6 +403,17 @@ func _Ingress_WatchCertificates_Handler(srv interface{}, stream grpc.ServerStrea
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Ingress_WatchCertificatesServer = grpc.ServerStreamingServer[CertificateBundle]
 
+func _Ingress_WatchUnhealthyReplicas_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchUnhealthyReplicasRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(IngressServer).WatchUnhealthyReplicas(m, &grpc.GenericServerStream[WatchUnhealthyReplicasRequest, UnhealthyReplicas]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Ingress_WatchUnhealthyReplicasServer = grpc.ServerStreamingServer[UnhealthyReplicas]
+
 // Ingress_ServiceDesc is the grpc.ServiceDesc for Ingress service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -397,6 +439,11 @@ var Ingress_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchCertificates",
 			Handler:       _Ingress_WatchCertificates_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchUnhealthyReplicas",
+			Handler:       _Ingress_WatchUnhealthyReplicas_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,18 @@ type CatalogService struct {
 	Name string
 	Tags []string
 	Meta map[string]string
+	// KV, when set, is a Consul KV entry under MirrorConfig.KVPrefix that belongs to this
+	// service: it is written in the same transaction as the service's registration, so that a
+	// reader never sees the service's new meta in one state of Consul and its document in
+	// another. The service's meta should name a digest of the value, so that readers, whose
+	// catalog and KV queries answer separately, can tell whether the two they hold match.
+	KV *KVEntry
+}
+
+// KVEntry is one key and its value.
+type KVEntry struct {
+	Key   string
+	Value []byte
 }
 
 // MirrorConfig configures a Mirror.
@@ -52,6 +65,11 @@ type MirrorConfig struct {
 	// to Observe, so the mirror holds no blocking query of its own: one connection to Consul
 	// fewer, and readers and writer see the same answers.
 	ExternalWatch bool
+	// KVPrefix, when set, is a KV prefix the mirror owns: the desired services' KV entries
+	// are written under it, and every other key under it is deleted. The prefix is read at
+	// every reconcile (a plain read); a caller that watches it hands changes to KVChanged, so
+	// that a hand edit is repaired.
+	KVPrefix string
 }
 
 // Mirror makes the services carrying Tag on Node match a desired set, but only while it holds
@@ -92,6 +110,10 @@ type Mirror struct {
 func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if cfg.Client == nil || cfg.Node == "" || cfg.Tag == "" || cfg.LockKey == "" {
 		return nil, errors.New("consul mirror: Client, Node, Tag and LockKey are required")
+	}
+	if cfg.KVPrefix != "" && strings.HasPrefix(cfg.LockKey, cfg.KVPrefix) {
+		// Every key under the prefix that no service claims is deleted: the lock among them.
+		return nil, fmt.Errorf("consul mirror: LockKey %q lies under KVPrefix %q", cfg.LockKey, cfg.KVPrefix)
 	}
 	if cfg.LockTTL == 0 {
 		cfg.LockTTL = 15 * time.Second
@@ -165,6 +187,9 @@ func (m *Mirror) stepDownOn(lost, done <-chan struct{}) <-chan struct{} {
 
 // IsLeader reports whether this mirror holds the lock.
 func (m *Mirror) IsLeader() bool { return m.leader.Load() }
+
+// KVChanged tells the mirror that something under KVPrefix changed (a reconcile follows).
+func (m *Mirror) KVChanged() { m.poke() }
 
 func (m *Mirror) poke() {
 	select {
@@ -343,54 +368,80 @@ func (m *Mirror) wantMeta(desired map[string]CatalogService) map[string]string {
 }
 
 // reconcile registers what is missing or different and deregisters owned services that are no
-// longer desired, in transactions of at most MaxTxnOps operations. It returns the number of
-// service writes, or -1 when nothing at all was written (not even the node).
+// longer desired, in transactions of at most MaxTxnOps operations; a service's KV entry goes in
+// the same transaction as its registration, and KV keys under KVPrefix that no desired service
+// claims are deleted after the services. It returns the number of writes, or -1 when nothing at
+// all was written (not even the node).
 func (m *Mirror) reconcile(ctx context.Context, desired map[string]CatalogService, st *NodeState) (int, error) {
 	current := st.Services
-	var ops api.TxnOps
+	kv, err := m.readKV(ctx)
+	if err != nil {
+		return 0, err
+	}
+	// groups: the operations that must share a transaction (a service and its KV entry).
+	var groups []api.TxnOps
 	var registered, deregistered []string
+	kvWrites := 0
+	claimed := map[string]bool{}
 	for _, id := range slices.Sorted(maps.Keys(desired)) {
 		want := desired[id]
-		if have, ok := current[id]; ok && equalService(want, have) {
-			continue
+		var g api.TxnOps
+		if have, ok := current[id]; !ok || !equalService(want, have) {
+			g = append(g, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: m.cfg.Node,
+				Service: api.AgentService{ID: want.ID, Service: want.Name, Tags: want.Tags, Meta: want.Meta}}})
+			registered = append(registered, id)
 		}
-		ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: m.cfg.Node,
-			Service: api.AgentService{ID: want.ID, Service: want.Name, Tags: want.Tags, Meta: want.Meta}}})
-		registered = append(registered, id)
+		if e := want.KV; e != nil && m.cfg.KVPrefix != "" && strings.HasPrefix(e.Key, m.cfg.KVPrefix) {
+			claimed[e.Key] = true
+			if have, ok := kv[e.Key]; !ok || !bytes.Equal(have, e.Value) {
+				g = append(g, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: e.Key, Value: e.Value}})
+				kvWrites++
+			}
+		}
+		if len(g) > 0 {
+			groups = append(groups, g)
+		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(current)) {
 		if _, ok := desired[id]; ok {
 			continue
 		}
-		ops = append(ops, &api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: m.cfg.Node,
-			Service: api.AgentService{ID: id, Service: current[id].Service}}})
+		groups = append(groups, api.TxnOps{&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: m.cfg.Node,
+			Service: api.AgentService{ID: id, Service: current[id].Service}}}})
 		deregistered = append(deregistered, id)
+	}
+	// Stale keys last: a reader that sees a service whose meta still names a document finds it
+	// until the service itself has changed.
+	for _, k := range slices.Sorted(maps.Keys(kv)) {
+		if !claimed[k] {
+			groups = append(groups, api.TxnOps{&api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVDelete, Key: k}}})
+			kvWrites++
+		}
 	}
 	meta := m.wantMeta(desired)
 	nodeOK := st.Exists && metaCovers(st.Meta, meta)
-	if !st.Exists && len(desired) == 0 {
-		return -1, nil // nothing owned, nothing wanted: do not create the node
-	}
-	if len(ops) == 0 && nodeOK {
+	// Nothing owned, nothing wanted: the node is not created (stale keys are still deleted).
+	needNode := !nodeOK && (st.Exists || len(desired) > 0)
+	if len(groups) == 0 && !needNode {
 		return -1, nil
 	}
-	if !nodeOK {
+	if needNode {
 		// First, so the node exists before its services and the announcement precedes them:
 		// a reader sees the new digest with an incomplete set, never a partial set it could
 		// take for complete. external-node keeps Consul's anti-entropy and the UI from treating
 		// the node as a real agent; the address is required but nothing connects to it.
 		node := &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet,
 			Node: api.Node{Node: m.cfg.Node, Address: "127.0.0.1", Meta: meta}}}
-		ops = append(api.TxnOps{node}, ops...)
+		groups = append([]api.TxnOps{{node}}, groups...)
 	}
 	started := time.Now()
 	txns := 0
-	for chunk := range slices.Chunk(ops, MaxTxnOps) {
+	for _, chunk := range packGroups(groups, MaxTxnOps) {
 		q := (&api.QueryOptions{}).WithContext(ctx)
 		ok, resp, _, err := m.cfg.Client.Txn().Txn(chunk, q)
 		if err != nil {
 			return 0, QueryError(fmt.Sprintf("writing %d catalog operation(s) on node %s", len(chunk), m.cfg.Node),
-				fmt.Sprintf("node %q { policy = \"write\" } and service:write on every stack service", m.cfg.Node), err)
+				m.writeACL(), err)
 		}
 		if !ok {
 			var errs []string
@@ -407,9 +458,11 @@ func (m *Mirror) reconcile(ctx context.Context, desired map[string]CatalogServic
 		[]metrics.Label{{Name: "op", Value: "register"}})
 	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "mirror", "writes"}, float32(len(deregistered)),
 		[]metrics.Label{{Name: "op", Value: "deregister"}})
+	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "mirror", "writes"}, float32(kvWrites),
+		[]metrics.Label{{Name: "op", Value: "kv"}})
 	// One line per change, not per definition: a stack of thousands must not flood the log.
 	m.logger.Info("mirrored definitions into the catalog", "registered", len(registered),
-		"deregistered", len(deregistered), "total", len(desired), "transactions", txns,
+		"deregistered", len(deregistered), "kv_writes", kvWrites, "total", len(desired), "transactions", txns,
 		"took", time.Since(started).Round(time.Millisecond),
 		"sample", sample(registered, deregistered))
 	for _, id := range registered {
@@ -418,7 +471,7 @@ func (m *Mirror) reconcile(ctx context.Context, desired map[string]CatalogServic
 	for _, id := range deregistered {
 		m.logger.Debug("deregistered definition", "id", id)
 	}
-	return len(registered) + len(deregistered), nil
+	return len(registered) + len(deregistered) + kvWrites, nil
 }
 
 // sample names a few of the changed ids for the log line.

@@ -35,6 +35,12 @@ const (
 	// TLS). Aggregated per caller address and reason (see RemoteTriggered).
 	AuthRefused = "auth_refused"
 
+	// Certificates the proxies serve (server; see website/docs/https.md).
+	CertificateInstalled  = "certificate_installed"
+	CertificateRemoved    = "certificate_removed"
+	CertificateExpiring   = "certificate_expiring"
+	TLSCertificateInvalid = "tls_certificate_invalid"
+
 	// Node side (client agents).
 	ControlChannelEstablished = "control_channel_established"
 	ControlChannelClosed      = "control_channel_closed"
@@ -57,6 +63,9 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
+	// (close_on_unhealthy); one event per replica and change, with the counts.
+	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -103,6 +112,11 @@ var specs = []Spec{
 	{Kind: ProxyRequestRefused, Fields: []string{"service", "client_ip", "code"}},
 	{Kind: AuthRefused, Fields: []string{"method", "peer", "reason"}},
 
+	{Kind: CertificateInstalled, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: CertificateRemoved, Fields: []string{"domain", "count"}},
+	{Kind: CertificateExpiring, Fields: []string{"domain", "source", "not_after", "count"}},
+	{Kind: TLSCertificateInvalid, Fields: []string{"domain", "dir", "reason"}},
+
 	{Kind: ControlChannelEstablished, Fields: []string{"server"}},
 	{Kind: ControlChannelClosed, Fields: []string{"error"}},
 	{Kind: OverlaySetupCompleted, Fields: []string{"command_id", "net_id", "side", "duration_ms", "service", "remote_underlay", "bridge", "changed"}},
@@ -123,6 +137,7 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
@@ -38,6 +39,11 @@ type liveUse struct {
 	proto    Protocol
 	netID    uint32
 	upstream netip.AddrPort
+	// replica is the replica the use runs to, and closeFn ends the use (its connection or
+	// session) when that replica turns critical (unhealthy.go); killed is then set.
+	replica string
+	closeFn func()
+	killed  atomic.Bool
 
 	mu    sync.Mutex
 	lease Lease
@@ -84,8 +90,10 @@ func (p *Proxy) resolveUse(ctx context.Context, client netip.Addr, service strin
 
 // startUse registers a resolved use. Its lease belongs to the set from now on: endUse releases
 // whichever lease the use holds then, exactly once.
-func (p *Proxy) startUse(client netip.Addr, service string, proto Protocol, l Lease) *liveUse {
-	u := &liveUse{client: client, service: service, proto: proto, netID: l.NetID, upstream: l.Upstream, lease: l}
+// closeFn ends the use from another goroutine (nil: the use cannot be ended that way).
+func (p *Proxy) startUse(client netip.Addr, service string, proto Protocol, l Lease, closeFn func()) *liveUse {
+	u := &liveUse{client: client, service: service, proto: proto, netID: l.NetID, upstream: l.Upstream, lease: l,
+		replica: l.ReplicaID, closeFn: closeFn}
 	k := useKey{client, service}
 	p.uses.mu.Lock()
 	if p.uses.byKey == nil {

@@ -75,7 +75,7 @@ func (r *testResolver) Resolve(ctx context.Context, client netip.Addr, service s
 	r.next++
 	id := fmt.Sprintf("lease-%d", r.next)
 	r.open[id] = false
-	return Lease{Upstream: up, LeaseID: id}, nil
+	return Lease{Upstream: up, LeaseID: id, ReplicaID: testReplicaID(up)}, nil
 }
 
 func (r *testResolver) Release(l Lease) {

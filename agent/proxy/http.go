@@ -233,6 +233,14 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	defer r.p.resolver.Release(lease)
 	ctx := context.WithValue(req.Context(), targetKey{}, lease.Upstream)
+	if lease.ReplicaID != "" && r.p.servicePolicy(service).GetCloseOnUnhealthy() {
+		// Ended when the replica turns critical (unhealthy.go): cancelling the request ends a
+		// streamed response, and ReverseProxy closes an upgraded connection with it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer r.p.httpUses.track(service, lease.ReplicaID, cancel)()
+	}
 	r.rp.ServeHTTP(sw, req.WithContext(ctx))
 }
 

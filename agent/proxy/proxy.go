@@ -21,7 +21,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/certs"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	"google.golang.org/grpc"
 )
@@ -106,6 +108,12 @@ type Proxy struct {
 	// PROXY headers rejected from trusted peers, and the last log line about them.
 	headerRejects, headerLogged atomic.Uint64
 	headerLogAt                 atomic.Int64
+	// policies is the latest bundle's policies by service (policies.go); nil before the first.
+	policies atomic.Pointer[servicepolicy.Index]
+	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
+	httpUses httpUseSet
+	// certs is the TLS certificate set the servers stream (certs.go).
+	certs *certs.Set
 }
 
 // New builds the proxy role.
@@ -122,7 +130,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, logger: cfg.Logger, events: cfg.Events, slots: map[listenerKey]*slot{},
 		closing: map[listenerKey]chan struct{}{}, reannounceKick: make(chan struct{}, 1),
 		stream: "connecting", httpAddr: cfg.Agent.Proxy.HTTPAddr,
-		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax}
+		bindRetryMin: cfg.BindRetryMin, bindRetryMax: cfg.BindRetryMax, certs: &certs.Set{}}
 	if p.bindRetryMin <= 0 {
 		p.bindRetryMin = 250 * time.Millisecond
 	}
@@ -248,6 +256,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watch(runCtx) }()
 		bg.Add(1)
 		go func() { defer bg.Done(); p.reannounceLoop(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchUnhealthy(runCtx) }()
+		bg.Add(1)
+		go func() { defer bg.Done(); p.watchCerts(runCtx) }()
 	}
 
 	var err error

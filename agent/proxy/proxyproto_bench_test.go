@@ -55,10 +55,11 @@ func BenchmarkTCPConnRateProxyProtocol(b *testing.B) {
 	}()
 	res := newTestResolver()
 	res.set("rr", addrPortOf(ln.Addr()))
+	res.set("rrpp", addrPortOf(ln.Addr()))
 	tp := startProxy(b, res, nil)
 	plain, pp := freePort(b), freePort(b)
-	tp.apply(1, Mapping{Protocol: TCP, Port: plain, Service: "rr"},
-		Mapping{Protocol: TCP, Port: pp, Service: "rr", SendProxy: proxyproto.V2})
+	tp.applyPP(1, ppMapping{Mapping{Protocol: TCP, Port: plain, Service: "rr"}, proxyproto.None},
+		ppMapping{Mapping{Protocol: TCP, Port: pp, Service: "rrpp"}, proxyproto.V2})
 	tp.waitListening(b, TCP, plain)
 	tp.waitListening(b, TCP, pp)
 

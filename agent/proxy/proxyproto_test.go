@@ -159,7 +159,7 @@ func TestSendProxyProtocolToNginx(t *testing.T) {
 	for _, v := range []proxyproto.Version{proxyproto.V1, proxyproto.V2} {
 		t.Run(v.String(), func(t *testing.T) {
 			port := freePort(t)
-			tp.apply(uint64(v), Mapping{Protocol: TCP, Port: port, Service: "web", SendProxy: v})
+			tp.applyPP(uint64(v), ppMapping{Mapping{Protocol: TCP, Port: port, Service: "web"}, v})
 			tp.waitListening(t, TCP, port)
 			code, body := curlFrom(t, fmt.Sprintf("http://127.0.0.1:%d/", port))
 			if code != 200 || strings.TrimSpace(body) != "pp="+ppClient {
@@ -230,7 +230,7 @@ func TestSendProxyProtocolUDP(t *testing.T) {
 	res.set("dns", up)
 	tp := startProxy(t, res, nil)
 	port := freePort(t)
-	tp.apply(1, Mapping{Protocol: UDP, Port: port, Service: "dns", SendProxy: proxyproto.V2})
+	tp.applyPP(1, ppMapping{Mapping{Protocol: UDP, Port: port, Service: "dns"}, proxyproto.V2})
 	tp.waitListening(t, UDP, port)
 
 	c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(ppClient)},
@@ -288,8 +288,8 @@ func TestProxyProtocolFromHAProxy(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "HTTP router bound", func() bool { return tp.http.Addr() != "" })
 	tcpPort, sinkPort := freePort(t), freePort(t)
-	tp.apply(1, Mapping{Protocol: TCP, Port: tcpPort, Service: "nginx", SendProxy: proxyproto.V2},
-		Mapping{Protocol: TCP, Port: sinkPort, Service: "sink"})
+	tp.applyPP(1, ppMapping{Mapping{Protocol: TCP, Port: tcpPort, Service: "nginx"}, proxyproto.V2},
+		ppMapping{Mapping{Protocol: TCP, Port: sinkPort, Service: "sink"}, proxyproto.None})
 	tp.waitListening(t, TCP, tcpPort)
 	tp.waitListening(t, TCP, sinkPort)
 	feTCP, feHTTP := freePort(t), freePort(t)
@@ -412,7 +412,7 @@ func TestProxyProtocolFromUDP(t *testing.T) {
 	res.set("dns", up)
 	tp := startProxy(t, res, func(a *config.Config, _ *Config) { a.Proxy.ProxyProtocolFrom = []string{"127.0.0.1"} })
 	port := freePort(t)
-	tp.apply(1, Mapping{Protocol: UDP, Port: port, Service: "dns", SendProxy: proxyproto.V2})
+	tp.applyPP(1, ppMapping{Mapping{Protocol: UDP, Port: port, Service: "dns"}, proxyproto.V2})
 	tp.waitListening(t, UDP, port)
 
 	lb, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP("127.0.0.1")}, &net.UDPAddr{IP: net.ParseIP("127.0.0.1"), Port: int(port)})

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nullnet/nullnet/agent/events"
-	"github.com/nullnet/nullnet/agent/proxyproto"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
@@ -26,8 +25,6 @@ type Mapping struct {
 	Service     string
 	Stack       string
 	IdleTimeout time.Duration // 0 = the mapping never idles out (UDP uses the configured default)
-	// SendProxy is the PROXY protocol header the upstream gets (send_proxy_protocol).
-	SendProxy proxyproto.Version
 }
 
 func (m Mapping) key() listenerKey { return listenerKey{m.Protocol, m.Port} }
@@ -68,7 +65,7 @@ func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 		// Seconds past what a Duration holds would wrap (negative or tiny): cap them.
 		secs := min(e.GetIdleTimeoutSecs(), uint64(math.MaxInt64/int64(time.Second)))
 		m := Mapping{Protocol: p, Port: uint16(e.GetListenPort()), Service: e.GetService(), Stack: e.GetStack(),
-			IdleTimeout: time.Duration(secs) * time.Second, SendProxy: sendProxyVersion(e)}
+			IdleTimeout: time.Duration(secs) * time.Second}
 		if prev, dup := want[m.key()]; dup {
 			problems = append(problems, fmt.Sprintf("%s/%d listed twice (%q and %q); keeping %q",
 				p, m.Port, prev.Service, m.Service, m.Service))

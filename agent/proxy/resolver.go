@@ -47,6 +47,8 @@ type Lease struct {
 	SessionID string
 	NetID     uint32
 	Reused    bool
+	// ReplicaID is the replica the session runs to (close_on_unhealthy, unhealthy.go).
+	ReplicaID string
 
 	share *share // set when the lease stands for a share's (share.go)
 }
@@ -148,8 +150,12 @@ func (r *grpcResolver) call(ctx context.Context, req *pb.ProxyRequest) (Lease, e
 		return Lease{}, fmt.Errorf("server returned an invalid upstream %q port %d for %s",
 			resp.UpstreamIp, resp.UpstreamPort, service)
 	}
+	replica := resp.GetReplicaId()
+	if len(replica) > maxReplicaID {
+		replica = "" // never matched: such a use is simply not closed on ill health
+	}
 	return Lease{Upstream: netip.AddrPortFrom(ip.Unmap(), uint16(resp.UpstreamPort)), LeaseID: resp.LeaseId,
-		SessionID: resp.SessionId, NetID: resp.NetId, Reused: resp.Reused}, nil
+		SessionID: resp.SessionId, NetID: resp.NetId, Reused: resp.Reused, ReplicaID: replica}, nil
 }
 
 // classify maps the server's status codes onto the errors the data path distinguishes.

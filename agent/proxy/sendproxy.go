@@ -12,12 +12,19 @@ import (
 // PROXY protocol to upstream (send_proxy_protocol): a tcp service's upstream connection starts
 // with a header carrying the client's address, a udp service's every datagram does.
 
-// sendProxyVersion is the PROXY protocol version a mapping's upstream gets. The per-service
-// policy arrives with the mapping (PortMapping.policy); this is the one place that reads it.
-func sendProxyVersion(e *pb.PortMapping) proxyproto.Version {
-	switch e.GetPolicy().GetSendProxyProtocol() {
+// sendProxyFor is the version a new connection or session of m's service sends: the service's
+// policy (send_proxy_protocol) as of now, read per use like every policy, so a change applies
+// to new connections without touching the listener. m.Service is the routed service (for a
+// TLS listener, the one the SNI named).
+func (p *Proxy) sendProxyFor(m *Mapping) proxyproto.Version {
+	return sendProxyVersion(p.servicePolicy(m.Service), m.Protocol)
+}
+
+// sendProxyVersion reads a policy's send_proxy_protocol for a protocol.
+func sendProxyVersion(pol *pb.ServicePolicy, proto Protocol) proxyproto.Version {
+	switch pol.GetSendProxyProtocol() {
 	case pb.ProxyProtocolVersion_PROXY_PROTOCOL_V1:
-		if e.GetProtocol() == pb.ServiceProtocol_SERVICE_PROTOCOL_UDP {
+		if proto == UDP {
 			return proxyproto.V2 // v1 has no datagram form (the stack file is refused first)
 		}
 		return proxyproto.V1
@@ -26,11 +33,6 @@ func sendProxyVersion(e *pb.PortMapping) proxyproto.Version {
 	}
 	return proxyproto.None
 }
-
-// sendProxyFor is the version a new connection or session of m's service sends; the one place
-// the relays ask. (With per-service policies read per use, it becomes a lookup of m.Service,
-// which also serves a TLS listener's routed service names.)
-func (p *Proxy) sendProxyFor(m *Mapping) proxyproto.Version { return m.SendProxy }
 
 // headerBufs holds the buffers of header writes: header plus the client's early bytes.
 var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}

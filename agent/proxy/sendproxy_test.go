@@ -9,32 +9,59 @@ import (
 	pb "github.com/nullnet/nullnet/proto"
 )
 
-// The policy's send_proxy_protocol reaches the mapping, and a change of it alone updates the
-// listener in place (new connections and sessions get the new header).
+// ppMapping is a mapping whose service sends PROXY headers of version v.
+type ppMapping struct {
+	Mapping
+	v proxyproto.Version
+}
+
+// applyPP pushes a bundle as a server would: the mappings, with each service's
+// send_proxy_protocol in its policy (PortMapping.policy).
+func (tp *testProxy) applyPP(version uint64, ms ...ppMapping) {
+	b := &pb.PortMappingBundle{Version: version}
+	for _, m := range ms {
+		e := &pb.PortMapping{Service: m.Service, ListenPort: uint32(m.Port), Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP}
+		if m.Protocol == UDP {
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		}
+		if m.v != proxyproto.None {
+			e.Policy = &pb.ServicePolicy{SendProxyProtocol: pb.ProxyProtocolVersion(m.v)}
+		}
+		b.Mappings = append(b.Mappings, e)
+	}
+	tp.applyBundle(b)
+}
+
+// The policy's send_proxy_protocol is what new connections send, per protocol, and a change of
+// it is seen at once (read per use).
 func TestSendProxyFromPolicy(t *testing.T) {
 	pol := func(v pb.ProxyProtocolVersion) *pb.ServicePolicy { return &pb.ServicePolicy{SendProxyProtocol: v} }
-	b := &pb.PortMappingBundle{Mappings: []*pb.PortMapping{
-		{Service: "a", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP, ListenPort: 1, Policy: pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V1)},
-		{Service: "b", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP, ListenPort: 2, Policy: pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V2)},
-		{Service: "c", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_UDP, ListenPort: 3, Policy: pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V2)},
-		{Service: "d", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_UDP, ListenPort: 4, Policy: pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V1)},
-		{Service: "e", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP, ListenPort: 5},
-	}}
-	got, problems := desiredTable(b)
-	if len(problems) != 0 {
-		t.Fatal(problems)
-	}
-	for k, want := range map[listenerKey]proxyproto.Version{{TCP, 1}: proxyproto.V1, {TCP, 2}: proxyproto.V2,
-		{UDP, 3}: proxyproto.V2, {UDP, 4}: proxyproto.V2, {TCP, 5}: proxyproto.None} {
-		if got[k].SendProxy != want {
-			t.Errorf("%v: SendProxy %v, want %v", k, got[k].SendProxy, want)
+	for _, tc := range []struct {
+		pol   *pb.ServicePolicy
+		proto Protocol
+		want  proxyproto.Version
+	}{
+		{nil, TCP, proxyproto.None},
+		{&pb.ServicePolicy{}, TCP, proxyproto.None},
+		{pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V1), TCP, proxyproto.V1},
+		{pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V2), TCP, proxyproto.V2},
+		{pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V2), UDP, proxyproto.V2},
+		{pol(pb.ProxyProtocolVersion_PROXY_PROTOCOL_V1), UDP, proxyproto.V2},
+		{pol(7), TCP, proxyproto.None},
+	} {
+		if got := sendProxyVersion(tc.pol, tc.proto); got != tc.want {
+			t.Errorf("%v %s: %v, want %v", tc.pol, tc.proto, got, tc.want)
 		}
 	}
-	running := map[listenerKey]Mapping{{TCP, 1}: got[listenerKey{TCP, 1}]}
-	next := got[listenerKey{TCP, 1}]
-	next.SendProxy = proxyproto.None
-	if d := diffTable(running, map[listenerKey]Mapping{next.key(): next}); len(d.Update) != 1 || len(d.Open)+len(d.Close) != 0 {
-		t.Fatalf("diff %+v: want one in-place update", d)
+	tp := startProxy(t, newTestResolver(), nil)
+	m := &Mapping{Protocol: TCP, Port: freePort(t), Service: "db"}
+	tp.applyPP(1, ppMapping{*m, proxyproto.V1})
+	if got := tp.sendProxyFor(m); got != proxyproto.V1 {
+		t.Fatalf("after v1: %v", got)
+	}
+	tp.applyPP(2, ppMapping{*m, proxyproto.None})
+	if got := tp.sendProxyFor(m); got != proxyproto.None {
+		t.Fatalf("after removing it: %v", got)
 	}
 }
 

@@ -265,7 +265,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		fail("connect", err)
 		return
 	}
-	use := p.startUse(client.Addr(), m.Service, TCP, lease)
+	use := p.startUse(client.Addr(), m.Service, TCP, lease, func() { c.Close(); uc.Close() })
 	defer p.endUse(use)
 	upstream = lease.Upstream
 	if debug {
@@ -292,6 +292,8 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	toUp, toClient, reason := relay(p.workers, c, u)
 	if p.runCtx.Err() != nil {
 		reason = "proxy shutdown"
+	} else if use.killed.Load() {
+		reason = "replica unhealthy"
 	}
 	l.toUp.Add(uint64(toUp))
 	l.toClient.Add(uint64(toClient))

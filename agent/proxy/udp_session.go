@@ -228,7 +228,10 @@ func (s *udpSession) resolve(ctx context.Context) {
 		}
 		s.ppHdr = proxyproto.AppendV2(nil, proxyproto.Datagram, s.client, local)
 	}
-	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease)
+	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease, func() {
+		l.remove(s)
+		s.end("replica unhealthy")
+	})
 	s.state = stateReady
 	for _, d := range s.queue {
 		if err := s.writeUpstreamLocked(d); err != nil {

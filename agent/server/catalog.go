@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 )
 
@@ -26,6 +27,8 @@ type catalogView struct {
 	complete bool
 	// have and want count the definitions node's services against the announced count.
 	have, want int
+	// policiesPending counts definitions whose policy document is not in KV as announced.
+	policiesPending int
 }
 
 // servicesAnswer is one answer of the services watch (consulwatch.go): the names on every node
@@ -118,6 +121,12 @@ func definitionFromCatalog(c *api.CatalogService) (Definition, error) {
 		}
 		d.EntryPoint, d.Timeout = true, time.Duration(n)*time.Second
 	}
+	if a, ok := c.ServiceMeta[servicepolicy.MetaDigest]; ok {
+		if !validDigest(a) {
+			return d, fmt.Errorf("invalid %s %.80q", servicepolicy.MetaDigest, a)
+		}
+		d.announced = a
+	}
 	return d, nil
 }
 
@@ -130,6 +139,9 @@ func definitionMeta(svc config.StackService) map[string]string {
 	if svc.EntryPoint {
 		m[MetaTimeout] = strconv.FormatInt(int64(svc.Timeout/time.Second), 10)
 	}
+	if _, digest := servicepolicy.Encode(svc.Policy); digest != "" {
+		m[servicepolicy.MetaDigest] = digest
+	}
 	return m
 }
 
@@ -137,12 +149,18 @@ func definitionMeta(svc config.StackService) map[string]string {
 func catalogServices(set *config.StackSet) []consul.CatalogService {
 	var out []consul.CatalogService
 	for _, svc := range set.Services() {
-		out = append(out, consul.CatalogService{
+		cs := consul.CatalogService{
 			ID:   "nullnet-def-" + svc.Stack + "-" + svc.Name,
 			Name: svc.Name,
 			Tags: []string{DefinitionTag},
 			Meta: definitionMeta(svc),
-		})
+		}
+		// The policy travels as a KV document in the same transaction as the definition: an
+		// allow-list of a thousand CIDRs does not fit a 512-byte meta value.
+		if value, _ := servicepolicy.Encode(svc.Policy); value != nil {
+			cs.KV = &consul.KVEntry{Key: servicepolicy.Key(svc.Stack, svc.Name), Value: value}
+		}
+		out = append(out, cs)
 	}
 	return out
 }
@@ -182,6 +200,9 @@ type catalogState struct {
 	own     *consul.NodeState     // the definitions node as last read (nil before)
 	foreign []*api.CatalogService // foreign definitions as last read
 	known   bool                  // the services watch answered at least once
+
+	kv                map[string]policyDoc // policy documents by key (policies.go)
+	reportedBadPolicy map[string]bool      // unreadable documents already logged, by key@digest
 }
 
 // resolved is one catalog answer turned into definitions and a table.
@@ -190,6 +211,8 @@ type resolved struct {
 	table    []Mapping
 	index    uint64
 	complete bool
+	// policiesPending counts definitions whose policy document did not match (policies.go).
+	policiesPending int
 }
 
 // watchCatalog keeps the definitions and the port table in line with Consul until ctx ends,
@@ -233,6 +256,22 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 	// query; reading the whole node after each one would compete with the writes for Consul's
 	// CPU, so the next read waits a little: intermediate states are never published anyway.
 	incomplete := false
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		consul.Watch(ctx, consul.WatchConfig{Name: "policies", Logger: s.logger, OnError: s.aclReporter("policies")},
+			s.queryPolicies, func(docs map[string]policyDoc, _ uint64) {
+				st.mu.Lock()
+				if st.kv == nil || !samePolicyDocs(st.kv, docs) {
+					st.kv = docs
+					s.recompute(st, false)
+				}
+				st.mu.Unlock()
+				if s.mirror != nil {
+					s.mirror.KVChanged() // the leader repairs a hand edit
+				}
+			})
+	}()
 	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger, OnError: s.aclReporter("definitions")},
 		func(ctx context.Context, index uint64, wait time.Duration) (*consul.NodeState, uint64, error) {
 			if incomplete && !consul.Sleep(ctx, incompleteReadInterval) {
@@ -270,6 +309,7 @@ func (s *Server) recompute(st *catalogState, ownChanged bool) {
 		return // a table needs both answers: never publish half of the truth
 	}
 	view := definitionsView(st.own, st.foreign)
+	s.joinPolicies(st, &view)
 	defs, table, conflicts := resolveDefinitions(view.defs)
 	s.reportConflicts(st, conflicts, view.invalid)
 	now := time.Now()
@@ -282,11 +322,13 @@ func (s *Server) recompute(st *catalogState, ownChanged bool) {
 	case st.incompleteUntil.IsZero():
 		st.incompleteUntil = now.Add(incompleteHold)
 		s.logger.Info("the leader is writing definitions into Consul; holding the port table until the set is complete",
-			"have", view.have, "announced", view.want)
+			"have", view.have, "announced", view.want, "policies_pending", view.policiesPending)
 	case ownChanged:
-		s.logger.Debug("definitions still incomplete", "have", view.have, "announced", view.want)
+		s.logger.Debug("definitions still incomplete", "have", view.have, "announced", view.want,
+			"policies_pending", view.policiesPending)
 	}
-	s.decide(st, resolved{defs: defs, table: table, index: st.lastIndex, complete: view.complete})
+	s.decide(st, resolved{defs: defs, table: table, index: st.lastIndex, complete: view.complete,
+		policiesPending: view.policiesPending})
 }
 
 // decide publishes res, or keeps it pending while the leader is writing (incomplete set) or,
@@ -304,7 +346,8 @@ func (s *Server) decide(st *catalogState, res resolved) {
 	if until.IsZero() {
 		if !res.complete {
 			s.logger.Warn("definitions in Consul are still not the set the leader announced; publishing what Consul has",
-				"after", incompleteHold)
+				"after", incompleteHold, "policies_pending", res.policiesPending,
+				"note", "a definition whose policy document is missing keeps its previous policy, or stays unpublished")
 		} else if st.pending != nil && now.After(st.holdUntil) && !st.holdUntil.IsZero() && !s.covers(res) {
 			s.logger.Warn("definitions did not come back within the settle window; publishing what Consul has")
 		}
@@ -343,12 +386,12 @@ func (s *Server) covers(res resolved) bool {
 		}
 	}
 	table, _, _ := s.table.snapshot()
-	have := map[Mapping]bool{}
+	have := map[string]Mapping{}
 	for _, m := range res.table {
-		have[m] = true
+		have[m.Protocol+"/"+m.Service] = m
 	}
 	for _, m := range table {
-		if !have[m] {
+		if h, ok := have[m.Protocol+"/"+m.Service]; !ok || !h.same(m) {
 			return false
 		}
 	}
@@ -364,7 +407,7 @@ func (s *Server) applyCatalog(st *catalogState, res resolved) {
 	st.first = false
 	old, _, _ := s.table.snapshot()
 	if version, changed := s.table.publish(res.table); changed {
-		s.logger.Info("port table published", "version", version, "size", len(res.table),
+		s.logger.Info("port table published", "version", version, "size", len(portsOnly(res.table)),
 			"consul_index", res.index, "changes", tableDiff(old, res.table))
 	}
 }
@@ -405,7 +448,7 @@ func sameDefinitions(cur []Definition, next map[string]Definition) bool {
 		return false
 	}
 	for _, d := range cur {
-		if n, ok := next[d.Service]; !ok || n != d {
+		if n, ok := next[d.Service]; !ok || !n.Equal(d) {
 			return false
 		}
 	}

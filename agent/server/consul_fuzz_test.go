@@ -19,8 +19,9 @@ import (
 // must never panic, and whatever they accept must be valid.
 
 // checkResolved asserts what every server publishes: definitions with a name, a known protocol
-// and a port in range; a port table of reachable tcp/udp services only, one entry per
-// (protocol, port), sorted, each naming a published definition.
+// and a port in range; a port table of reachable tcp/udp services, one entry per
+// (protocol, port), sorted, each naming a published definition, then the reachable http
+// services sorted by name.
 func checkResolved(t *testing.T, view catalogView, defs map[string]Definition, table []Mapping) {
 	t.Helper()
 	for _, d := range view.defs {
@@ -43,6 +44,16 @@ func checkResolved(t *testing.T, view catalogView, defs map[string]Definition, t
 		proto string
 		port  int
 	}
+	ports := portsOnly(table)
+	for i, m := range table[len(ports):] {
+		if m.Protocol != config.ProtocolHTTP || m.ListenPort != 0 || !defs[m.Service].EntryPoint {
+			t.Fatalf("http part of the table holds %+v", m)
+		}
+		if i > 0 && table[len(ports)+i-1].Service >= m.Service {
+			t.Fatalf("http services not sorted: %+v", table)
+		}
+	}
+	table = ports
 	seen := map[key]bool{}
 	for i, m := range table {
 		if m.Protocol != config.ProtocolTCP && m.Protocol != config.ProtocolUDP {
@@ -76,7 +87,7 @@ func checkResolved(t *testing.T, view catalogView, defs map[string]Definition, t
 		back, err := definitionFromCatalog(&api.CatalogService{ServiceName: d.Service, CreateIndex: d.CreateIndex,
 			ServiceMeta: definitionMeta(config.StackService{Stack: d.Stack, Name: d.Service, Protocol: d.Protocol,
 				ListenPort: d.ListenPort, EntryPoint: d.EntryPoint, Timeout: d.Timeout})})
-		if err != nil || back != d {
+		if err != nil || !back.Equal(d) {
 			t.Fatalf("definition %+v reads back as %+v, %v", d, back, err)
 		}
 	}
@@ -94,7 +105,7 @@ func resolveBothWays(t *testing.T, view catalogView) (map[string]Definition, []M
 		t.Fatalf("the answer's order changed the result:\n%+v\n%+v", table, table2)
 	}
 	for _, c := range conflicts {
-		if c.Loser == c.Winner {
+		if c.Loser.Equal(c.Winner) {
 			t.Fatalf("a definition conflicts with itself: %+v", c)
 		}
 	}
@@ -106,7 +117,7 @@ func mapsEqual(a, b map[string]Definition) bool {
 		return false
 	}
 	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
+		if w, ok := b[k]; !ok || !w.Equal(v) {
 			return false
 		}
 	}

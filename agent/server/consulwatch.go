@@ -26,9 +26,11 @@ import (
 //     instances at all and which changed tags.
 //   - checks: every health check (/v1/health/state/any), for the replica watcher: a changed
 //     check names the service (or node) whose instances to read again.
+//   - policies: the KV prefix servicepolicy.KVPrefix, the stack services' policy documents
+//     (policies.go).
 //
 // Everything else is a non-blocking read of what changed, through a small bounded pool. With
-// the leader lock's own blocking query, a leader holds four blocking queries, and the rest of
+// the leader lock's own blocking query, a leader holds five blocking queries, and the rest of
 // its requests share at most replicaFetchers+2 more connections.
 
 // consulServiceName is the service every Consul server registers for itself.

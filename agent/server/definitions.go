@@ -4,6 +4,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/nullnet/nullnet/config"
 )
 
 // Consul conventions shared by the mirror (writer) and every reader.
@@ -33,6 +35,21 @@ type Definition struct {
 	Timeout    time.Duration `json:"timeout"`     // 0 with EntryPoint = never idles out
 	// CreateIndex orders registrations for deterministic conflict resolution (oldest wins).
 	CreateIndex uint64 `json:"create_index"`
+	// Policy is the service's edge settings, read from Consul KV (see servicepolicy); zero
+	// when none. PolicyDigest identifies it (servicepolicy.Digest of its JSON; "" = none).
+	Policy       config.ServicePolicy `json:"policy,omitzero"`
+	PolicyDigest string               `json:"policy_digest,omitempty"`
+	// announced is the digest the catalog entry names (servicepolicy.MetaDigest): the
+	// document the definition should carry. It differs from PolicyDigest while the KV answer
+	// lags the catalog answer, or when the document in KV is not the one announced.
+	announced string
+}
+
+// Equal compares two definitions; the policies by digest.
+func (d Definition) Equal(o Definition) bool {
+	return d.Stack == o.Stack && d.Service == o.Service && d.Protocol == o.Protocol && d.ListenPort == o.ListenPort &&
+		d.EntryPoint == o.EntryPoint && d.Timeout == o.Timeout && d.CreateIndex == o.CreateIndex &&
+		d.PolicyDigest == o.PolicyDigest && d.announced == o.announced
 }
 
 // definitionSet is the current definitions with change notification; written by the catalog

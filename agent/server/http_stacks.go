@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"sort"
 	"time"
+
+	"github.com/nullnet/nullnet/config"
 )
 
 // registerStacksHTTP adds GET /v1/stacks and GET /v1/port-mappings. Both answer from what this
@@ -29,6 +31,8 @@ type serviceView struct {
 	EntryPoint bool `json:"entry_point"`
 	// TimeoutSecs is the idle timeout (absent for backend-only services; 0 = never).
 	TimeoutSecs *uint64 `json:"timeout_secs,omitempty"`
+	// Policy is the service's policy in force (absent when none).
+	Policy *config.ServicePolicy `json:"policy,omitempty"`
 }
 
 // handleStacks serves the definitions grouped by stack, sorted by names.
@@ -50,6 +54,10 @@ func (s *Server) handleStacks(w http.ResponseWriter, r *http.Request) {
 		if d.EntryPoint {
 			secs := uint64(d.Timeout / time.Second)
 			sv.TimeoutSecs = &secs
+		}
+		if d.PolicyDigest != "" {
+			p := d.Policy
+			sv.Policy = &p
 		}
 		st.Services = append(st.Services, sv) // defs are sorted by service already
 	}
@@ -101,8 +109,6 @@ func (s *Server) handlePortMappings(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "the port table is not known yet: waiting for the first answer from Consul")
 		return
 	}
-	if table == nil {
-		table = []Mapping{}
-	}
-	writeJSONIndex(w, version, table)
+	// http services ride in the table for their settings; this route lists the listeners.
+	writeJSONIndex(w, version, portsOnly(table))
 }

@@ -87,7 +87,7 @@ func adopted(log hclog.Logger, res *session.Result) *pb.ProxyResponse {
 	s := res.Session
 	log.Info("session adopted", "session", s.ID, "replica", s.Replica.ID)
 	return &pb.ProxyResponse{UpstreamIp: s.UpstreamIP, UpstreamPort: uint32(s.UpstreamPort), SessionId: s.ID,
-		LeaseId: res.LeaseID, NetId: s.NetID, Reused: true}
+		LeaseId: res.LeaseID, NetId: s.NetID, Reused: true, ReplicaId: s.Replica.ID}
 }
 
 // adoptOnce makes one attempt. When it fails for a reason that may go away (a node has not

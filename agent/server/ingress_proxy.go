@@ -98,7 +98,7 @@ func (p *plane) proxy(ctx context.Context, req *pb.ProxyRequest) (*pb.ProxyRespo
 	}
 	s := res.Session
 	return &pb.ProxyResponse{UpstreamIp: s.UpstreamIP, UpstreamPort: uint32(s.UpstreamPort), SessionId: s.ID,
-		LeaseId: res.LeaseID, NetId: s.NetID, Reused: res.Reused}, nil
+		LeaseId: res.LeaseID, NetId: s.NetID, Reused: res.Reused, ReplicaId: s.Replica.ID}, nil
 }
 
 // proxyStatus maps session errors to gRPC statuses.

@@ -28,7 +28,7 @@ func newPortTable() *portTable { return &portTable{changed: make(chan struct{})}
 func (p *portTable) publish(table []Mapping) (uint64, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.version > 0 && slices.Equal(p.table, table) {
+	if p.version > 0 && slices.EqualFunc(p.table, table, Mapping.same) {
 		return p.version, false
 	}
 	p.version++
@@ -36,7 +36,7 @@ func (p *portTable) publish(table []Mapping) (uint64, bool) {
 	close(p.changed)
 	p.changed = make(chan struct{})
 	metrics.SetGauge([]string{"nullnet", "server", "port_table", "version"}, float32(p.version))
-	metrics.SetGauge([]string{"nullnet", "server", "port_table", "size"}, float32(len(table)))
+	metrics.SetGauge([]string{"nullnet", "server", "port_table", "size"}, float32(len(portsOnly(table))))
 	return p.version, true
 }
 

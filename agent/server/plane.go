@@ -50,12 +50,15 @@ type plane struct {
 	healthy map[string]map[string]bool
 	// teardownSem bounds teardowns in flight per node (see teardownSlot).
 	teardownSem map[string]chan struct{}
+
+	// unhealthy is the critical replicas of close_on_unhealthy services (unhealthy.go).
+	unhealthy *unhealthySet
 }
 
 func newPlane(s *Server) (*plane, error) {
 	cfg := s.agentConfig().Server
 	p := &plane{s: s, logger: s.logger.Named("plane"), network: cfg.Network, healthy: map[string]map[string]bool{},
-		teardownSem: map[string]chan struct{}{}, orphans: newOrphanSet(), started: time.Now()}
+		teardownSem: map[string]chan struct{}{}, orphans: newOrphanSet(), started: time.Now(), unhealthy: newUnhealthySet()}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if p.network == "" {
 		p.network = networkVXLAN
@@ -119,12 +122,17 @@ func (p *plane) run(ctx context.Context) {
 func (p *plane) reconcileDefinitions(defs []Definition) {
 	byName := map[string]Definition{}
 	keep := map[string]bool{}
+	closing := map[string]bool{}
 	for _, d := range defs {
 		byName[d.Service] = d
 		if d.EntryPoint {
 			keep[d.Service] = true
+			if d.Policy.CloseOnUnhealthy {
+				closing[d.Service] = true
+			}
 		}
 	}
+	p.unhealthy.logChange(p, p.unhealthy.setServices(closing, keep))
 	p.table.TearDownWhere(func(s session.Session) bool {
 		_, ok := byName[s.Service]
 		return !ok
@@ -147,6 +155,13 @@ func (p *plane) reconcileService(service string) {
 	if !v.known {
 		return
 	}
+	var critical []string
+	for _, in := range v.all {
+		if in.critical {
+			critical = append(critical, in.ID)
+		}
+	}
+	p.unhealthy.logChange(p, p.unhealthy.setCritical(service, critical))
 	cands, _ := v.candidates(p.usableNode)
 	now := map[string]bool{}
 	for _, c := range cands {

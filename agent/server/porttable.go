@@ -6,18 +6,34 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
-// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on.
+// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on, or a
+// reachable http service (ListenPort 0), which the proxies route by Host header and which the
+// table carries for its per-service settings (PortMappingBundle.http_services).
 type Mapping struct {
 	Stack           string `json:"stack"`
 	Service         string `json:"service"`
 	Protocol        string `json:"protocol"`
 	ListenPort      int    `json:"listen_port"`
 	IdleTimeoutSecs uint64 `json:"idle_timeout_secs"`
+	// Policy is the service's edge settings (nil = none; shared, never modified), identified
+	// by PolicyDigest: mappings compare by digest (same).
+	Policy       *config.ServicePolicy `json:"policy,omitempty"`
+	PolicyDigest string                `json:"-"`
 }
+
+// same compares two mappings, their policies by digest.
+func (m Mapping) same(o Mapping) bool {
+	return m.Stack == o.Stack && m.Service == o.Service && m.Protocol == o.Protocol && m.ListenPort == o.ListenPort &&
+		m.IdleTimeoutSecs == o.IdleTimeoutSecs && m.PolicyDigest == o.PolicyDigest
+}
+
+// isPort reports whether the mapping is a listener (tcp, udp), not an http service.
+func (m Mapping) isPort() bool { return m.ListenPort > 0 }
 
 // Conflict is a definition that was not published because an older one holds its service name
 // or its (protocol, listen_port).
@@ -83,7 +99,7 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 	var conflicts []Conflict
 	for _, d := range sorted {
 		if w, dup := defs[d.Service]; dup {
-			if w != d {
+			if !w.Equal(d) {
 				conflicts = append(conflicts, Conflict{Loser: d, Winner: w})
 			}
 			continue
@@ -107,15 +123,25 @@ func inPortTable(d Definition) bool {
 	return (d.Protocol == config.ProtocolTCP || d.Protocol == config.ProtocolUDP) && d.EntryPoint && d.ListenPort > 0
 }
 
-// buildTable is the port table of a resolved definition set, sorted by protocol then port.
+// buildTable is the port table of a resolved definition set: the listeners sorted by
+// protocol then port, then the reachable http services sorted by name.
 func buildTable(defs map[string]Definition) []Mapping {
 	table := []Mapping{}
+	var http []Mapping
 	for _, d := range defs {
-		if !inPortTable(d) {
-			continue
+		m := Mapping{Stack: d.Stack, Service: d.Service, Protocol: d.Protocol,
+			ListenPort: d.ListenPort, IdleTimeoutSecs: uint64(d.Timeout.Seconds()), PolicyDigest: d.PolicyDigest}
+		if d.PolicyDigest != "" {
+			p := d.Policy
+			m.Policy = &p
 		}
-		table = append(table, Mapping{Stack: d.Stack, Service: d.Service, Protocol: d.Protocol,
-			ListenPort: d.ListenPort, IdleTimeoutSecs: uint64(d.Timeout.Seconds())})
+		switch {
+		case inPortTable(d):
+			table = append(table, m)
+		case d.Protocol == config.ProtocolHTTP && d.EntryPoint:
+			m.ListenPort = 0
+			http = append(http, m)
+		}
 	}
 	sort.Slice(table, func(i, j int) bool {
 		if table[i].Protocol != table[j].Protocol {
@@ -123,7 +149,19 @@ func buildTable(defs map[string]Definition) []Mapping {
 		}
 		return table[i].ListenPort < table[j].ListenPort
 	})
-	return table
+	sort.Slice(http, func(i, j int) bool { return http[i].Service < http[j].Service })
+	return append(table, http...)
+}
+
+// portsOnly is the listeners of a table (what /v1/port-mappings shows).
+func portsOnly(table []Mapping) []Mapping {
+	out := make([]Mapping, 0, len(table))
+	for _, m := range table {
+		if m.isPort() {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // maxDiffParts bounds the changes tableDiff names.
@@ -131,7 +169,20 @@ const maxDiffParts = 20
 
 // tableDiff describes what changed between two tables, for the log line of each publication.
 func tableDiff(old, cur []Mapping) string {
-	key := func(m Mapping) string { return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort) }
+	key := func(m Mapping) string {
+		if !m.isPort() {
+			return m.Protocol + "/" + m.Service
+		}
+		return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort)
+	}
+	// "~" names a change; "~policy" one of the policy alone.
+	change := func(o, m Mapping) string {
+		if o.PolicyDigest != m.PolicyDigest && o.same(Mapping{Stack: m.Stack, Service: m.Service, Protocol: m.Protocol,
+			ListenPort: m.ListenPort, IdleTimeoutSecs: m.IdleTimeoutSecs, PolicyDigest: o.PolicyDigest}) {
+			return "~policy:"
+		}
+		return "~"
+	}
 	before := map[string]Mapping{}
 	for _, m := range old {
 		before[key(m)] = m
@@ -144,8 +195,8 @@ func tableDiff(old, cur []Mapping) string {
 		switch o, ok := before[k]; {
 		case !ok:
 			parts = append(parts, "+"+k+"="+m.Service)
-		case o != m:
-			parts = append(parts, "~"+k+"="+m.Service)
+		case !o.same(m):
+			parts = append(parts, change(o, m)+k+"="+m.Service)
 		}
 	}
 	for _, m := range old {
@@ -161,16 +212,27 @@ func tableDiff(old, cur []Mapping) string {
 	return strings.Join(parts, " ")
 }
 
-// toProto converts a table for WatchPortMappings.
+// toProto converts a table for WatchPortMappings: listeners in mappings, http services in
+// http_services, each with its policy.
 func toProto(version uint64, table []Mapping) *pb.PortMappingBundle {
 	b := &pb.PortMappingBundle{Version: version, Mappings: make([]*pb.PortMapping, 0, len(table))}
 	for _, m := range table {
-		p := pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
-		if m.Protocol == config.ProtocolUDP {
-			p = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		e := &pb.PortMapping{Service: m.Service, Stack: m.Stack, ListenPort: uint32(m.ListenPort),
+			IdleTimeoutSecs: m.IdleTimeoutSecs}
+		if m.Policy != nil {
+			e.Policy = servicepolicy.ToProto(*m.Policy)
 		}
-		b.Mappings = append(b.Mappings, &pb.PortMapping{Service: m.Service, Stack: m.Stack, Protocol: p,
-			ListenPort: uint32(m.ListenPort), IdleTimeoutSecs: m.IdleTimeoutSecs})
+		switch m.Protocol {
+		case config.ProtocolHTTP:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
+			b.HttpServices = append(b.HttpServices, e)
+			continue
+		case config.ProtocolUDP:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		default:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
+		}
+		b.Mappings = append(b.Mappings, e)
 	}
 	return b
 }

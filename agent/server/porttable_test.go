@@ -28,9 +28,10 @@ func TestResolveDefinitions(t *testing.T) {
 		wantLost  []string // losers of conflicts
 	}{
 		{"empty", nil, nil, []Mapping{}, nil},
-		{"http and backend-only are not in the table",
+		{"backend-only is not in the table, http services follow the listeners",
 			[]Definition{httpDef, backend, udp}, []string{"db.s", "dns.s", "web.s"},
-			[]Mapping{{Stack: "s", Service: "dns.s", Protocol: "udp", ListenPort: 53}}, nil},
+			[]Mapping{{Stack: "s", Service: "dns.s", Protocol: "udp", ListenPort: 53},
+				{Stack: "s", Service: "web.s", Protocol: "http", IdleTimeoutSecs: 60}}, nil},
 		{"oldest registration wins a port, whatever the order",
 			[]Definition{tcpDef("b", "new.b", 6379, 20), tcpDef("a", "old.a", 6379, 10)}, []string{"old.a"},
 			[]Mapping{{Stack: "a", Service: "old.a", Protocol: "tcp", ListenPort: 6379, IdleTimeoutSecs: 30}}, []string{"new.b"}},
@@ -134,7 +135,7 @@ func TestDefinitionMetaRoundTrip(t *testing.T) {
 		}
 		want := Definition{Stack: svc.Stack, Service: svc.Name, Protocol: svc.Protocol, ListenPort: svc.ListenPort,
 			EntryPoint: svc.EntryPoint, Timeout: svc.Timeout}
-		if d != want {
+		if !d.Equal(want) {
 			t.Errorf("%s: %+v, want %+v", svc.Name, d, want)
 		}
 	}

@@ -35,6 +35,9 @@ type replicaInstance struct {
 	// metaNode is the instance's own nullnet-node meta (host services of client agents).
 	metaNode string
 	passing  bool
+	// critical: Consul marks the instance critical (close_on_unhealthy ends its uses); a
+	// warning is not passing (no new sessions) but not critical.
+	critical bool
 	// checked: the instance has a service check of its own, so its changes show in the checks
 	// watch.
 	checked bool
@@ -473,11 +476,13 @@ func replicaInstances(entries []*api.ServiceEntry) []replicaInstance {
 		for _, c := range checks {
 			checked = checked || c.ServiceID != ""
 		}
+		health := checks.AggregatedStatus()
 		inst = append(inst, replicaInstance{
 			Replica:    session.Replica{ID: id, Address: addr, Port: e.Service.Port},
 			consulNode: e.Node.Node,
 			metaNode:   e.Service.Meta[MetaNode],
-			passing:    checks.AggregatedStatus() == api.HealthPassing,
+			passing:    health == api.HealthPassing,
+			critical:   health == api.HealthCritical,
 			checked:    checked,
 		})
 	}

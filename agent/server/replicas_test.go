@@ -87,7 +87,7 @@ func TestReplicaInstances(t *testing.T) {
 	got := replicaInstances(entries)
 	want := []replicaInstance{
 		{Replica: session.Replica{ID: "c1/w1", Address: "192.0.2.1", Port: 8080}, consulNode: "c1", passing: true, checked: true},
-		{Replica: session.Replica{ID: "c2/w2", Address: "10.9.9.9", Port: 8080}, consulNode: "c2"},
+		{Replica: session.Replica{ID: "c2/w2", Address: "10.9.9.9", Port: 8080}, consulNode: "c2", critical: true}, // serfHealth critical
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("replicaInstances:\n got %+v\nwant %+v", got, want)

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/server/certstore"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
@@ -50,12 +53,20 @@ type Server struct {
 	// server holds the leader lock (nil when no stacks_dir is set or there is no Consul).
 	stacks stacks
 	mirror *consul.Mirror
+
+	// certs is what WatchCertificates streams (certs.go, ingress_certs.go); certFiles feeds it
+	// from server.certs_dir.
+	certs     *certstore.Store
+	certFiles certFiles
+	// certSendTimeout overrides certSendTimeout (tests).
+	certSendTimeout time.Duration
 }
 
 // New builds the server role.
 func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, logger: cfg.Logger, events: cfg.Events, defs: newDefinitionSet(), agentCfg: cfg.Agent,
 		table: newPortTable()}
+	s.initCerts()
 	if err := s.initStacks(); err != nil {
 		return nil, err
 	}
@@ -82,8 +93,9 @@ func (s *Server) RegisterHTTP(mux *http.ServeMux) {
 // Run blocks until ctx ends; every goroutine it starts has ended when it returns.
 func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); s.plane.run(ctx) }()
+	go func() { defer wg.Done(); s.runCerts(ctx) }()
 	if s.cfg.Consul != nil {
 		wg.Add(1)
 		var onServices func(servicesView, uint64)
@@ -107,6 +119,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	s.mu.Lock()
 	s.agentCfg = cfg
 	s.mu.Unlock()
+	s.setCertsDir(cfg.Server.CertsDir)
 	if s.mirror == nil {
 		if cfg.Server.StacksDir != "" {
 			s.logger.Warn("server.stacks_dir was set by a reload; it takes effect at the next restart")
@@ -133,6 +146,8 @@ func (s *Server) initStacks() error {
 		Client: s.cfg.Consul, Logger: s.logger.Named("mirror"), LockKey: key,
 		Node: DefinitionsNode, NodeMeta: map[string]string{"external-node": "true"}, Tag: DefinitionTag,
 		ExternalWatch: true, // watchCatalog reads the same node and hands every answer over
+		// Policies travel as KV documents beside their definitions (policies.go).
+		KVPrefix: servicepolicy.KVPrefix,
 		OnLeadership: func(leader bool) {
 			kind := events.LeadershipAcquired
 			if !leader {
@@ -155,8 +170,8 @@ func (s *Server) initStacks() error {
 	return nil
 }
 
-// ingressService implements pb.IngressServer: WatchPortMappings (port table) and
-// Proxy/ReleaseProxy (plane).
+// ingressService implements pb.IngressServer: WatchPortMappings (port table),
+// Proxy/ReleaseProxy (plane) and WatchCertificates (ingress_certs.go).
 type ingressService struct {
 	pb.UnimplementedIngressServer
 	s *Server

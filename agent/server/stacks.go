@@ -8,9 +8,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/hcl/v2"
+	"github.com/nullnet/nullnet/agent/dirwatch"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 )
@@ -129,85 +129,23 @@ func (s *Server) stacksChangedSinceLoad() bool {
 	return config.StackFingerprint(files) != seen
 }
 
-// watchStacks reloads the stacks directory when anything in it changes, until ctx ends.
-//
-// Debounce: every event re-arms a trailing-edge timer, so a burst of writes (an editor's
-// write-rename-chmod, a `cp -r`) becomes one reload after the quiet period, and the last write of
-// a burst is always followed by a reload. After each reload the directory is fingerprinted
-// again: a change that landed while the reload was reading (whose event may have been consumed
-// before it) re-arms the timer instead of being lost.
+// watchStacks reloads the stacks directory when anything in it changes, until ctx ends
+// (dirwatch: debounced, no write lost).
 func (s *Server) watchStacks(ctx context.Context) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		s.logger.Error("cannot watch the stacks directory; only SIGHUP reloads it", "error", err)
-		return
-	}
-	defer w.Close()
-
-	watched := ""
-	rewatch := func() {
-		s.stacks.mu.Lock()
-		dir := s.stacks.dir
-		s.stacks.mu.Unlock()
-		if dir == watched {
-			return
-		}
-		if watched != "" {
-			_ = w.Remove(watched)
-		}
-		watched = ""
-		if dir == "" {
-			return
-		}
-		// The directory itself is watched, not its files: editors replace files by renaming,
-		// which a per-file watch would miss.
-		if err := w.Add(dir); err != nil {
-			s.logger.Error("cannot watch the stacks directory; only SIGHUP reloads it", "dir", dir, "error", err)
-			return
-		}
-		watched = dir
-	}
 	s.mu.Lock()
 	debounce := s.agentCfg.Server.ReloadDebounce
 	s.mu.Unlock()
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	defer timer.Stop()
-	// A write between the start-up load (or a stacks_dir change) and the watch taking effect
-	// produced no event: compare the directory with what was loaded once the watch is in place.
-	watchAndCatchUp := func() {
-		rewatch()
-		if s.stacksChangedSinceLoad() {
-			timer.Reset(debounce)
-		}
-	}
-	watchAndCatchUp()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.stacks.dirChanged:
-			watchAndCatchUp()
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			s.logger.Trace("stacks directory event", "event", ev.String())
-			timer.Reset(debounce)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			// An overflow means events were dropped: reload to be safe.
-			s.logger.Warn("stacks directory watch error; reloading", "error", err)
-			timer.Reset(debounce)
-		case <-timer.C:
-			_ = s.reloadStacks("file change", false)
-			if s.stacksChangedSinceLoad() {
-				timer.Reset(debounce)
-			}
-		}
-	}
+	dirwatch.Run(ctx, dirwatch.Config{
+		Name: "stacks directory", Logger: s.logger, Debounce: debounce,
+		Dir: func() string {
+			s.stacks.mu.Lock()
+			defer s.stacks.mu.Unlock()
+			return s.stacks.dir
+		},
+		DirChanged: s.stacks.dirChanged,
+		Reload:     func() { _ = s.reloadStacks("file change", false) },
+		Changed:    s.stacksChangedSinceLoad,
+	})
 }
 
 // setLeaderEligible tells the mirror whether this server's stacks can be read (see

@@ -40,11 +40,13 @@ func IdentityFrom(ctx context.Context) (Identity, bool) {
 
 // methodRole is the role each RPC requires.
 var methodRole = map[string]string{
-	pb.Ingress_WatchPortMappings_FullMethodName: RoleProxy,
-	pb.Ingress_Proxy_FullMethodName:             RoleProxy,
-	pb.Ingress_ReleaseProxy_FullMethodName:      RoleProxy,
-	pb.Control_ControlChannel_FullMethodName:    RoleClient,
-	pb.Control_ReportEvent_FullMethodName:       "", // any nullnet node
+	pb.Ingress_WatchPortMappings_FullMethodName:      RoleProxy,
+	pb.Ingress_Proxy_FullMethodName:                  RoleProxy,
+	pb.Ingress_ReleaseProxy_FullMethodName:           RoleProxy,
+	pb.Ingress_WatchCertificates_FullMethodName:      RoleProxy,
+	pb.Ingress_WatchUnhealthyReplicas_FullMethodName: RoleProxy,
+	pb.Control_ControlChannel_FullMethodName:         RoleClient,
+	pb.Control_ReportEvent_FullMethodName:            "", // any nullnet node
 }
 
 // peerAddr is the caller's IP address, for refusals.
@@ -126,6 +128,10 @@ func (a *Authorizer) checkMessage(method, from string, id Identity, m any) error
 	case *pb.ReleaseProxyRequest:
 		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
 	case *pb.WatchPortMappingsRequest:
+		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
+	case *pb.WatchUnhealthyReplicasRequest:
+		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
+	case *pb.WatchCertificatesRequest:
 		return a.checkNode(method, from, id, &r.ProxyNode, "proxy_node")
 	case *pb.AgentEvent:
 		return a.checkNode(method, from, id, &r.Node, "node")

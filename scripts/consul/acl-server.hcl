@@ -12,7 +12,10 @@ service_prefix "" {
 node_prefix "" {
   policy = "read"
 }
-# Leader election: a Consul lock (session + key) so that two servers never fight over the mirror.
+# Leader election: a Consul lock (session + key) so that two servers never fight over the mirror,
+# and service policies: the leader writes one JSON document per stack service under
+# "nullnet/policies/", every server reads the prefix (key_prefix "nullnet/policies/" read is the
+# least a server that never leads needs).
 key_prefix "nullnet/" {
   policy = "write"
 }
