@@ -66,7 +66,7 @@ func TestCertificatesDirToProxy(t *testing.T) {
 	pCert, pKey := pki.issue(t, tlsutil.RoleProxy, "proxy-test")
 	grpcAddr := fmt.Sprintf("127.0.0.1:%d", scfg.Ports.GRPC)
 	pcfg := testConfig(t, consul.HTTPAddr, pki.tlsBlock(pCert, pKey)+fmt.Sprintf(
-		"proxy {\n  enabled = true\n  servers = [%q]\n  http_addr = \"127.0.0.1:%d\"\n}\n", grpcAddr, freePort(t)))
+		"proxy {\n  enabled = true\n  servers = [%q]\n  http_addr = \"127.0.0.1:%d\"\n  https_addr = \"127.0.0.1:0\"\n}\n", grpcAddr, freePort(t)))
 	pcfg.NodeName = "proxy-test"
 	pcfg.Server.Enabled = false
 	proxyAgent := runTestAgent(t, pcfg, "proxy")

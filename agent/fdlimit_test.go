@@ -72,7 +72,7 @@ func TestOpenFileLimitCapsUDPSessions(t *testing.T) {
 	}
 
 	srv := consultest.Start(t)
-	body := fmt.Sprintf("proxy {\n  enabled = true\n  servers = [\"127.0.0.1:%d\"]\n  http_addr = \"127.0.0.1:%d\"\n}\n",
+	body := fmt.Sprintf("proxy {\n  enabled = true\n  servers = [\"127.0.0.1:%d\"]\n  http_addr = \"127.0.0.1:%d\"\n  https_addr = \"127.0.0.1:0\"\n}\n",
 		freePort(t), freePort(t))
 	cfg := testConfig(t, srv.HTTPAddr, body)
 	cfg.Server.Enabled = false

@@ -15,8 +15,11 @@ type oneProcessFiles struct {
 	Stack  string // the stack file's text, written into the agent's stacks_dir
 	// ProxyHTTPPort is the proxy's HTTP router port on 127.0.0.1 (0: a free one).
 	ProxyHTTPPort int
-	// ProxyExtra and ClientExtra are HCL lines added to the proxy and client blocks.
-	ProxyExtra, ClientExtra string
+	// ProxyHTTPSPort is the proxy's HTTPS listener port on 127.0.0.1 (0: a free one).
+	ProxyHTTPSPort int
+	// ServerExtra, ProxyExtra and ClientExtra are HCL lines added to the server, proxy and
+	// client blocks.
+	ServerExtra, ProxyExtra, ClientExtra string
 }
 
 // write writes the stacks directory and the agent config into dir and returns the config
@@ -34,6 +37,9 @@ func (f oneProcessFiles) write(t *testing.T, dir string) (cfgFile string, httpPo
 	if f.ProxyHTTPPort == 0 {
 		f.ProxyHTTPPort = freePort(t)
 	}
+	if f.ProxyHTTPSPort == 0 {
+		f.ProxyHTTPSPort = freePort(t)
+	}
 	cfgFile = filepath.Join(dir, "agent.hcl")
 	cfg := fmt.Sprintf(`
 node_name = %q
@@ -46,9 +52,11 @@ consul {
 }
 server {
   stacks_dir = %q
+%s
 }
 proxy {
   http_addr = "127.0.0.1:%d"
+  https_addr = "127.0.0.1:%d"
   servers   = ["127.0.0.1:%d"]
 %s
 }
@@ -56,7 +64,7 @@ client {
   servers = ["127.0.0.1:%d"]
 %s
 }
-`, f.Node, httpPort, grpcPort, f.Consul, stacks, f.ProxyHTTPPort, grpcPort, f.ProxyExtra, grpcPort, f.ClientExtra)
+`, f.Node, httpPort, grpcPort, f.Consul, stacks, f.ServerExtra, f.ProxyHTTPPort, f.ProxyHTTPSPort, grpcPort, f.ProxyExtra, grpcPort, f.ClientExtra)
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

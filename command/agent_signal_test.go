@@ -103,6 +103,7 @@ server {
 }
 proxy {
   http_addr = "127.0.0.1:%d"
+  https_addr = "127.0.0.1:0"
   servers   = ["127.0.0.1:%d"]
 }
 client {

@@ -17,8 +17,9 @@ func (c *PortMappingsCommand) Help() string {
 	return trim(`
 Usage: nullnet port-mappings [options]
 
-  Prints the port table (GET /v1/port-mappings): every TCP and UDP port
-  the proxies listen on, the service behind it and its idle timeout.
+  Prints the port table (GET /v1/port-mappings): every TCP, UDP and TLS
+  port the proxies listen on, the service behind it and its idle timeout.
+  A port shared by tls services (routed by SNI) has one row per service.
   http services are routed by Host header and are not in this table.
 
 Options:
@@ -29,7 +30,7 @@ Options:
 ` + httpFlagsHelp)
 }
 
-func (c *PortMappingsCommand) Synopsis() string { return "Prints the TCP/UDP port table" }
+func (c *PortMappingsCommand) Synopsis() string { return "Prints the TCP/UDP/TLS port table" }
 
 // apiMapping mirrors one entry of GET /v1/port-mappings.
 type apiMapping struct {

@@ -26,7 +26,8 @@ Usage: nullnet validate [options] PATH...
   With -stacks, also checks every *.hcl stack file in DIR as one set,
   exactly as the server does on start and on every reload. The ports a
   tcp service may not take come from the agent configuration PATHs when
-  given (proxy.http_addr, ports.http, ports.grpc), else from the defaults.
+  given (proxy.http_addr, proxy.https_addr, ports.http, ports.grpc), else
+  from the defaults.
 
   A PATH that is a stack file (it holds top-level stack blocks), or a
   directory of only stack files, is checked as stacks, and says so.

@@ -93,6 +93,9 @@ type Proxy struct {
 	// Servers are gRPC addresses of nullnet servers; empty means discover through Consul.
 	Servers  []string `json:"servers"`
 	HTTPAddr string   `json:"http_addr"`
+	// HTTPSAddr is the TLS listener for HTTP services (certificates chosen by SNI); "" turns
+	// it off.
+	HTTPSAddr string `json:"https_addr"`
 	// BindAddr is the address TCP/UDP listeners bind (default all addresses).
 	BindAddr string `json:"bind_addr"`
 	// DialTimeout bounds the connect to an upstream.
@@ -221,6 +224,7 @@ const (
 	DefaultGRPCMaxConcurrentStreams = 1024
 	DefaultGRPCMaxStreamsPerClient  = 4096
 	DefaultProxyHTTPAddr            = ":80"
+	DefaultProxyHTTPSAddr           = ":443"
 	DefaultSetupTimeout             = 10 * time.Second
 	DefaultNodeGrace                = 15 * time.Second
 	DefaultOrphanGrace              = 60 * time.Second

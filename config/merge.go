@@ -30,6 +30,7 @@ func (m *merger) applyDev() {
 	m.cfg.BindAddr = "127.0.0.1"
 	m.cfg.ClientAddr = "127.0.0.1"
 	m.cfg.Proxy.HTTPAddr = "127.0.0.1:8080"
+	m.cfg.Proxy.HTTPSAddr = "127.0.0.1:8443"
 	m.cfg.Proxy.BindAddr = "127.0.0.1"
 	m.cfg.Proxy.Servers = []string{"127.0.0.1:4701"}
 	m.cfg.Client.Servers = []string{"127.0.0.1:4701"}
@@ -119,6 +120,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Proxy.Enabled, p.Enabled)
 		pick(&c.Proxy.Servers, p.Servers)
 		pick(&c.Proxy.HTTPAddr, p.HTTPAddr)
+		pick(&c.Proxy.HTTPSAddr, p.HTTPSAddr)
 		pick(&c.Proxy.BindAddr, p.BindAddr)
 		diags = append(diags, pickDur(&c.Proxy.DialTimeout, p.DialTimeout)...)
 		diags = append(diags, pickDur(&c.Proxy.UDPIdleTimeout, p.UDPIdleTimeout)...)

@@ -69,6 +69,7 @@ type rawProxy struct {
 	Enabled        *bool          `hcl:"enabled,optional"`
 	Servers        *[]string      `hcl:"servers,optional"`
 	HTTPAddr       *string        `hcl:"http_addr,optional"`
+	HTTPSAddr      *string        `hcl:"https_addr,optional"`
 	BindAddr       *string        `hcl:"bind_addr,optional"`
 	DialTimeout    *hcl.Attribute `hcl:"dial_timeout,optional"`
 	UDPIdleTimeout *hcl.Attribute `hcl:"udp_idle_timeout,optional"`

@@ -22,12 +22,29 @@ import (
 )
 
 // Stack-file protocols. http services are routed by Host header; tcp and udp get a listener on
-// every proxy.
+// every proxy; tls services get a TCP listener too, which several tls services may share: the
+// proxy routes each connection by the server name (SNI) of its ClientHello, matched against the
+// service name exactly as an http service's name is matched against the Host header, and relays
+// the bytes without terminating TLS.
 const (
 	ProtocolHTTP = "http"
 	ProtocolTCP  = "tcp"
 	ProtocolUDP  = "udp"
+	ProtocolTLS  = "tls"
 )
+
+// PortSpace is the port number space a protocol's listen_port lives in: tcp and tls listen on
+// TCP ports, udp on UDP ports.
+func PortSpace(protocol string) string {
+	if protocol == ProtocolUDP {
+		return ProtocolUDP
+	}
+	return ProtocolTCP
+}
+
+// SharesPort reports whether two services of these protocols may listen on the same port of one
+// port space: only tls services, which the proxy tells apart by SNI.
+func SharesPort(a, b string) bool { return a == ProtocolTLS && b == ProtocolTLS }
 
 // Stack is one `stack "name" { ... }` block.
 type Stack struct {
@@ -42,7 +59,7 @@ type StackService struct {
 	Stack    string `json:"stack"`
 	Name     string `json:"service"`
 	Protocol string `json:"protocol"`
-	// ListenPort is the proxies' listening port (tcp/udp only; 0 for http).
+	// ListenPort is the proxies' listening port (tcp/udp/tls only; 0 for http).
 	ListenPort int `json:"listen_port,omitempty"`
 	// EntryPoint is true when `timeout` is set: the proxy may reach the service. A service
 	// without a timeout is a backend only.
@@ -62,10 +79,18 @@ type StackRules struct {
 }
 
 // StackRulesFor derives the rules from an agent configuration: a tcp listen_port may not take
-// the proxies' HTTP port (proxy.http_addr, default 80), 443, or the agent's own HTTP and gRPC
-// ports. The server and `nullnet validate -stacks` both use it, so they agree.
+// the proxies' HTTP port (proxy.http_addr, default 80), their HTTPS port (proxy.https_addr,
+// default 443, unless HTTPS is off), or the agent's own HTTP and gRPC ports. The server and
+// `nullnet validate -stacks` both use it, so they agree.
 func StackRulesFor(cfg *Config) StackRules {
-	reserved := map[int]string{443: "HTTPS on the proxies"}
+	reserved := map[int]string{}
+	if cfg.Proxy.HTTPSAddr != "" {
+		if _, p, err := net.SplitHostPort(cfg.Proxy.HTTPSAddr); err == nil {
+			if n, err := strconv.Atoi(p); err == nil && n > 0 {
+				reserved[n] = "the proxies' HTTPS listener (proxy.https_addr)"
+			}
+		}
+	}
 	httpPort := 80
 	if _, p, err := net.SplitHostPort(cfg.Proxy.HTTPAddr); err == nil {
 		if n, err := strconv.Atoi(p); err == nil {
@@ -206,6 +231,7 @@ var (
 	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
 		{Name: "send_proxy_protocol"},
+		{Name: "https_redirect"}, {Name: "hsts"},
 		{Name: "close_on_unhealthy"},
 	}}
 )
@@ -240,12 +266,12 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		p, d := StringAttr(a)
 		diags = append(diags, d...)
 		switch p {
-		case ProtocolHTTP, ProtocolTCP, ProtocolUDP:
+		case ProtocolHTTP, ProtocolTCP, ProtocolUDP, ProtocolTLS:
 			svc.Protocol = p
 		default:
 			if !d.HasErrors() {
 				diags = append(diags, errAt(a.Expr.Range().Ptr(), "Invalid protocol",
-					"protocol must be one of \"http\", \"tcp\" or \"udp\", not %q.", p))
+					"protocol must be one of \"http\", \"tcp\", \"udp\" or \"tls\", not %q.", p))
 			}
 		}
 	}
@@ -274,9 +300,9 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 	case ProtocolHTTP:
 		if port != nil {
 			diags = append(diags, errAt(port.NameRange.Ptr(), "Unexpected listen_port",
-				"http service %q is routed by Host header on the proxies' HTTP listener; listen_port is only for tcp and udp services.", svc.Name))
+				"http service %q is routed by Host header on the proxies' HTTP listener; listen_port is only for tcp, udp and tls services.", svc.Name))
 		}
-	case ProtocolTCP, ProtocolUDP:
+	case ProtocolTCP, ProtocolUDP, ProtocolTLS:
 		if port == nil {
 			diags = append(diags, errAt(b.DefRange.Ptr(), "Missing listen_port",
 				"%s service %q needs listen_port: the port the proxies listen on.", svc.Protocol, svc.Name))
@@ -286,6 +312,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 				"%s service %q needs timeout (seconds or a duration such as \"90s\"; 0 = never idles out): the proxies only open ports for services they may reach.", svc.Protocol, svc.Name))
 		}
 	}
+	diags = append(diags, decodeHTTPSKeys(&svc, content)...)
 	return svc, diags
 }
 
@@ -321,17 +348,18 @@ func checkName(kind, name string, rng hcl.Range) hcl.Diagnostics {
 }
 
 // validateStackSet checks the rules that span every file: unique stack names, unique service
-// names (Consul service names and Host routing are global), unique (protocol, listen_port) and
+// names (Consul service names and Host routing are global), one service per listen_port of each
+// port space except that tls services share theirs (a tcp and a tls service never do), and
 // reserved ports.
 func validateStackSet(stacks []Stack, rules StackRules) hcl.Diagnostics {
 	var diags hcl.Diagnostics
 	stackSeen := map[string]hcl.Range{}
 	svcSeen := map[string]StackService{}
 	type portKey struct {
-		proto string
+		space string
 		port  int
 	}
-	portSeen := map[portKey]StackService{}
+	portSeen := map[portKey]StackService{} // the first service declared on each port
 	for _, st := range stacks {
 		if first, dup := stackSeen[st.Name]; dup {
 			diags = append(diags, errAt(st.DeclRange.Ptr(), "Duplicate stack",
@@ -350,19 +378,27 @@ func validateStackSet(stacks []Stack, rules StackRules) hcl.Diagnostics {
 			if svc.ListenPort == 0 || svc.Protocol == ProtocolHTTP {
 				continue
 			}
-			if why, ok := rules.ReservedPorts[svc.ListenPort]; ok && svc.Protocol == ProtocolTCP {
+			if why, ok := rules.ReservedPorts[svc.ListenPort]; ok && PortSpace(svc.Protocol) == ProtocolTCP {
 				diags = append(diags, errAt(svc.DeclRange.Ptr(), "Reserved listen_port",
-					"tcp port %d of service %q (stack %q) is taken by %s.", svc.ListenPort, svc.Name, svc.Stack, why))
+					"%s port %d of service %q (stack %q) is taken by %s.", svc.Protocol, svc.ListenPort, svc.Name, svc.Stack, why))
 				continue
 			}
-			k := portKey{svc.Protocol, svc.ListenPort}
-			if first, dup := portSeen[k]; dup {
+			k := portKey{PortSpace(svc.Protocol), svc.ListenPort}
+			first, dup := portSeen[k]
+			switch {
+			case !dup:
+				portSeen[k] = svc
+			case SharesPort(first.Protocol, svc.Protocol):
+				// Routed by SNI: the names differ, since service names are unique.
+			case first.Protocol != svc.Protocol:
+				diags = append(diags, errAt(svc.DeclRange.Ptr(), "Conflicting listen_port",
+					"%s port %d of service %q (stack %q) is already used by %s service %q (stack %q) at %s; a tcp and a tls service cannot share a port (tls services share theirs, routed by SNI).",
+					svc.Protocol, svc.ListenPort, svc.Name, svc.Stack, first.Protocol, first.Name, first.Stack, pos(first.DeclRange)))
+			default:
 				diags = append(diags, errAt(svc.DeclRange.Ptr(), "Conflicting listen_port",
 					"%s port %d of service %q (stack %q) is already used by service %q (stack %q) at %s.",
 					svc.Protocol, svc.ListenPort, svc.Name, svc.Stack, first.Name, first.Stack, pos(first.DeclRange)))
-				continue
 			}
-			portSeen[k] = svc
 		}
 	}
 	return diags

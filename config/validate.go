@@ -69,6 +69,15 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 			diags = append(diags, errAt(at("proxy.http_addr"), "Invalid proxy.http_addr",
 				"%q is not host:port (%v); for example \":80\".", c.Proxy.HTTPAddr, err))
 		}
+		if c.Proxy.HTTPSAddr != "" {
+			if _, _, err := net.SplitHostPort(c.Proxy.HTTPSAddr); err != nil {
+				diags = append(diags, errAt(at("proxy.https_addr"), "Invalid proxy.https_addr",
+					"%q is not host:port (%v); for example \":443\", or \"\" to turn HTTPS off.", c.Proxy.HTTPSAddr, err))
+			} else if c.Proxy.HTTPSAddr == c.Proxy.HTTPAddr {
+				diags = append(diags, errAt(at("proxy.https_addr"), "Conflicting proxy.https_addr",
+					"%q is also proxy.http_addr; the two listeners need different addresses.", c.Proxy.HTTPSAddr))
+			}
+		}
 		if net.ParseIP(c.Proxy.BindAddr) == nil {
 			diags = append(diags, errAt(at("proxy.bind_addr"), "Invalid proxy.bind_addr", "%q is not an IP address.", c.Proxy.BindAddr))
 		}

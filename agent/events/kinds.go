@@ -63,9 +63,16 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
+	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
+	TLSHandshakeFailed = "tls_handshake_failed"
 	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
 	// (close_on_unhealthy); one event per replica and change, with the counts.
 	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
+	// TLSConnectionUnrouted: a tls (passthrough) listener closed a connection whose ClientHello
+	// named no service of the port, or was missing, malformed, too large or too slow.
+	// Aggregated per port and reason.
+	TLSConnectionUnrouted = "tls_connection_unrouted"
 )
 
 // Spec is what an event kind carries: the keys of its Fields. website/docs/events.md lists
@@ -137,7 +144,9 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
 	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
+	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},
 }
 
 // Specs returns every kind's spec, in the order of the documentation.

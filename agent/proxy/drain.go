@@ -21,8 +21,8 @@ type DrainResult struct {
 	UDPSessions int64
 }
 
-// Drain is the graceful half of a stop (SIGTERM, `nullnet leave`): TCP listeners and the HTTP
-// router stop accepting, UDP listeners admit no new client, port-table pushes are no longer
+// Drain is the graceful half of a stop (SIGTERM, `nullnet leave`): TCP listeners, the HTTP
+// router and the HTTPS listener stop accepting, UDP listeners admit no new client, port-table pushes are no longer
 // applied, and open TCP connections and HTTP requests (WebSockets included) get up to
 // proxy.drain_timeout to finish. ctx ends the drain early (a second signal). Drain returns when
 // nothing is left or the time is up; the caller then cancels Run, which cuts what is left and
@@ -42,7 +42,13 @@ func (p *Proxy) Drain(ctx context.Context) DrainResult {
 	httpDone := make(chan struct{})
 	go func() { // owned by Drain: waited for below
 		defer close(httpDone)
+		httpsDone := make(chan struct{})
+		go func() { // owned here: waited for below
+			defer close(httpsDone)
+			p.https.shutdown(dctx)
+		}()
 		p.http.shutdown(dctx)
+		<-httpsDone
 	}()
 	t := time.NewTicker(drainPoll)
 	defer t.Stop()
@@ -81,14 +87,14 @@ wait:
 // Draining reports whether Drain has started.
 func (p *Proxy) Draining() bool { return p.draining.Load() }
 
-// stopAccepting closes every TCP listener (their connections belong to the proxy and keep
+// stopAccepting closes every TCP listener (tls ones included) (their connections belong to the proxy and keep
 // running) and leaves UDP listeners open for the sessions they carry; reconcile no longer
 // opens anything once draining is set.
 func (p *Proxy) stopAccepting() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for k, s := range p.slots {
-		if k.Protocol != TCP {
+		if k.Protocol == UDP {
 			continue
 		}
 		delete(p.slots, k)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -75,6 +76,9 @@ func FuzzPortTableBundle(f *testing.F) {
 		{Service: "Bad Name", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP, ListenPort: 1},
 		{Service: "x", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_UDP, ListenPort: 70000, IdleTimeoutSecs: 1 << 63},
 		{Service: "y", Protocol: 42, ListenPort: 9},
+		{Service: "b.example", Stack: "s", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TLS, ListenPort: 8443, IdleTimeoutSecs: 5},
+		{Service: "a.example", Stack: "t", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TLS, ListenPort: 8443},
+		{Service: "a.example", Stack: "t", Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TLS, ListenPort: 8443},
 	}})
 	f.Fuzz(func(t *testing.T, a, b []byte) {
 		var ba, bb pb.PortMappingBundle
@@ -84,11 +88,20 @@ func FuzzPortTableBundle(f *testing.F) {
 		want, problems := desiredTable(&ba)
 		running, _ := desiredTable(&bb)
 		for k, m := range want {
-			if k != m.key() || m.Port == 0 || (m.Protocol != TCP && m.Protocol != UDP) {
+			if k != m.key() || m.Port == 0 || (m.Protocol != TCP && m.Protocol != UDP && m.Protocol != TLS) {
 				t.Fatalf("bad entry %v under %v", m, k)
 			}
-			if !config.ValidServiceName(m.Service) || m.IdleTimeout < 0 {
-				t.Fatalf("entry %v kept", m)
+			names := []string{m.Service}
+			if m.Protocol == TLS {
+				names = tlsRoutes(m.Service)
+				if len(names) == 0 || !slices.IsSorted(names) || len(slices.Compact(slices.Clone(names))) != len(names) {
+					t.Fatalf("tls entry %v: names not sorted and unique", m)
+				}
+			}
+			for _, n := range names {
+				if !config.ValidServiceName(n) || m.IdleTimeout < 0 {
+					t.Fatalf("entry %v kept", m)
+				}
 			}
 		}
 		for _, p := range problems {

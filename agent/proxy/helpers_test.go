@@ -126,6 +126,7 @@ func startProxy(t testing.TB, res Resolver, mod func(*config.Config, *Config)) *
 	acfg.Proxy.Enabled = true
 	acfg.Proxy.BindAddr = "127.0.0.1"
 	acfg.Proxy.HTTPAddr = "127.0.0.1:0"
+	acfg.Proxy.HTTPSAddr = "127.0.0.1:0"
 	var logger hclog.Logger = hclog.NewNullLogger()
 	if _, bench := t.(*testing.B); !bench {
 		logger = hclog.New(&hclog.LoggerOptions{Name: "proxy", Level: hclog.Debug, Output: testWriter{t}})

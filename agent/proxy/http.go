@@ -210,6 +210,9 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		errorPage(sw, code, http.StatusText(code), what)
 		return
 	}
+	if r.edge(sw, req, service) { // ACME HTTP-01, https_redirect, HSTS (https.go)
+		return
+	}
 	if service == "" {
 		errorPage(sw, http.StatusBadRequest, "Missing Host header",
 			"This proxy routes by the Host header, and the request has none.")

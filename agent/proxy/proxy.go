@@ -40,8 +40,11 @@ type Config struct {
 	// BindRetryMin/Max bound the backoff between bind attempts of a listener whose port is
 	// taken (defaults 250ms and 10s).
 	BindRetryMin, BindRetryMax time.Duration
-	// DisableHTTP skips the HTTP router (its address is often privileged in tests).
+	// DisableHTTP skips the HTTP router and the HTTPS listener (their addresses are often
+	// privileged in tests).
 	DisableHTTP bool
+	// TLSHelloTimeout bounds how long a tls listener waits for a ClientHello (default 10s).
+	TLSHelloTimeout time.Duration
 }
 
 // settings are the reloadable knobs from the agent configuration.
@@ -81,6 +84,7 @@ type Proxy struct {
 	httpAddr string
 
 	bindRetryMin, bindRetryMax time.Duration
+	tlsHelloTimeout            time.Duration
 
 	// runCtx is the parent of every slot and connection; Run cancels it (stop) when it ends.
 	runCtx context.Context
@@ -114,6 +118,9 @@ type Proxy struct {
 	httpUses httpUseSet
 	// certs is the TLS certificate set the servers stream (certs.go).
 	certs *certs.Set
+	// https serves proxy.https_addr ("" = off) through the HTTP router (https.go).
+	https     *httpsServer
+	httpsAddr string
 }
 
 // New builds the proxy role.
@@ -137,6 +144,10 @@ func New(cfg Config) (*Proxy, error) {
 	if p.bindRetryMax < p.bindRetryMin {
 		p.bindRetryMax = max(10*time.Second, p.bindRetryMin)
 	}
+	p.tlsHelloTimeout = cfg.TLSHelloTimeout
+	if p.tlsHelloTimeout <= 0 {
+		p.tlsHelloTimeout = tlsHelloTimeout
+	}
 	p.runCtx, p.stop = context.WithCancel(context.Background())
 	p.set.Store(settingsFrom(cfg.Agent))
 	p.resolver = cfg.Resolver
@@ -153,6 +164,8 @@ func New(cfg Config) (*Proxy, error) {
 	p.conns.m = map[any]func(){}
 	p.workers = newWorkerPool()
 	p.http = newHTTPRouter(p)
+	p.httpsAddr = cfg.Agent.Proxy.HTTPSAddr
+	p.https = newHTTPSServer(p)
 	return p, nil
 }
 
@@ -176,6 +189,8 @@ type Status struct {
 	TableVersion uint64           `json:"table_version"`
 	TableAt      time.Time        `json:"table_received_at,omitzero"`
 	HTTPAddr     string           `json:"http_addr,omitempty"`
+	HTTPSAddr    string           `json:"https_addr,omitempty"`
+	HTTPSError   string           `json:"https_error,omitempty"` // last bind error while retrying
 	Listeners    []ListenerStatus `json:"listeners"`
 }
 
@@ -202,6 +217,10 @@ func (p *Proxy) status() Status {
 		Listeners: []ListenerStatus{}}
 	if !p.cfg.DisableHTTP {
 		st.HTTPAddr = p.httpAddr
+		st.HTTPSAddr = p.httpsAddr
+		if e := p.https.bindErr.Load(); e != nil {
+			st.HTTPSError = *e
+		}
 	}
 	slots := make([]*slot, 0, len(p.slots))
 	for _, s := range p.slots {
@@ -250,6 +269,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 				errc <- err
 			}
 		}()
+		if p.httpsAddr != "" {
+			bg.Add(1)
+			go func() { defer bg.Done(); p.https.run(runCtx, p.httpsAddr) }()
+		}
 	}
 	if p.cfg.Conn != nil {
 		bg.Add(1)
@@ -289,7 +312,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 const stopReleaseGrace = time.Second
 
 // Reload applies a new agent configuration: timeouts, UDP bounds and use_linger apply to new
-// connections and sessions at once; bind_addr and http_addr changes need a restart (logged).
+// connections and sessions at once; bind_addr, http_addr and https_addr changes need a restart
+// (logged).
 func (p *Proxy) Reload(cfg *config.Config) error {
 	old := p.settings()
 	next := settingsFrom(cfg)
@@ -297,6 +321,9 @@ func (p *Proxy) Reload(cfg *config.Config) error {
 		p.logger.Warn("proxy.bind_addr changed; existing listeners keep the old address until restart",
 			"old", old.BindAddr, "new", next.BindAddr)
 		next.BindAddr = old.BindAddr
+	}
+	if cfg.Proxy.HTTPSAddr != p.httpsAddr {
+		p.logger.Warn("proxy.https_addr changed; takes effect after restart", "old", p.httpsAddr, "new", cfg.Proxy.HTTPSAddr)
 	}
 	if cfg.Proxy.HTTPAddr != p.httpAddr {
 		p.logger.Warn("proxy.http_addr changed; takes effect after restart", "old", p.httpAddr, "new", cfg.Proxy.HTTPAddr)

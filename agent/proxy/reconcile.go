@@ -18,10 +18,13 @@ import (
 	pb "github.com/nullnet/nullnet/proto"
 )
 
-// Mapping is one TCP or UDP entry of the port table as the proxy uses it.
+// Mapping is one TCP, UDP or TLS entry of the port table as the proxy uses it.
 type Mapping struct {
-	Protocol    Protocol
-	Port        uint16
+	Protocol Protocol
+	Port     uint16
+	// Service is the service relayed to. A TLS listener routes to several: Service holds their
+	// names, sorted and comma-separated (tlsRoutes), so that a Mapping stays comparable and a
+	// change of the set is an in-place update like any other.
 	Service     string
 	Stack       string
 	IdleTimeout time.Duration // 0 = the mapping never idles out (UDP uses the configured default)
@@ -31,7 +34,8 @@ func (m Mapping) key() listenerKey { return listenerKey{m.Protocol, m.Port} }
 
 func (m Mapping) String() string { return fmt.Sprintf("%s/%d→%q", m.Protocol, m.Port, m.Service) }
 
-// listenerKey identifies a listener: the same port may carry one TCP and one UDP listener.
+// listenerKey identifies a listener: the same port may carry one TCP (or TLS) and one UDP
+// listener.
 type listenerKey struct {
 	Protocol Protocol
 	Port     uint16
@@ -42,6 +46,7 @@ type listenerKey struct {
 func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 	want := make(map[listenerKey]Mapping, len(b.GetMappings()))
 	var problems []string
+	tlsPorts := map[uint16]*tlsGroup{} // tls services share their port: one listener each
 	for _, e := range b.GetMappings() {
 		var p Protocol
 		switch e.GetProtocol() {
@@ -49,6 +54,8 @@ func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 			p = TCP
 		case pb.ServiceProtocol_SERVICE_PROTOCOL_UDP:
 			p = UDP
+		case pb.ServiceProtocol_SERVICE_PROTOCOL_TLS:
+			p = TLS
 		default:
 			continue
 		}
@@ -66,10 +73,23 @@ func desiredTable(b *pb.PortMappingBundle) (map[listenerKey]Mapping, []string) {
 		secs := min(e.GetIdleTimeoutSecs(), uint64(math.MaxInt64/int64(time.Second)))
 		m := Mapping{Protocol: p, Port: uint16(e.GetListenPort()), Service: e.GetService(), Stack: e.GetStack(),
 			IdleTimeout: time.Duration(secs) * time.Second}
+		if p == TLS {
+			g := tlsPorts[m.Port]
+			if g == nil {
+				g = &tlsGroup{}
+				tlsPorts[m.Port] = g
+			}
+			g.add(m)
+			continue
+		}
 		if prev, dup := want[m.key()]; dup {
 			problems = append(problems, fmt.Sprintf("%s/%d listed twice (%q and %q); keeping %q",
 				p, m.Port, prev.Service, m.Service, m.Service))
 		}
+		want[m.key()] = m
+	}
+	for port, g := range tlsPorts {
+		m := g.mapping(port)
 		want[m.key()] = m
 	}
 	return want, problems

@@ -26,6 +26,8 @@ const (
 	TCP  Protocol = "tcp"
 	UDP  Protocol = "udp"
 	HTTP Protocol = "http"
+	// TLS is TLS passthrough: a TCP listener routing by SNI (tls.go).
+	TLS Protocol = "tls"
 )
 
 func (p Protocol) proto() pb.ServiceProtocol {
@@ -34,6 +36,8 @@ func (p Protocol) proto() pb.ServiceProtocol {
 		return pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
 	case UDP:
 		return pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+	case TLS:
+		return pb.ServiceProtocol_SERVICE_PROTOCOL_TLS
 	default:
 		return pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
 	}

@@ -40,10 +40,9 @@ var headerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &
 // appendProxyHeader appends the PROXY header of version v (None: nothing) for the client of
 // tc to b.
 //
-// TLS passthrough (and any relay that reads the client's first bytes itself) uses it with
-// readClient: call p.readClient(c, proto) first (it reads a trusted load balancer's header); the
-// client's stream is then tc.early followed by c; write appendProxyHeader(nil, v, tc) and the
-// client bytes read so far upstream in one write, then relay.
+// A relay that reads the client's first bytes itself (TLS passthrough) calls p.readClient
+// first (it reads a trusted load balancer's header); the client's stream is then tc.early
+// followed by c (prefixedConn).
 func appendProxyHeader(b []byte, v proxyproto.Version, tc tcpClient) []byte {
 	if v == proxyproto.None {
 		return b
@@ -52,15 +51,21 @@ func appendProxyHeader(b []byte, v proxyproto.Version, tc tcpClient) []byte {
 }
 
 // writeProxyHeader writes what must precede the relay on a new upstream connection: the PROXY
-// header of version v (None: none) for tc, then the client bytes read with a received header.
-// It is one write, so the upstream gets the header in the segment before any client byte.
-func writeProxyHeader(up net.Conn, v proxyproto.Version, tc tcpClient) error {
-	if v == proxyproto.None && len(tc.early) == 0 {
+// header of version v (None: none) for tc, the client bytes read with a received header, and
+// more (a TLS listener's ClientHello). It is one write: the upstream gets the header before
+// any client byte, in the same segment when they fit.
+func writeProxyHeader(up net.Conn, v proxyproto.Version, tc tcpClient, more []byte) error {
+	if v == proxyproto.None && len(tc.early) == 0 && len(more) == 0 {
 		return nil
+	}
+	if v == proxyproto.None && len(tc.early) == 0 {
+		_, err := up.Write(more) // no copy for the common TLS case
+		return err
 	}
 	bp := headerBufs.Get().(*[]byte)
 	b := appendProxyHeader((*bp)[:0], v, tc)
 	b = append(b, tc.early...)
+	b = append(b, more...)
 	_, err := up.Write(b)
 	if cap(b) <= 4<<10 {
 		*bp = b[:0]

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -179,7 +180,9 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 }
 
 // handleTCP resolves, dials and relays one accepted connection. It releases the lease exactly
-// once and writes one log line when the connection ends.
+// once and writes one log line when the connection ends. On a tls listener it first routes the
+// connection by SNI (routeTLS) and writes the ClientHello it read to the upstream before
+// relaying.
 func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	start := time.Now()
 
@@ -195,11 +198,25 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	defer p.conns.remove(c)
 
-	tc, err := p.readClient(c, TCP)
+	// The client first: a trusted load balancer's PROXY header comes before anything else,
+	// the ClientHello included.
+	tc, err := p.readClient(c, m.Protocol)
 	if err != nil { // a trusted load balancer without a valid header: nobody to serve
 		_ = c.SetLinger(0)
 		c.Close()
 		return
+	}
+	var hello []byte // what routing read of the client's bytes: the upstream gets it first
+	releaseHello := func() {}
+	if m.Protocol == TLS {
+		routed, read, release, ok := p.routeTLS(c, tc, m)
+		if !ok {
+			return
+		}
+		// Released once written, not held for the connection's life.
+		m, hello, releaseHello = routed, read, sync.OnceFunc(release)
+		defer releaseHello()
+		tc.early = nil // read again by routeTLS: they are the start of hello
 	}
 	client := tc.client
 	// The connection's fields are formatted only for a line that is written: a logger.With
@@ -230,13 +247,13 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		p.logger.Warn("tcp connection refused", fields("reason", kind, "error", err, "duration", time.Since(start))...)
 	}
 
-	lease, err := p.resolveUse(p.runCtx, client.Addr(), m.Service, TCP)
+	lease, err := p.resolveUse(p.runCtx, client.Addr(), m.Service, m.Protocol)
 	if err != nil {
 		kind := failureKind(err)
 		p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
-			Message: fmt.Sprintf("no upstream for %q (tcp port %d)", m.Service, m.Port),
+			Message: fmt.Sprintf("no upstream for %q (%s port %d)", m.Service, m.Protocol, m.Port),
 			Fields: map[string]string{"service": m.Service, "client_ip": client.Addr().String(),
-				"protocol": "tcp", "error": err.Error()}})
+				"protocol": string(m.Protocol), "error": err.Error()}})
 		fail(kind, err)
 		return
 	}
@@ -250,7 +267,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		}
 		p.shares.Forget(lease)
 		p.resolver.Release(lease)
-		if lease, err = p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, TCP); err != nil {
+		if lease, err = p.resolver.Resolve(p.runCtx, client.Addr(), m.Service, m.Protocol); err != nil {
 			fail(failureKind(err), err)
 			return
 		}
@@ -265,7 +282,7 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		fail("connect", err)
 		return
 	}
-	use := p.startUse(client.Addr(), m.Service, TCP, lease, func() { c.Close(); uc.Close() })
+	use := p.startUse(client.Addr(), m.Service, m.Protocol, lease, func() { c.Close(); uc.Close() })
 	defer p.endUse(use)
 	upstream = lease.Upstream
 	if debug {
@@ -278,18 +295,27 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		c.Close()
 		return
 	}
+	// The PROXY header (m is the routed service for tls), the client bytes read with a
+	// received header, and the ClientHello: one write, before the relay.
 	sendProxy := p.sendProxyFor(m)
-	if err := writeProxyHeader(u, sendProxy, tc); err != nil {
-		_ = u.SetLinger(0)
+	helloLen := len(hello)
+	err = writeProxyHeader(u, sendProxy, tc, hello)
+	hello = nil
+	releaseHello()
+	var toUp, toClient int64
+	var reason string
+	if err != nil {
+		_ = c.SetLinger(0)
+		c.Close()
 		u.Close()
-		fail("upstream_write", err)
-		return
+		reason = "writing to the upstream failed: " + err.Error()
+	} else {
+		if sendProxy != proxyproto.None {
+			l.headersSent[sendProxy].Add(1)
+		}
+		toUp, toClient, reason = relay(p.workers, c, u)
+		toUp += int64(helloLen)
 	}
-	if sendProxy != proxyproto.None {
-		l.headersSent[sendProxy].Add(1)
-	}
-
-	toUp, toClient, reason := relay(p.workers, c, u)
 	if p.runCtx.Err() != nil {
 		reason = "proxy shutdown"
 	} else if use.killed.Load() {

@@ -103,7 +103,7 @@ func definitionFromCatalog(c *api.CatalogService) (Definition, error) {
 		d.Protocol = config.ProtocolHTTP
 	}
 	switch d.Protocol {
-	case config.ProtocolHTTP, config.ProtocolTCP, config.ProtocolUDP:
+	case config.ProtocolHTTP, config.ProtocolTCP, config.ProtocolUDP, config.ProtocolTLS:
 	default:
 		return d, fmt.Errorf("unknown %s %q", MetaProtocol, d.Protocol)
 	}

@@ -11,9 +11,10 @@ import (
 	pb "github.com/nullnet/nullnet/proto"
 )
 
-// Mapping is one entry of the port table: a TCP or UDP port every proxy listens on, or a
-// reachable http service (ListenPort 0), which the proxies route by Host header and which the
-// table carries for its per-service settings (PortMappingBundle.http_services).
+// Mapping is one entry of the port table: a TCP, UDP or TLS port every proxy listens on (a port
+// of tls services has one entry per service: the proxy routes by SNI among them), or a reachable
+// http service (ListenPort 0), which the proxies route by Host header and which the table
+// carries for its per-service settings (PortMappingBundle.http_services).
 type Mapping struct {
 	Stack           string `json:"stack"`
 	Service         string `json:"service"`
@@ -36,7 +37,7 @@ func (m Mapping) same(o Mapping) bool {
 func (m Mapping) isPort() bool { return m.ListenPort > 0 }
 
 // Conflict is a definition that was not published because an older one holds its service name
-// or its (protocol, listen_port).
+// or its listen_port (in its port space, which only tls services share).
 type Conflict struct {
 	Loser  Definition
 	Winner Definition
@@ -52,6 +53,10 @@ func (c Conflict) Key() string {
 
 // String explains the conflict for logs and events.
 func (c Conflict) String() string {
+	if c.Port && c.Loser.Protocol != c.Winner.Protocol {
+		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by %s service %q (stack %q), which was registered first; a tcp and a tls service cannot share a port; %q is not published",
+			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Protocol, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
+	}
 	if c.Port {
 		return fmt.Sprintf("%s port %d of service %q (stack %q) is already held by service %q (stack %q), which was registered first; %q is not published",
 			c.Loser.Protocol, c.Loser.ListenPort, c.Loser.Service, c.Loser.Stack, c.Winner.Service, c.Winner.Stack, c.Loser.Service)
@@ -63,7 +68,8 @@ func (c Conflict) String() string {
 // resolveDefinitions turns every definition found in Consul into the published set and its port
 // table. The result is the same on every server for the same catalog: definitions are taken
 // oldest first (CreateIndex, then names), and a later one that repeats a service name or claims
-// a taken (protocol, listen_port) is left out and returned as a conflict.
+// a taken listen_port is left out and returned as a conflict. tls services share their port with
+// other tls services (config.SharesPort), never with a tcp service.
 func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []Conflict) {
 	sorted := slices.Clone(all)
 	sort.SliceStable(sorted, func(i, j int) bool {
@@ -91,7 +97,7 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 		return a.Timeout < b.Timeout
 	})
 	type portKey struct {
-		proto string
+		space string // config.PortSpace
 		port  int
 	}
 	defs := map[string]Definition{}
@@ -105,26 +111,32 @@ func resolveDefinitions(all []Definition) (map[string]Definition, []Mapping, []C
 			continue
 		}
 		if inPortTable(d) {
-			k := portKey{d.Protocol, d.ListenPort}
-			if w, taken := ports[k]; taken {
+			k := portKey{config.PortSpace(d.Protocol), d.ListenPort}
+			if w, taken := ports[k]; taken && !config.SharesPort(w.Protocol, d.Protocol) {
 				conflicts = append(conflicts, Conflict{Loser: d, Winner: w, Port: true})
 				continue
+			} else if !taken {
+				ports[k] = d // the first holder decides what may join it
 			}
-			ports[k] = d
 		}
 		defs[d.Service] = d
 	}
 	return defs, buildTable(defs), conflicts
 }
 
-// inPortTable: only reachable tcp and udp services get a listener; http services are routed by
-// Host header and backend-only services (no timeout) are never reached by the proxy.
+// inPortTable: only reachable tcp, udp and tls services get a listener; http services are routed
+// by Host header and backend-only services (no timeout) are never reached by the proxy.
 func inPortTable(d Definition) bool {
-	return (d.Protocol == config.ProtocolTCP || d.Protocol == config.ProtocolUDP) && d.EntryPoint && d.ListenPort > 0
+	switch d.Protocol {
+	case config.ProtocolTCP, config.ProtocolUDP, config.ProtocolTLS:
+		return d.EntryPoint && d.ListenPort > 0
+	}
+	return false
 }
 
 // buildTable is the port table of a resolved definition set: the listeners sorted by
-// protocol then port, then the reachable http services sorted by name.
+// protocol, port, then service (several tls services share a port), then the reachable http
+// services sorted by name.
 func buildTable(defs map[string]Definition) []Mapping {
 	table := []Mapping{}
 	var http []Mapping
@@ -147,7 +159,10 @@ func buildTable(defs map[string]Definition) []Mapping {
 		if table[i].Protocol != table[j].Protocol {
 			return table[i].Protocol < table[j].Protocol
 		}
-		return table[i].ListenPort < table[j].ListenPort
+		if table[i].ListenPort != table[j].ListenPort {
+			return table[i].ListenPort < table[j].ListenPort
+		}
+		return table[i].Service < table[j].Service
 	})
 	sort.Slice(http, func(i, j int) bool { return http[i].Service < http[j].Service })
 	return append(table, http...)
@@ -170,8 +185,11 @@ const maxDiffParts = 20
 // tableDiff describes what changed between two tables, for the log line of each publication.
 func tableDiff(old, cur []Mapping) string {
 	key := func(m Mapping) string {
-		if !m.isPort() {
+		switch {
+		case !m.isPort():
 			return m.Protocol + "/" + m.Service
+		case m.Protocol == config.ProtocolTLS: // one entry per service on a shared port
+			return fmt.Sprintf("%s/%d/%s", m.Protocol, m.ListenPort, m.Service)
 		}
 		return fmt.Sprintf("%s/%d", m.Protocol, m.ListenPort)
 	}
@@ -229,6 +247,8 @@ func toProto(version uint64, table []Mapping) *pb.PortMappingBundle {
 			continue
 		case config.ProtocolUDP:
 			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		case config.ProtocolTLS:
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_TLS
 		default:
 			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_TCP
 		}

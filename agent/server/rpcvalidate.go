@@ -72,7 +72,7 @@ func validateProxyRequest(r *pb.ProxyRequest) error {
 		return invalid("client_ip %.64q is not an IP address", r.GetClientIp())
 	}
 	if _, ok := pb.ServiceProtocol_name[int32(r.GetProtocol())]; !ok {
-		return invalid("protocol %d is not http, tcp or udp", r.GetProtocol())
+		return invalid("protocol %d is not http, tcp, udp or tls", r.GetProtocol())
 	}
 	if a := r.GetAdopt(); a != nil {
 		// Net id 0 is a use without a tunnel (network = "direct").

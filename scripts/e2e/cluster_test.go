@@ -74,6 +74,7 @@ type cluster struct {
 	consulBin string
 	stacksDir string
 	sshKey    string // private key authorised on node1's sshd
+	web       *webPKI // the public-facing CA of the HTTPS scenario
 
 	mu     sync.Mutex
 	agents map[string]*proc // nullnet agent per host name
@@ -148,6 +149,9 @@ func startCluster(t *testing.T) (*cluster, error) {
 		return c, err
 	}
 	if err := c.makePKI(); err != nil {
+		return c, err
+	}
+	if err := c.makeWebCerts(); err != nil {
 		return c, err
 	}
 	for _, h := range []*host{hostCtl, hostN1, hostN2, hostEdge} {
@@ -356,10 +360,10 @@ func (c *cluster) agentConfig(h *host) string {
 	servers := fmt.Sprintf("[\"%s:%d\"]", hostCtl.ip, grpcPort)
 	switch h {
 	case hostCtl:
-		fmt.Fprintf(&b, "server {\n  enabled = true\n  stacks_dir = %q\n  network = \"vxlan\"\n  node_grace_period = \"%s\"\n}\n",
-			c.stacksDir, nodeGrace)
+		fmt.Fprintf(&b, "server {\n  enabled = true\n  stacks_dir = %q\n  certs_dir = %q\n  network = \"vxlan\"\n  node_grace_period = \"%s\"\n}\n",
+			c.stacksDir, c.certsDir(), nodeGrace)
 	case hostEdge:
-		fmt.Fprintf(&b, "proxy {\n  enabled = true\n  servers = %s\n  http_addr = \":80\"\n}\n", servers)
+		fmt.Fprintf(&b, "proxy {\n  enabled = true\n  servers = %s\n  http_addr = \":80\"\n  https_addr = \":443\"\n}\n", servers)
 		fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n}\n", servers)
 	case hostN1:
 		fmt.Fprintf(&b, "client {\n  enabled = true\n  servers = %s\n", servers)

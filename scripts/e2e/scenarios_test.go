@@ -44,6 +44,7 @@ func TestE2E(t *testing.T) {
 		{"5_HotAddAndRemoveStack", testHotAdd},
 		{"6_LivenessPastTimeout", testLiveness},
 		{"9_InvalidStackChangesNothing", testBadInput},
+		{"12_HTTPSAtTheEdge", testHTTPS},
 		{"10_AgentRestartKeepsTunnels", testAgentRestart},
 		{"8_ServerRestartKeepsTraffic", testServerRestart},
 		{"7_NodeFailureFailsOver", testNodeFailure},

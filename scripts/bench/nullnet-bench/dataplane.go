@@ -34,6 +34,10 @@ const (
 	routeEcho  = "echo"  // UDP echo
 	routeSink  = "sink"  // UDP, reads only (idle sessions)
 	routeFlood = "flood" // UDP echo for the flood figure (short session timeout: its sessions go)
+	// The passthrough figure: bulk streams that start with a ClientHello, to a byte sink, through
+	// a tls service (routed by SNI) and through a tcp service, in the same run.
+	routeStream      = "stream"      // TCP
+	routePassthrough = "passthrough" // TLS passthrough; SNI "bench-passthrough"
 )
 
 // The flood figure: 50,000 new source addresses, two datagrams each, paced (as in
@@ -67,6 +71,9 @@ type bench struct {
 	nullnetErr error
 	// rrpp is the back end of routeRRPP: it counts the PROXY headers it received.
 	rrpp *load.TCPResponder
+	// The passthrough figure's ClientHello and byte sinks per route (passthrough.go).
+	hello []byte
+	sinks map[string]*load.TCPSink
 }
 
 // figures of the data plane, with the targets.
@@ -113,10 +120,17 @@ func (b *bench) dataPlane(ctx context.Context) error {
 	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: loopback(rr.Addr()),
 		routeRRPP: loopback(b.rrpp.Addr()),
 		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr()), routeFlood: loopback(echo.Addr())}
+	if !b.o.skip["passthrough"] {
+		stop, err := b.startPassthroughSinks(backends)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	targets := []*target{{name: report.Direct, addrs: map[string]string{
 		routeIperf: backends[routeIperf], routeRR: backends[routeRR], routeEcho: backends[routeEcho],
-		routeFlood: backends[routeFlood]}, stop: func() {}}}
+		routeFlood: backends[routeFlood], routeStream: backends[routeStream]}, stop: func() {}}}
 	if !b.o.skip["anchors"] {
 		targets = append(targets, b.startAnchor(ctx, report.HAProxy, backends), b.startAnchor(ctx, report.Nginx, backends))
 	}
@@ -140,6 +154,7 @@ func (b *bench) dataPlane(ctx context.Context) error {
 			b.measure(ctx, t)
 		}
 	}
+	b.passthroughNote()
 	if !b.o.skip["sessions"] {
 		for _, t := range targets {
 			if _, ok := t.addrs[routeSink]; ok && ctx.Err() == nil {
@@ -207,9 +222,13 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		return t
 	}
 	var svcs []nnrun.Service
-	for _, r := range []struct{ name, proto, timeout, pp string }{
-		{routeRR, "tcp", "0", ""}, {routeRRPP, "tcp", "0", "v2"}, {routeIperf, "tcp", "0", ""}, {routeEcho, "udp", "5m", ""},
-		{routeSink, "udp", "5m", ""}, {routeFlood, "udp", "10s", ""}} {
+	type route struct{ name, proto, timeout, pp string }
+	routes := []route{{routeRR, "tcp", "0", ""}, {routeRRPP, "tcp", "0", "v2"}, {routeIperf, "tcp", "0", ""},
+		{routeEcho, "udp", "5m", ""}, {routeSink, "udp", "5m", ""}, {routeFlood, "udp", "10s", ""}}
+	if _, ok := backends[routePassthrough]; ok {
+		routes = append(routes, route{routeStream, "tcp", "0", ""}, route{routePassthrough, "tls", "0", ""})
+	}
+	for _, r := range routes {
 		port, err := proc.FreePort()
 		if err != nil {
 			t.broken = err
@@ -331,6 +350,9 @@ func (b *bench) measure(ctx context.Context, t *target) {
 	}
 	if !b.o.skip["connrate"] && !b.o.skip["proxyproto"] {
 		b.connRatePP(ctx, t)
+	}
+	if !b.o.skip["passthrough"] {
+		b.measurePassthrough(ctx, t)
 	}
 	if !b.o.skip["udp"] {
 		for _, size := range []int{64, 1400} {

@@ -25,7 +25,7 @@ import (
 // where the bench's backend runs (listening on all addresses, as host services must).
 type Service struct {
 	Name        string
-	Protocol    string // tcp or udp
+	Protocol    string // tcp, udp or tls (a tls service's backend is a TCP host service)
 	ListenPort  int
 	BackendPort int
 	// Timeout is the stack timeout; "0" never idles out.
@@ -396,8 +396,12 @@ func AgentConfig(dir, consulAddr string, ports []int, svcs []Service) string {
 		if s.BackendAddr != "" {
 			addr = fmt.Sprintf("    address        = %q\n", s.BackendAddr)
 		}
+		proto := s.Protocol
+		if proto == "tls" {
+			proto = "tcp" // the backend terminates TLS on a TCP port
+		}
 		fmt.Fprintf(&b, "  service %q {\n    stack          = \"bench\"\n    port           = %d\n    protocol       = %q\n%s    check_interval = \"5s\"\n  }\n",
-			s.Name, s.BackendPort, s.Protocol, addr)
+			s.Name, s.BackendPort, proto, addr)
 	}
 	b.WriteString("}\n")
 	return b.String()
