@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -97,9 +99,27 @@ func waitTCP(t *testing.T, addr string) {
 // socket's peer, to the returned log file.
 func startNginxPP(t *testing.T) (netip.AddrPort, string) {
 	t.Helper()
+	return startNginx(t, "")
+}
+
+// startNginx is startNginxPP; with tlsName it terminates TLS with a self-signed certificate for
+// that name (made by openssl) and also answers the server name it got.
+func startNginx(t *testing.T, tlsName string) (netip.AddrPort, string) {
+	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
 	logPath := filepath.Join(dir, "access.log")
+	listen, answer := "proxy_protocol;", `pp=$proxy_protocol_addr\n`
+	if tlsName != "" {
+		out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+			"-nodes", "-days", "1", "-subj", "/CN="+tlsName, "-keyout", filepath.Join(dir, "key.pem"),
+			"-out", filepath.Join(dir, "cert.pem")).CombinedOutput()
+		if err != nil {
+			t.Fatalf("openssl req: %v\n%s", err, out)
+		}
+		listen = fmt.Sprintf("ssl proxy_protocol;\n    ssl_certificate %[1]s/cert.pem;\n    ssl_certificate_key %[1]s/key.pem;", dir)
+		answer = `pp=$proxy_protocol_addr sni=$ssl_server_name\n`
+	}
 	conf := fmt.Sprintf(`daemon off;
 master_process off;
 pid %[1]s/nginx.pid;
@@ -109,11 +129,11 @@ http {
   log_format pp '$proxy_protocol_addr:$proxy_protocol_port peer=$remote_addr';
   access_log %[2]s pp;
   server {
-    listen 127.0.0.1:%[3]d proxy_protocol;
-    location / { return 200 "pp=$proxy_protocol_addr\n"; }
+    listen 127.0.0.1:%[3]d %[4]s
+    location / { return 200 "%[5]s"; }
   }
 }
-`, dir, logPath, port)
+`, dir, logPath, port, listen, answer)
 	if err := os.WriteFile(filepath.Join(dir, "nginx.conf"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -451,5 +471,54 @@ func TestProxyProtocolFromUDP(t *testing.T) {
 	_ = lb.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if n, err := lb.Read(buf); err == nil {
 		t.Fatalf("headerless datagram was relayed: reply %q", buf[:n])
+	}
+}
+
+// TestSendProxyProtocolTLSPassthrough: two tls services on one port, routed by SNI; the one with
+// send_proxy_protocol "v2" (nginx `listen … ssl proxy_protocol`, terminating TLS itself) gets the
+// header before the ClientHello and sees the client (127.0.0.23), the other none. Behind HAProxy
+// (send-proxy-v2, proxy_protocol_from), the header read before the ClientHello gives the same
+// client.
+func TestSendProxyProtocolTLSPassthrough(t *testing.T) {
+	nginx, _ := startNginx(t, "pp.example")
+	plain := startTLSBackend(t, "plain.example")
+	res := &clientRecorder{testResolver: newTestResolver()}
+	res.set("pp.example", nginx)
+	res.set("plain.example", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(plain.port())))
+	tp := startProxy(t, res, func(a *config.Config, _ *Config) { a.Proxy.ProxyProtocolFrom = []string{"127.0.0.1/32"} })
+	port := freePort(t)
+	tp.applyPP(1, ppMapping{Mapping{Protocol: TLS, Port: port, Service: "pp.example"}, proxyproto.V2},
+		ppMapping{Mapping{Protocol: TLS, Port: port, Service: "plain.example"}, proxyproto.None})
+	tp.waitListening(t, TLS, port)
+	fe := freePort(t)
+	startHAProxy(t, map[uint16]string{fe: fmt.Sprintf("127.0.0.1:%d", port)})
+
+	for _, via := range []struct {
+		name string
+		port uint16
+	}{{"direct", port}, {"through haproxy", fe}} {
+		t.Run(via.name, func(t *testing.T) {
+			url := fmt.Sprintf("https://pp.example:%d/", via.port)
+			code, body := curlFrom(t, url, "-k", "--resolve", fmt.Sprintf("pp.example:%d:127.0.0.1", via.port))
+			if want := "pp=" + ppClient + " sni=pp.example"; code != 200 || strings.TrimSpace(body) != want {
+				t.Fatalf("nginx answered %d %q, want %q", code, body, want)
+			}
+			if got := res.last(); got.String() != ppClient {
+				t.Fatalf("Proxy RPC client %v, want %s", got, ppClient)
+			}
+			// The service without the key gets the ClientHello first, as ever (its TLS works).
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ppClient)}, Timeout: 5 * time.Second}
+			raw, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", via.port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := tls.Client(raw, &tls.Config{ServerName: "plain.example", InsecureSkipVerify: true})
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "backend=plain.example sni=plain.example") {
+				t.Fatalf("plain backend: %q %v", line, err)
+			}
+		})
 	}
 }

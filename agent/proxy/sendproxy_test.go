@@ -21,8 +21,11 @@ func (tp *testProxy) applyPP(version uint64, ms ...ppMapping) {
 	b := &pb.PortMappingBundle{Version: version}
 	for _, m := range ms {
 		e := &pb.PortMapping{Service: m.Service, ListenPort: uint32(m.Port), Protocol: pb.ServiceProtocol_SERVICE_PROTOCOL_TCP}
-		if m.Protocol == UDP {
+		switch m.Protocol {
+		case UDP:
 			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_UDP
+		case TLS: // one entry per service: the proxy groups a port's tls services
+			e.Protocol = pb.ServiceProtocol_SERVICE_PROTOCOL_TLS
 		}
 		if m.v != proxyproto.None {
 			e.Policy = &pb.ServicePolicy{SendProxyProtocol: pb.ProxyProtocolVersion(m.v)}
