@@ -4,6 +4,8 @@ import (
 	"net"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/proxyproto"
 	pb "github.com/nullnet/nullnet/proto"
@@ -32,6 +34,39 @@ func sendProxyVersion(pol *pb.ServicePolicy, proto Protocol) proxyproto.Version 
 		return proxyproto.V2
 	}
 	return proxyproto.None
+}
+
+// firstBytes reads what the client has sent so far, without waiting: nil when it has sent
+// nothing yet (or closed: the relay sees the EOF again). An error is the client's reset. The
+// buffer goes back to the pool with release (once).
+func firstBytes(c *net.TCPConn) (b []byte, release func(), err error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, func() {}, nil
+	}
+	bp := firstChunk.Get().(*[]byte)
+	release = sync.OnceFunc(func() { firstChunk.Put(bp) })
+	var n int
+	var rerr error
+	// Go's sockets are non-blocking: the read returns EAGAIN at once when nothing is there,
+	// and returning true keeps rc.Read from waiting for more.
+	cerr := rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = unix.Read(int(fd), *bp)
+			if rerr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case cerr != nil:
+		return nil, release, cerr
+	case rerr == unix.EAGAIN:
+		return nil, release, nil
+	case rerr != nil:
+		return nil, release, rerr
+	}
+	return (*bp)[:max(n, 0)], release, nil
 }
 
 // headerBufs holds the buffers of header writes: header plus the client's early bytes.

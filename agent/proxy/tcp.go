@@ -298,6 +298,18 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	// The PROXY header (m is the routed service for tls), the client bytes read with a
 	// received header, and the ClientHello: one write, before the relay.
 	sendProxy := p.sendProxyFor(m)
+	if sendProxy != proxyproto.None && len(hello) == 0 && len(tc.early) == 0 {
+		// What the client already sent goes with the header: one write and one segment
+		// rather than two (nothing is waited for: a server-first protocol gets the header
+		// alone). firstBytes' buffer becomes hello's.
+		var rerr error
+		if hello, releaseHello, rerr = firstBytes(c); rerr != nil {
+			_ = c.SetLinger(0)
+			c.Close()
+			u.Close()
+			return
+		}
+	}
 	helloLen := len(hello)
 	err = writeProxyHeader(u, sendProxy, tc, hello)
 	hello = nil
