@@ -46,6 +46,7 @@ func Commands(ui cli.Ui) map[string]cli.CommandFactory {
 		"events":          func() (cli.Command, error) { return &EventsCommand{UI: ui}, nil },
 		"sessions":        func() (cli.Command, error) { return &SessionsCommand{UI: ui}, nil },
 		"sessions delete": func() (cli.Command, error) { return &SessionsDeleteCommand{UI: ui}, nil },
+		"servers":         func() (cli.Command, error) { return &ServersCommand{UI: ui}, nil },
 		"tls":             func() (cli.Command, error) { return &TLSCommand{UI: ui}, nil },
 		"tls ca create":   func() (cli.Command, error) { return &TLSCACreateCommand{UI: ui}, nil },
 		"tls cert create": func() (cli.Command, error) { return &TLSCertCreateCommand{UI: ui}, nil },

@@ -228,12 +228,11 @@ func ParseStacks(files []StackFile, rules StackRules) *StackSet {
 var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
-	serviceSchema   = &hcl.BodySchema{Attributes: []hcl.AttributeSchema{
+	serviceSchema   = &hcl.BodySchema{Attributes: append([]hcl.AttributeSchema{
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
 		{Name: "send_proxy_protocol"},
 		{Name: "https_redirect"}, {Name: "hsts"},
-		{Name: "close_on_unhealthy"},
-	}}
+		{Name: "close_on_unhealthy"}}, clientPolicyAttrs...)}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -292,6 +291,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+	diags = append(diags, decodeClientPolicy(content, &svc)...)
 
 	diags = append(diags, decodeSendProxyProtocol(&svc, content.Attributes["send_proxy_protocol"])...)
 	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)

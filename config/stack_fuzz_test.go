@@ -16,6 +16,7 @@ func FuzzParseStacks(f *testing.F) {
 		"stack \"a\" \"b\" { service {} }",
 		"stack \"a\" {\n  service \"x\" {\n    timeout = 1e400\n  }\n}\n",
 		"stack \"a\" {\n  service \"x\" {\n    protocol = \"tcp\"\n    listen_port = 1.5\n    timeout = \"1h\"\n  }\n}\n",
+		"stack \"a\" {\n  service \"x\" {\n    protocol = \"tcp\"\n    listen_port = 9\n    timeout = 1\n    allow = [\"10.0.0.0/8\", \"::1\"]\n    deny = [\"10.0.0.1\"]\n    new_connections_per_client = \"20/s burst 40\"\n    max_sessions = 5\n  }\n}\n",
 	}
 	for _, s := range seeds {
 		f.Add(s)

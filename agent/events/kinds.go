@@ -17,6 +17,8 @@ const (
 	ConsulACLDenied    = "consul_acl_denied"
 	LeadershipAcquired = "leadership_acquired"
 	LeadershipLost     = "leadership_lost"
+	// LeaderElected: this server won the HA leader lock (agent/server/leader).
+	LeaderElected = "leader_elected"
 
 	// Nodes and sessions (server).
 	NodeConnected       = "node_connected"
@@ -63,6 +65,11 @@ const (
 	ListenerOpened           = "listener_opened"
 	ListenerClosed           = "listener_closed"
 	UDPSessionLimitReached   = "udp_session_limit_reached"
+	// ClientRefused: a service's client policy (allow/deny, per-client limits, max_sessions)
+	// refused a client; one per client, service and minute at most, up to 64 clients per
+	// service and minute, the rest summed in ClientsRefusedSummary.
+	ClientRefused         = "client_refused"
+	ClientsRefusedSummary = "clients_refused_summary"
 	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
 	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
 	TLSHandshakeFailed = "tls_handshake_failed"
@@ -103,7 +110,8 @@ var specs = []Spec{
 	{Kind: ConsulRecovered, Reserved: true},
 	{Kind: ConsulACLDenied, Fields: []string{"watch", "query", "missing_acl", "filtered"}},
 	{Kind: LeadershipAcquired, Fields: []string{"lock"}},
-	{Kind: LeadershipLost, Fields: []string{"lock"}},
+	{Kind: LeadershipLost, Fields: []string{"lock", "server", "reason"}},
+	{Kind: LeaderElected, Fields: []string{"lock", "server"}},
 
 	{Kind: NodeConnected, Fields: []string{"underlay_addr", "roles", "version", "reconnect", "restarted"}},
 	{Kind: NodeDisconnected, Fields: []string{"grace_period"}},
@@ -144,6 +152,8 @@ var specs = []Spec{
 	{Kind: ListenerOpened, Fields: []string{"protocol", "port", "service"}},
 	{Kind: ListenerClosed, Fields: []string{"protocol", "port", "service"}},
 	{Kind: UDPSessionLimitReached, Fields: []string{"port", "service", "limit"}},
+	{Kind: ClientRefused, Fields: []string{"service", "protocol", "client_ip", "reason"}},
+	{Kind: ClientsRefusedSummary, Fields: []string{"service", "refused", "more_clients", "interval"}},
 	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
 	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},

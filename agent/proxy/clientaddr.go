@@ -135,12 +135,6 @@ func (c *ppConn) init() {
 	})
 }
 
-// ClientAddr is the client's address (the header's source), for code that asks a net.Conn.
-func (c *ppConn) ClientAddr() netip.AddrPort {
-	c.init()
-	return c.client.client
-}
-
 func (c *ppConn) RemoteAddr() net.Addr {
 	c.init()
 	return net.TCPAddrFromAddrPort(c.client.client)

@@ -15,7 +15,8 @@ import (
 
 // FuzzDatagramBatchAddr: whatever the kernel (or a bug) leaves in a slot's socket address, addr
 // reads it without panicking and returns either nothing or an address of the slot's family; an
-// address written by setDest reads back unchanged.
+// address written by setDest reads back unchanged (IPv6 scope included), and an IPv6 address
+// is never written as an IPv4 destination.
 func FuzzDatagramBatchAddr(f *testing.F) {
 	seed := func(ap netip.AddrPort, fam int) []byte {
 		b := &datagramBatch{msgs: make([]mmsghdr, 1), iovs: make([]unix.Iovec, 1), names: make([]unix.RawSockaddrInet6, 1)}
@@ -24,7 +25,9 @@ func FuzzDatagramBatchAddr(f *testing.F) {
 	}
 	f.Add(seed(netip.MustParseAddrPort("203.0.113.9:53"), unix.AF_INET))
 	f.Add(seed(netip.MustParseAddrPort("[2001:db8::1]:5353"), unix.AF_INET6))
-	f.Add(seed(netip.MustParseAddrPort("192.0.2.1:1"), unix.AF_INET6)) // IPv4-mapped
+	f.Add(seed(netip.MustParseAddrPort("192.0.2.1:1"), unix.AF_INET6))      // IPv4-mapped
+	f.Add(seed(netip.MustParseAddrPort("[fe80::1%7]:5353"), unix.AF_INET6)) // link-local, scope 7
+	f.Add(seed(netip.MustParseAddrPort("[::1]:9"), unix.AF_INET6))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		b := &datagramBatch{msgs: make([]mmsghdr, 1), iovs: make([]unix.Iovec, 1), names: make([]unix.RawSockaddrInet6, 1)}
@@ -54,6 +57,17 @@ func FuzzDatagramBatchAddr(f *testing.F) {
 		b.setDest(0, 0, ap, fam)
 		if again := b.addr(0); again != ap {
 			t.Fatalf("round trip of %v gave %v", ap, again)
+		}
+		if b.names[0].Family == unix.AF_INET6 && ap.Addr().Is6() && b.names[0].Scope_id != 0 &&
+			ap.Addr().Zone() == "" {
+			t.Fatalf("scope %d of %v lost", b.names[0].Scope_id, ap)
+		}
+		// An IPv6 client never gets an IPv4 destination (no panic, no address: the send fails).
+		if ap.Addr().Is6() {
+			b.setDest(0, 0, ap, unix.AF_INET)
+			if b.msgs[0].hdr.Namelen != 0 {
+				t.Fatalf("IPv6 %v written as an IPv4 destination", ap)
+			}
 		}
 	})
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
 )
@@ -60,8 +61,8 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 			// dropped (ReverseProxy drops only XFF, XFH, XFP and Forwarded), then ours are set.
 			stripForwarding(pr.Out.Header)
 			pr.SetXForwarded()
-			if ap, err := netip.ParseAddrPort(pr.In.RemoteAddr); err == nil {
-				client := ap.Addr().Unmap().String() // no ::ffff: form from a dual-stack socket
+			if ap := clientOfRequest(pr.In); ap.Port() != 0 || !ap.Addr().IsUnspecified() {
+				client := ap.Addr().String() // unmapped: no ::ffff: form from a dual-stack socket
 				pr.Out.Header.Set("X-Forwarded-For", client)
 				pr.Out.Header.Set("X-Real-Ip", client)
 			}
@@ -225,10 +226,20 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			fmt.Sprintf("No service is named %q: Host must be the name of a stack service.", service))
 		return
 	}
-	client := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
-	if ap, err := netip.ParseAddrPort(req.RemoteAddr); err == nil {
-		client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	client := clientOfRequest(req)
+	ticket, why := r.p.admitClient(service, HTTP, client.Addr())
+	if why != edgepolicy.Admitted {
+		if why.Listed() {
+			errorPage(sw, http.StatusForbidden, "Forbidden",
+				fmt.Sprintf("Service <code>%s</code> does not accept requests from your address.", html.EscapeString(service)))
+			return
+		}
+		w.Header().Set("Retry-After", "1")
+		errorPage(sw, http.StatusTooManyRequests, "Too many requests",
+			fmt.Sprintf("Service <code>%s</code> limits how many requests one client may make (%s).", html.EscapeString(service), why))
+		return
 	}
+	defer ticket.Release()
 	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), service, HTTP)
 	if err != nil {
 		r.lookupFailed(sw, service, client.Addr(), err)

@@ -121,6 +121,10 @@ type Proxy struct {
 	// https serves proxy.https_addr ("" = off) through the HTTP router (https.go).
 	https     *httpsServer
 	httpsAddr string
+
+	// edge is the services' client policies (edge.go), replaced under edgeMu per port table.
+	edge   atomic.Pointer[edgeTable]
+	edgeMu sync.Mutex
 }
 
 // New builds the proxy role.
@@ -274,6 +278,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			go func() { defer bg.Done(); p.https.run(runCtx, p.httpsAddr) }()
 		}
 	}
+	bg.Add(1)
+	go func() { defer bg.Done(); p.edgeLoop(runCtx) }()
 	if p.cfg.Conn != nil {
 		bg.Add(1)
 		go func() { defer bg.Done(); p.watch(runCtx) }()

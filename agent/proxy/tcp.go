@@ -13,6 +13,7 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxyproto"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,7 @@ type tcpListener struct {
 	// user-space work.
 	accepted, toUp, toClient atomic.Uint64
 	headersSent              [3]atomic.Uint64 // PROXY headers written upstream, by version
+	refused                  atomic.Uint64    // closed by the service's client policy
 	closed                   atomic.Bool      // serve returned: connections flush as they end
 }
 
@@ -41,6 +43,10 @@ func (l *tcpListener) flushMetrics() {
 	labels := listenerLabels(l.slot.mapping.Load())
 	if n := l.accepted.Swap(0); n > 0 {
 		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "accepted"}, float32(n), labels)
+	}
+	if n := l.refused.Swap(0); n > 0 {
+		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "failures"}, float32(n),
+			append(labels, metrics.Label{Name: "kind", Value: "policy"}))
 	}
 	for _, d := range []struct {
 		n   *atomic.Uint64
@@ -59,6 +65,10 @@ func (l *tcpListener) flushMetrics() {
 
 func (p *Proxy) openTCP(s *slot) (server, error) {
 	m := s.mapping.Load()
+	// An unspecified bind address (0.0.0.0 or ::) is one dual-stack socket: Go opens AF_INET6
+	// with IPV6_V6ONLY off when the host has IPv6 (AF_INET otherwise), so IPv6 clients reach
+	// every service and IPv4 clients appear as a.b.c.d (addrPortOf unmaps). The same holds for
+	// UDP listeners and the HTTP router (TestIPv6Clients).
 	addr := net.JoinHostPort(p.settings().BindAddr, strconv.Itoa(int(m.Port)))
 	ln, err := keepAliveListenConfig.Listen(context.Background(), "tcp", addr)
 	if err != nil {
@@ -218,7 +228,18 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		defer releaseHello()
 		tc.early = nil // read again by routeTLS: they are the start of hello
 	}
+
 	client := tc.client
+	ticket, why := p.admitClient(m.Service, m.Protocol, client.Addr())
+	if why != edgepolicy.Admitted {
+		// Refused before any Proxy call: a reset at once (SO_LINGER 0), no FIN handshake, so a
+		// flood costs the proxy one accept and one close per connection.
+		_ = c.SetLinger(0)
+		c.Close()
+		l.refused.Add(1)
+		return
+	}
+	defer ticket.Release()
 	// The connection's fields are formatted only for a line that is written: a logger.With
 	// per connection cost more than the rest of a short connection's user-space work.
 	var upstream netip.AddrPort

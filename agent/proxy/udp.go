@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxyproto"
 	"golang.org/x/sys/unix"
@@ -34,11 +35,12 @@ const (
 	dropPrefixRate       // udp_new_session_rate_per_prefix: the source's /24 or /64 is over its rate
 	dropResolveQueueFull // maxResolveQueue new sessions already wait for a resolver
 	dropResolveWait      // a new session waited longer than maxResolveWait for a resolver
+	dropPolicy           // the service's client policy refused the client (edge.go)
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{"session_limit", "queue_full", "lookup_failed", "upstream_write",
-	"client_write", "closing", "new_session_rate", "prefix_rate", "resolve_queue_full", "resolve_wait"}
+	"client_write", "closing", "new_session_rate", "prefix_rate", "resolve_queue_full", "resolve_wait", "policy"}
 
 // maxUDPResolvers bounds the goroutines resolving new sessions of one listener. A burst of new
 // clients queues instead of starting a goroutine (and a stack grown by a gRPC call) per
@@ -270,6 +272,13 @@ func (l *udpListener) newSessionLocked(ctx context.Context, peer, addr, local ne
 	if l.closing || l.p.draining.Load() {
 		return nil, dropClosing // a drain admits no new client; known ones carry on
 	}
+	m := l.slot.mapping.Load()
+	// The lists first: a refused client must not take the listener's new-session tokens.
+	edge := l.p.edge.Load().lookup(m.Service)
+	if edge != nil && edge.Rules().Allows(addr.Addr()) != edgepolicy.Admitted {
+		l.p.admitClient(m.Service, UDP, addr.Addr()) // counts and reports the refusal
+		return nil, dropPolicy
+	}
 	if len(l.resolveQ) >= maxResolveQueue {
 		return nil, dropResolveQueueFull
 	}
@@ -280,17 +289,19 @@ func (l *udpListener) newSessionLocked(ctx context.Context, peer, addr, local ne
 	if len(l.sessions) >= set.UDPMaxSessions {
 		if time.Since(l.lastLimitEvent) > 10*time.Second {
 			l.lastLimitEvent = time.Now()
-			m := l.slot.mapping.Load()
 			l.p.events.Emit(events.Event{Kind: events.UDPSessionLimitReached, Severity: events.Warning,
 				Message: fmt.Sprintf("udp port %d (%q) has %d sessions; new clients are dropped", m.Port, m.Service, len(l.sessions)),
 				Fields:  map[string]string{"port": fmt.Sprint(m.Port), "service": m.Service, "limit": fmt.Sprint(set.UDPMaxSessions)}})
 		}
 		return nil, dropSessionLimit
 	}
-	m := l.slot.mapping.Load()
+	ticket, why := l.p.admitClient(m.Service, UDP, addr.Addr())
+	if why != edgepolicy.Admitted {
+		return nil, dropPolicy
+	}
 	now := time.Now()
 	s := &udpSession{l: l, peer: peer, client: addr, local: local, service: m.Service, created: now, fd: -1,
-		queue: [][]byte{clone(first)}}
+		queue: [][]byte{clone(first)}, ticket: ticket}
 	// Activity starts at creation, never at the zero time (Traefik #13044).
 	s.lastActive.Store(now.UnixNano())
 	s.countToUp(len(first))

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"syscall"
 	"unsafe"
 
@@ -98,7 +99,12 @@ func (b *datagramBatch) addr(i int) netip.AddrPort {
 		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
 		return netip.AddrPortFrom(netip.AddrFrom4(in.Addr), port)
 	case unix.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+		a := netip.AddrFrom16(sa.Addr).Unmap()
+		if sa.Scope_id != 0 && a.Is6() {
+			// A link-local client: replies must leave through its interface.
+			a = a.WithZone(strconv.FormatUint(uint64(sa.Scope_id), 10))
+		}
+		return netip.AddrPortFrom(a, port)
 	}
 	return netip.AddrPort{}
 }
@@ -111,15 +117,25 @@ func (b *datagramBatch) setDest(i, n int, dst netip.AddrPort, fam int) {
 	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], dst.Port())
 	h := &b.msgs[i].hdr
 	h.Name = (*byte)(unsafe.Pointer(sa))
-	if fam == unix.AF_INET {
+	a := dst.Addr().Unmap()
+	switch {
+	case fam == unix.AF_INET && a.Is4():
 		in := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
 		in.Family = unix.AF_INET
-		in.Addr = dst.Addr().Unmap().As4()
+		in.Addr = a.As4()
 		h.Namelen = unix.SizeofSockaddrInet4
-	} else {
+	case fam == unix.AF_INET6 && a.IsValid():
 		sa.Family = unix.AF_INET6
-		sa.Addr = dst.Addr().As16() // IPv4 clients as ::ffff:a.b.c.d on a dual-stack socket
+		sa.Addr = a.As16() // IPv4 clients as ::ffff:a.b.c.d on a dual-stack socket
+		if z := a.Zone(); z != "" {
+			id, _ := strconv.ParseUint(z, 10, 32) // zones come from addr: numeric
+			sa.Scope_id = uint32(id)
+		}
 		h.Namelen = unix.SizeofSockaddrInet6
+	default:
+		// No such destination on this socket (an IPv6 client cannot reach an IPv4 socket):
+		// the send fails with EDESTADDRREQ and is counted as a client-write drop.
+		h.Name, h.Namelen = nil, 0
 	}
 	h.Flags = 0
 }

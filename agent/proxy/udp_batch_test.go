@@ -18,11 +18,13 @@ func TestDatagramBatchRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
 		listen string
 		fam    int
+		client net.IP
 	}{
-		{"127.0.0.1:0", unix.AF_INET},
-		{"[::]:0", unix.AF_INET6},
+		{"127.0.0.1:0", unix.AF_INET, net.IPv4(127, 0, 0, 1)},
+		{"[::]:0", unix.AF_INET6, net.IPv4(127, 0, 0, 1)}, // IPv4 client of a dual-stack socket
+		{"[::]:0", unix.AF_INET6, net.IPv6loopback},       // IPv6 client: replies use its sockaddr_in6
 	} {
-		t.Run(tc.listen, func(t *testing.T) {
+		t.Run(tc.listen+"/"+tc.client.String(), func(t *testing.T) {
 			pc, err := net.ListenPacket("udp", tc.listen)
 			if err != nil {
 				t.Fatal(err)
@@ -40,7 +42,7 @@ func TestDatagramBatchRoundTrip(t *testing.T) {
 			}
 
 			payloads := [][]byte{[]byte("one"), bytes.Repeat([]byte{'x'}, 60000), []byte("three"), {}, []byte("five")}
-			cli, b := sendBurst(t, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}, payloads)
+			cli, b := sendBurst(t, &net.UDPAddr{IP: tc.client, Port: port}, payloads)
 			want := netip.MustParseAddrPort(cli.LocalAddr().String())
 			recvAll(t, rc, b, len(payloads))
 			for i, p := range payloads {

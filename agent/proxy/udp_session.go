@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxyproto"
 	"golang.org/x/sys/unix"
@@ -46,10 +47,16 @@ type udpSession struct {
 	fd    int
 	queue [][]byte // datagrams waiting for resolution (bounded by udp_queue_length)
 	use   *liveUse // set when ready; holds the lease and releases it (adopt.go)
+	// ticket is the session's place in its service's client policy; released when it ends.
+	ticket edgepolicy.Ticket
 
 	dgToUp, dgToClient, bytesToUp, bytesToClient atomic.Uint64
 	refused                                      atomic.Uint64
 }
+
+// clientIP is the client's address for the server, policies and events: without the zone a
+// link-local client's address carries for the reply path.
+func (s *udpSession) clientIP() netip.Addr { return s.client.Addr().WithZone("") }
 
 func (s *udpSession) touch() { s.lastActive.Store(time.Now().UnixNano()) }
 
@@ -194,11 +201,11 @@ func (s *udpSession) resolve(ctx context.Context) {
 	if closed {
 		return
 	}
-	lease, err := l.p.resolveUse(ctx, s.client.Addr(), s.service, UDP)
+	lease, err := l.p.resolveUse(ctx, s.clientIP(), s.service, UDP)
 	if err != nil {
 		l.p.events.Emit(events.Event{Kind: events.UpstreamLookupFailed, Severity: events.Warning,
 			Message: fmt.Sprintf("no upstream for %q (udp)", s.service),
-			Fields: map[string]string{"service": s.service, "client_ip": s.client.Addr().String(),
+			Fields: map[string]string{"service": s.service, "client_ip": s.clientIP().String(),
 				"protocol": "udp", "error": err.Error()}})
 		s.fail(dropLookupFailed, "lookup failed: "+err.Error())
 		return
@@ -209,7 +216,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		l.p.events.Emit(events.Event{Kind: events.UDPUpstreamConnectFailed, Severity: events.Warning,
 			Message: fmt.Sprintf("cannot open a socket to %s for %q", lease.Upstream, s.service),
 			Fields: map[string]string{"service": s.service, "upstream": lease.Upstream.String(),
-				"client_ip": s.client.Addr().String(), "error": err.Error()}})
+				"client_ip": s.clientIP().String(), "error": err.Error()}})
 		s.fail(dropUpstreamWrite, "upstream socket: "+err.Error())
 		return
 	}
@@ -228,7 +235,7 @@ func (s *udpSession) resolve(ctx context.Context) {
 		}
 		s.ppHdr = proxyproto.AppendV2(nil, proxyproto.Datagram, s.client, local)
 	}
-	s.use = l.p.startUse(s.client.Addr(), s.service, UDP, lease, func() {
+	s.use = l.p.startUse(s.clientIP(), s.service, UDP, lease, func() {
 		l.remove(s)
 		s.end("replica unhealthy")
 	})
@@ -275,6 +282,7 @@ func (s *udpSession) dropStale() {
 	s.mu.Unlock()
 	s.l.drops[dropResolveWait].Add(uint64(queued))
 	s.l.remove(s)
+	s.ticket.Release()
 	s.l.active.Add(-1)
 }
 
@@ -298,6 +306,7 @@ func (s *udpSession) end(reason string) {
 		l.p.endUse(use)
 		upstream = use.upstream.String()
 	}
+	s.ticket.Release()
 	l.active.Add(-1)
 	l.logger.Info("udp session ended", "client", s.client, "service", s.service, "upstream", upstream,
 		"reason", reason, "datagrams_to_upstream", s.dgToUp.Load(), "bytes_to_upstream", s.bytesToUp.Load(),

@@ -90,7 +90,8 @@ func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
 		}
 		p.logger.Warn("port table entry ignored", "version", b.GetVersion(), "problem", pr)
 	}
-	p.setPolicies(b) // before the listeners: one opened for this bundle sees its policies
+	p.updatePolicies(b) // before the listeners open: a new service is never served without its policy
+	p.setPolicies(b)    // before the listeners: one opened for this bundle sees its policies
 	p.reconcile(b.GetVersion(), want)
 	p.mu.Lock()
 	p.tableAt = time.Now()

@@ -88,6 +88,7 @@ func (s *Server) RegisterGRPC(g *grpc.Server) {
 func (s *Server) RegisterHTTP(mux *http.ServeMux) {
 	s.plane.registerHTTP(mux)
 	s.registerStacksHTTP(mux)
+	s.registerServersHTTP(mux)
 }
 
 // Run blocks until ctx ends; every goroutine it starts has ended when it returns.

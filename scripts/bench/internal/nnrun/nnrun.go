@@ -32,8 +32,8 @@ type Service struct {
 	Timeout string
 	// BackendAddr is the backend's address (default 127.0.0.1).
 	BackendAddr string
-	// SendProxyProtocol is the stack's send_proxy_protocol ("" = none).
-	SendProxyProtocol string
+	// Extra are further lines of the service block (client policy keys: `allow = [...]`).
+	Extra []string
 }
 
 // Config says what to start.
@@ -368,8 +368,8 @@ func StackFile(svcs []Service) string {
 		}
 		fmt.Fprintf(&b, "  service %q {\n    protocol    = %q\n    listen_port = %d\n    timeout     = %q\n",
 			s.Name, s.Protocol, s.ListenPort, s.Timeout)
-		if s.SendProxyProtocol != "" {
-			fmt.Fprintf(&b, "    send_proxy_protocol = %q\n", s.SendProxyProtocol)
+		for _, l := range s.Extra {
+			fmt.Fprintf(&b, "    %s\n", l)
 		}
 		b.WriteString("  }\n")
 	}

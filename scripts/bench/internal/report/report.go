@@ -37,16 +37,9 @@ type Goal struct {
 	Ratio float64 `json:"ratio,omitempty"`
 	// Limit is the absolute bound when Against is "".
 	Limit float64 `json:"limit,omitempty"`
-	// Figure, when set, compares nullnet with itself: the ratio of its median here to its
-	// median in that figure (the same measurement without a feature, e.g. tcp_conn_rate for
-	// tcp_conn_rate_pp_v2). The ratio is always printed.
-	Figure string `json:"figure,omitempty"`
 }
 
 func (g Goal) String() string {
-	if g.Figure != "" {
-		return fmt.Sprintf("%g× %s", g.Ratio, g.Figure)
-	}
 	if g.Against == "" {
 		return fmt.Sprintf("%g", g.Limit)
 	}
@@ -85,8 +78,6 @@ type GoalVerdict struct {
 	Actual float64 `json:"actual"`
 	Met    bool    `json:"met"`
 	Reason string  `json:"reason,omitempty"`
-	// Figure: the goal compares with another figure; the ratio is printed even when met.
-	Figure bool `json:"vs_figure,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -199,38 +190,9 @@ func (r *Report) Finish() {
 		}
 		f.Verdicts = nil
 		for _, g := range f.Goals {
-			if g.Figure != "" {
-				f.Verdicts = append(f.Verdicts, r.verdictVsFigure(g, n, hasN))
-				continue
-			}
 			f.Verdicts = append(f.Verdicts, f.verdict(g, n, hasN))
 		}
 	}
-}
-
-// verdictVsFigure checks a Goal with Figure: nullnet's median n against its own in g.Figure.
-func (r *Report) verdictVsFigure(g Goal, n float64, hasN bool) GoalVerdict {
-	v := GoalVerdict{Goal: g.String()}
-	var other float64
-	ok := false
-	for _, o := range r.Figures {
-		if o.Name == g.Figure {
-			if val, has := o.Values[Nullnet]; has && len(val.Samples) > 0 {
-				other, ok = Median(val.Samples), true
-			}
-		}
-	}
-	switch {
-	case !hasN:
-		v.Reason = "nullnet not measured"
-	case !ok || other == 0:
-		v.Reason = g.Figure + " not measured"
-	default:
-		v.Actual = n / other
-		v.Met = v.Actual >= g.Ratio
-		v.Figure = true
-	}
-	return v
 }
 
 func (f *Figure) verdict(g Goal, n float64, hasN bool) GoalVerdict {
@@ -336,8 +298,6 @@ func (f *Figure) goalCell() string {
 		switch {
 		case v.Reason != "":
 			parts = append(parts, fmt.Sprintf("%s: n/a", v.Goal))
-		case v.Met && v.Figure:
-			parts = append(parts, fmt.Sprintf("%s: met (%s)", v.Goal, ratio(v.Actual)))
 		case v.Met:
 			parts = append(parts, fmt.Sprintf("%s: met", v.Goal))
 		default:

@@ -114,34 +114,3 @@ func TestFailedAndTable(t *testing.T) {
 }
 
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
-
-// A goal against another figure compares nullnet with itself (a feature on vs off) and prints
-// the ratio even when met.
-func TestGoalVsFigure(t *testing.T) {
-	r := &Report{}
-	plain := r.Figure("tcp_conn_rate", "TCP connections/s", "conn/s", true)
-	pp := r.Figure("tcp_conn_rate_pp_v2", "TCP connections/s, PROXY v2", "conn/s", true, Goal{Figure: "tcp_conn_rate", Ratio: 0.97})
-	plain.Add(Nullnet, 10000)
-	pp.Add(Nullnet, 9800)
-	r.Finish()
-	if v := pp.Verdicts[0]; !v.Met || math.Abs(v.Actual-0.98) > 1e-9 {
-		t.Fatalf("verdict %+v", v)
-	}
-	var b strings.Builder
-	r.WriteTable(&b)
-	if !strings.Contains(b.String(), "0.97× tcp_conn_rate: met (0.98×)") {
-		t.Fatalf("table:\n%s", b.String())
-	}
-	pp.Values[Nullnet].Samples = []float64{9000}
-	r.Finish()
-	if v := pp.Verdicts[0]; v.Met {
-		t.Fatalf("0.90 met 0.97: %+v", v)
-	}
-	r2 := &Report{}
-	f := r2.Figure("x", "x", "u", true, Goal{Figure: "missing", Ratio: 1})
-	f.Add(Nullnet, 1)
-	r2.Finish()
-	if v := f.Verdicts[0]; v.Reason == "" {
-		t.Fatalf("missing figure: %+v", v)
-	}
-}

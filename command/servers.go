@@ -1,0 +1,88 @@
+package command
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/hashicorp/cli"
+)
+
+// ServersCommand lists the nullnet servers Consul knows.
+type ServersCommand struct{ UI cli.Ui }
+
+func (c *ServersCommand) Help() string {
+	return trim(`
+Usage: nullnet servers [options]
+
+  Lists the nullnet servers registered in Consul (GET /v1/servers): name,
+  address, gRPC and HTTP ports, version, health, and which one holds the
+  leader lock.
+
+Options:
+
+  -json
+     Print the API's JSON array.
+` + httpFlagsHelp)
+}
+
+func (c *ServersCommand) Synopsis() string { return "Lists the servers and the leader" }
+
+// apiServer mirrors one entry of GET /v1/servers.
+type apiServer struct {
+	Name       string `json:"name"`
+	Address    string `json:"address"`
+	GRPCPort   int    `json:"grpc_port"`
+	HTTPPort   int    `json:"http_port"`
+	Version    string `json:"version"`
+	ConsulNode string `json:"consul_node"`
+	Health     string `json:"health"`
+	Leader     bool   `json:"leader"`
+}
+
+func (c *ServersCommand) Run(args []string) int {
+	var asJSON bool
+	var hf httpFlags
+	fs := newFlagSet("servers")
+	fs.BoolVar(&asJSON, "json", false, "")
+	hf.register(fs)
+	client, code := parseAPICommand(c.UI, fs, &hf, args, c.Help())
+	if code != 0 {
+		return code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	if asJSON {
+		var raw json.RawMessage
+		if _, err := client.get(ctx, "/v1/servers", nil, &raw); err != nil {
+			c.UI.Error(err.Error())
+			return 1
+		}
+		c.UI.Output(strings.TrimSpace(string(raw)))
+		return 0
+	}
+	var list []apiServer
+	if _, err := client.get(ctx, "/v1/servers", nil, &list); err != nil {
+		c.UI.Error(err.Error())
+		return 1
+	}
+	if len(list) == 0 {
+		c.UI.Output("No servers registered in Consul.")
+		return 0
+	}
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tGRPC\tHTTP\tVERSION\tHEALTH\tLEADER")
+	for _, s := range list {
+		lead := ""
+		if s.Leader {
+			lead = "leader"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", s.Name, s.Address, s.GRPCPort, s.HTTPPort, s.Version, s.Health, lead)
+	}
+	_ = tw.Flush()
+	c.UI.Output(strings.TrimRight(b.String(), "\n"))
+	return 0
+}
