@@ -123,6 +123,9 @@ type Proxy struct {
 	// connections and UDP datagrams start with a PROXY protocol header carrying the client's
 	// address. Peers outside it are clients themselves: a header they send is data.
 	ProxyProtocolFrom []string `json:"proxy_protocol_from,omitempty"`
+	// AccessLog is where the HTTP router writes one line per request: "off", "on" (the agent's
+	// log, logger proxy.access) or an absolute file path (lines appended; reopened on reload).
+	AccessLog string `json:"access_log"`
 }
 
 // Client is the node role: tunnel ends and host services.
@@ -238,6 +241,7 @@ const (
 	DefaultUDPQueueLength           = 64
 	DefaultUseLinger                = time.Second
 	DefaultDrainTimeout             = 30 * time.Second
+	DefaultAccessLog                = AccessLogOff
 	// DefaultUDPReceiveBuffer is 8 MiB: a second of a 100,000 datagram/s flood of small
 	// datagrams fits, where the kernel default (208 KiB) overflows within milliseconds.
 	DefaultUDPReceiveBuffer           = 8 << 20

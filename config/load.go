@@ -235,6 +235,7 @@ func applyDefaults(c *Config) {
 	setDur(&c.Proxy.UDPIdleTimeout, DefaultUDPIdleTimeout)
 	setInt(&c.Proxy.UDPMaxSessions, DefaultUDPMaxSessions)
 	setInt(&c.Proxy.UDPQueueLength, DefaultUDPQueueLength)
+	setStr(&c.Proxy.AccessLog, DefaultAccessLog)
 	for i := range c.Client.Services {
 		s := &c.Client.Services[i]
 		setStr(&s.Protocol, "tcp")

@@ -128,6 +128,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Proxy.UDPQueueLength, p.UDPQueueLength)
 		diags = append(diags, pickDur(&c.Proxy.UseLinger, p.UseLinger)...)
 		diags = append(diags, pickDur(&c.Proxy.DrainTimeout, p.DrainTimeout)...)
+		pick(&c.Proxy.AccessLog, p.AccessLog)
 		pick(&c.Proxy.UDPReceiveBuffer, p.UDPReceiveBuffer)
 		pick(&c.Proxy.UDPNewSessionRate, p.UDPNewSessionRate)
 		pick(&c.Proxy.UDPNewSessionRatePerPrefix, p.UDPNewSessionRatePerPrefix)

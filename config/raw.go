@@ -77,6 +77,7 @@ type rawProxy struct {
 	UDPQueueLength *int           `hcl:"udp_queue_length,optional"`
 	UseLinger      *hcl.Attribute `hcl:"use_linger,optional"`
 	DrainTimeout   *hcl.Attribute `hcl:"drain_timeout,optional"`
+	AccessLog      *string        `hcl:"access_log,optional"`
 
 	UDPReceiveBuffer           *int `hcl:"udp_receive_buffer,optional"`
 	UDPNewSessionRate          *int `hcl:"udp_new_session_rate,optional"`

@@ -69,6 +69,8 @@ type StackService struct {
 	// Policy is the service's edge settings (see ServicePolicy); zero when none are set.
 	Policy    ServicePolicy `json:"policy,omitempty"`
 	DeclRange hcl.Range     `json:"-"`
+
+	routeRanges []routeRange // where Policy.Routes were declared (stack_routes.go)
 }
 
 // StackRules are the checks that depend on the deployment rather than on the files alone.
@@ -221,6 +223,7 @@ func ParseStacks(files []StackFile, rules StackRules) *StackSet {
 	}
 	set.Files = parser.Files()
 	set.Diags = append(set.Diags, validateStackSet(set.Stacks, rules)...)
+	set.Diags = append(set.Diags, validateRoutes(set.Stacks)...)
 	sort.SliceStable(set.Stacks, func(i, j int) bool { return set.Stacks[i].Name < set.Stacks[j].Name })
 	return set
 }
@@ -232,7 +235,8 @@ var (
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
 		{Name: "send_proxy_protocol"},
 		{Name: "https_redirect"}, {Name: "hsts"},
-		{Name: "close_on_unhealthy"}}, clientPolicyAttrs...)}
+		{Name: "close_on_unhealthy"}}, clientPolicyAttrs...),
+		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"path_prefix"}}}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -295,6 +299,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 
 	diags = append(diags, decodeSendProxyProtocol(&svc, content.Attributes["send_proxy_protocol"])...)
 	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
+	diags = append(diags, decodeRoutes(&svc, content.Blocks)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:

@@ -82,6 +82,7 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 			diags = append(diags, errAt(at("proxy.bind_addr"), "Invalid proxy.bind_addr", "%q is not an IP address.", c.Proxy.BindAddr))
 		}
 	}
+	diags = append(diags, validateAccessLog(c.Proxy.AccessLog, at("proxy.access_log"))...)
 	if c.Proxy.UDPMaxSessions < 1 {
 		diags = append(diags, errAt(at("proxy.udp_max_sessions"), "Invalid udp_max_sessions", "It must be at least 1."))
 	}

@@ -126,13 +126,29 @@ type ppConn struct {
 	once   sync.Once
 	client tcpClient
 	err    error
+	// readDeadline is the deadline the server set before the header was read (the TLS
+	// handshake's): reading the header clears the socket's, so it is put back.
+	readDeadline time.Time
 }
 
 func (c *ppConn) init() {
 	c.once.Do(func() {
 		c.client, c.err = c.p.readClient(c.TCPConn, "http")
 		c.early = c.client.early
+		if c.err == nil && !c.readDeadline.IsZero() {
+			_ = c.TCPConn.SetReadDeadline(c.readDeadline)
+		}
 	})
+}
+
+func (c *ppConn) SetDeadline(t time.Time) error {
+	c.readDeadline = t
+	return c.TCPConn.SetDeadline(t)
+}
+
+func (c *ppConn) SetReadDeadline(t time.Time) error {
+	c.readDeadline = t
+	return c.TCPConn.SetReadDeadline(t)
 }
 
 func (c *ppConn) RemoteAddr() net.Addr {

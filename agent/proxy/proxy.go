@@ -263,6 +263,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	errc := make(chan error, 1)
 	if !p.cfg.DisableHTTP {
+		if err := p.startAccessLog(); err != nil {
+			return err
+		}
 		if err := p.http.listen(runCtx, p.httpAddr); err != nil {
 			return fmt.Errorf("proxy: HTTP router: %w", err)
 		}
@@ -304,6 +307,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.conns.closeAll()
 	p.wg.Wait()
 	p.workers.stop() // every connection has ended: only idle workers are left
+	p.stopAccessLog()
 	if p.shares != nil {
 		p.shares.Close()
 	}
@@ -335,6 +339,9 @@ func (p *Proxy) Reload(cfg *config.Config) error {
 		p.logger.Warn("proxy.http_addr changed; takes effect after restart", "old", p.httpAddr, "new", cfg.Proxy.HTTPAddr)
 	}
 	p.set.Store(next)
+	if !p.cfg.DisableHTTP {
+		p.reloadAccessLog(cfg.Proxy.AccessLog)
+	}
 	if p.shares != nil && next.UseLinger != old.UseLinger {
 		p.shares.setLinger(next.UseLinger)
 		p.logger.Info("proxy.use_linger changed", "old", old.UseLinger, "new", next.UseLinger)

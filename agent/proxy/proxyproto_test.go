@@ -185,7 +185,7 @@ func TestSendProxyProtocolToNginx(t *testing.T) {
 			if code != 200 || strings.TrimSpace(body) != "pp="+ppClient {
 				t.Fatalf("nginx answered %d %q, want pp=%s", code, body, ppClient)
 			}
-			lines := readLines(t, logPath)
+			lines := readLogLines(t, logPath)
 			last := lines[len(lines)-1]
 			if !strings.HasPrefix(last, ppClient+":") || !strings.HasSuffix(last, "peer=127.0.0.1") {
 				t.Fatalf("nginx log line %q: want the client %s behind peer 127.0.0.1", last, ppClient)
@@ -197,7 +197,7 @@ func TestSendProxyProtocolToNginx(t *testing.T) {
 	}
 }
 
-func readLines(t *testing.T, path string) []string {
+func readLogLines(t *testing.T, path string) []string {
 	t.Helper()
 	var lines []string
 	waitFor(t, 5*time.Second, "a line in "+path, func() bool {
@@ -520,5 +520,30 @@ func TestSendProxyProtocolTLSPassthrough(t *testing.T) {
 				t.Fatalf("plain backend: %q %v", line, err)
 			}
 		})
+	}
+}
+
+// TestProxyProtocolFromHAProxyHTTPS: HAProxy (send-proxy-v2) in front of the HTTPS listener;
+// the header is read before the TLS handshake, and the upstream's X-Forwarded-For is the client
+// (127.0.0.23). The list is set by a reload, as an operator would.
+func TestProxyProtocolFromHAProxyHTTPS(t *testing.T) {
+	f := startHTTPSFixture(t)
+	cfg := config.Default()
+	cfg.Proxy.ProxyProtocolFrom = []string{"127.0.0.1/32"}
+	cfg.Proxy.BindAddr = "127.0.0.1"
+	if err := f.tp.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	fe := freePort(t)
+	startHAProxy(t, map[uint16]string{fe: f.httpsAddr})
+	out, err := exec.Command("curl", "-sS", "--max-time", "20", "--interface", ppClient, "--cacert", f.caFile,
+		"--resolve", fmt.Sprintf("web.example.com:%d:127.0.0.1", fe),
+		fmt.Sprintf("https://web.example.com:%d/x", fe)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("curl through haproxy: %v\n%s", err, out)
+	}
+	_, h := upstreamSaw(t, string(out))
+	if got := h.Get("X-Forwarded-For"); got != ppClient {
+		t.Fatalf("X-Forwarded-For %q, want %s (upstream saw %s)", got, ppClient, out)
 	}
 }

@@ -73,7 +73,7 @@ type cluster struct {
 	nullnet   string // bin/nullnet
 	consulBin string
 	stacksDir string
-	sshKey    string // private key authorised on node1's sshd
+	sshKey    string  // private key authorised on node1's sshd
 	web       *webPKI // the public-facing CA of the HTTPS scenario
 
 	mu     sync.Mutex
