@@ -146,6 +146,10 @@ type Proxy struct {
 	// DrainTimeout bounds the drain on SIGTERM or `nullnet leave`: listeners stop accepting and
 	// open connections and requests get this long to finish; 0 stops at once.
 	DrainTimeout time.Duration `json:"drain_timeout"`
+	// ProxyProtocolFrom lists the front load balancers (CIDRs or addresses) whose TCP
+	// connections and UDP datagrams start with a PROXY protocol header carrying the client's
+	// address. Peers outside it are clients themselves: a header they send is data.
+	ProxyProtocolFrom []string `json:"proxy_protocol_from,omitempty"`
 	// AccessLog is where the HTTP router writes one line per request: "off", "on" (the agent's
 	// log, logger proxy.access) or an absolute file path (lines appended; reopened on reload).
 	AccessLog string `json:"access_log"`

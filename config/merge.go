@@ -144,6 +144,7 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Proxy.UDPReceiveBuffer, p.UDPReceiveBuffer)
 		pick(&c.Proxy.UDPNewSessionRate, p.UDPNewSessionRate)
 		pick(&c.Proxy.UDPNewSessionRatePerPrefix, p.UDPNewSessionRatePerPrefix)
+		pick(&c.Proxy.ProxyProtocolFrom, p.ProxyProtocolFrom)
 	}
 	if cl := r.Client; cl != nil {
 		pick(&c.Client.Enabled, cl.Enabled)

@@ -91,6 +91,8 @@ type rawProxy struct {
 	UDPReceiveBuffer           *int `hcl:"udp_receive_buffer,optional"`
 	UDPNewSessionRate          *int `hcl:"udp_new_session_rate,optional"`
 	UDPNewSessionRatePerPrefix *int `hcl:"udp_new_session_rate_per_prefix,optional"`
+
+	ProxyProtocolFrom *[]string `hcl:"proxy_protocol_from,optional"`
 }
 
 type rawClient struct {

@@ -233,6 +233,7 @@ var (
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: append([]hcl.AttributeSchema{
 		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}, {Name: "acme"},
+		{Name: "send_proxy_protocol"},
 		{Name: "https_redirect"}, {Name: "hsts"},
 		{Name: "close_on_unhealthy"}}, clientPolicyAttrs...),
 		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"path_prefix"}}}}
@@ -302,6 +303,7 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 	}
 	diags = append(diags, decodeClientPolicy(content, &svc)...)
 
+	diags = append(diags, decodeSendProxyProtocol(&svc, content.Attributes["send_proxy_protocol"])...)
 	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
 	diags = append(diags, decodeRoutes(&svc, content.Blocks)...)
 

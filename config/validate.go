@@ -105,6 +105,10 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 			diags = append(diags, errAt(at("proxy."+r.key), "Invalid "+r.key, "It must be 0 (no limit) or more."))
 		}
 	}
+	if _, err := ParsePrefixes(c.Proxy.ProxyProtocolFrom); err != nil {
+		diags = append(diags, errAt(at("proxy.proxy_protocol_from"), "Invalid proxy_protocol_from",
+			"%v; use CIDRs such as \"10.0.0.0/8\" or single addresses.", err))
+	}
 	for _, addr := range append(append([]string{}, c.Proxy.Servers...), c.Client.Servers...) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			diags = append(diags, errAt(nil, "Invalid server address", "%q is not host:port: %v.", addr, err))

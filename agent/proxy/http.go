@@ -87,7 +87,7 @@ func (r *httpRouter) listen(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	r.ln = ln
+	r.ln = ppListener{Listener: ln, p: r.p} // PROXY headers from proxy.proxy_protocol_from
 	a := ln.Addr().String()
 	r.addr.Store(&a)
 	r.log.Info("HTTP router listening", "addr", ln.Addr().String())

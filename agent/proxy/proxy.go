@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,8 @@ type settings struct {
 	UDPNewSessionRatePerPrefix int
 	UseLinger                  time.Duration
 	DrainTimeout               time.Duration
+	// ProxyProtocolFrom are the front load balancers that send PROXY headers.
+	ProxyProtocolFrom []netip.Prefix
 }
 
 func settingsFrom(c *config.Config) *settings {
@@ -66,7 +69,7 @@ func settingsFrom(c *config.Config) *settings {
 	return &settings{BindAddr: p.BindAddr, DialTimeout: p.DialTimeout, UDPIdleTimeout: p.UDPIdleTimeout,
 		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength, UseLinger: p.UseLinger,
 		DrainTimeout: p.DrainTimeout, UDPReceiveBuffer: p.UDPReceiveBuffer, UDPNewSessionRate: p.UDPNewSessionRate,
-		UDPNewSessionRatePerPrefix: p.UDPNewSessionRatePerPrefix}
+		UDPNewSessionRatePerPrefix: p.UDPNewSessionRatePerPrefix, ProxyProtocolFrom: trustedPrefixes(c)}
 }
 
 // Proxy is the ingress role.
@@ -105,6 +108,10 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+
+	// PROXY headers rejected from trusted peers, and the last log line about them.
+	headerRejects, headerLogged atomic.Uint64
+	headerLogAt                 atomic.Int64
 	// policies is the latest bundle's policies by service (policies.go); nil before the first.
 	policies atomic.Pointer[servicepolicy.Index]
 	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
