@@ -69,19 +69,16 @@ func StringAttr(attr *hcl.Attribute) (string, hcl.Diagnostics) {
 	return v.AsString(), nil
 }
 
-// BoolAttr evaluates a bool attribute (true or false, no strings).
+// BoolAttr evaluates a bool attribute (true or false, no strings): the one boolean parser of
+// stack and agent files.
 func BoolAttr(attr *hcl.Attribute) (bool, hcl.Diagnostics) {
 	v, diags := attr.Expr.Value(nil)
 	if diags.HasErrors() {
 		return false, diags
 	}
 	if v.IsNull() || v.Type() != cty.Bool {
-		return false, hcl.Diagnostics{{
-			Severity: hcl.DiagError,
-			Summary:  fmt.Sprintf("Invalid value for %q", attr.Name),
-			Detail:   "true or false is required.",
-			Subject:  attr.Expr.Range().Ptr(),
-		}}
+		return false, hcl.Diagnostics{errAt(attr.Expr.Range().Ptr(), "Invalid "+attr.Name,
+			"%s must be true or false.", attr.Name)}
 	}
 	return v.True(), nil
 }

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/zclconf/go-cty/cty"
 )
 
 // maxHSTS bounds hsts: browsers cap max-age themselves (Chrome at one year), and a typo of
@@ -25,16 +24,9 @@ func decodeHTTPSKeys(svc *StackService, content *hcl.BodyContent) hcl.Diagnostic
 		return false
 	}
 	if a := content.Attributes["https_redirect"]; a != nil && httpOnly(a) {
-		v, d := a.Expr.Value(nil)
+		v, d := BoolAttr(a)
 		diags = append(diags, d...)
-		switch {
-		case d.HasErrors():
-		case v.IsNull() || v.Type() != cty.Bool:
-			diags = append(diags, errAt(a.Expr.Range().Ptr(), "Invalid https_redirect",
-				"https_redirect must be true or false."))
-		default:
-			svc.Policy.HTTPSRedirect = v.True()
-		}
+		svc.Policy.HTTPSRedirect = v
 	}
 	if a := content.Attributes["hsts"]; a != nil && httpOnly(a) {
 		t, d := DurationAttr(a)

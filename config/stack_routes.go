@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/zclconf/go-cty/cty"
 )
 
 // Path routes: `route "/api/" { service = "api.example.com" strip_prefix = true }` inside an
@@ -85,16 +84,12 @@ func decodeRoutes(svc *StackService, blocks hcl.Blocks) hcl.Diagnostics {
 			continue // hcl reported the missing attribute
 		}
 		if a := content.Attributes["strip_prefix"]; a != nil {
-			v, d := a.Expr.Value(nil)
+			v, d := BoolAttr(a)
 			if d.HasErrors() {
 				diags = append(diags, d...)
 				continue
 			}
-			if v.IsNull() || v.Type() != cty.Bool {
-				diags = append(diags, errAt(a.Expr.Range().Ptr(), "Invalid strip_prefix", "strip_prefix must be true or false."))
-				continue
-			}
-			r.StripPrefix = v.True()
+			r.StripPrefix = v
 		}
 		svc.Policy.Routes = append(svc.Policy.Routes, r)
 		svc.routeRanges = append(svc.routeRanges, rr)

@@ -97,7 +97,7 @@ func TestParseStacks_Errors(t *testing.T) {
 		{"http with port", map[string]string{"a.hcl": "stack \"a\" {\n  service \"x\" {\n    listen_port = 8080\n  }\n}\n"},
 			[]string{"a.hcl:3:5 Unexpected listen_port"}},
 		{"acme not a bool", map[string]string{"a.hcl": "stack \"a\" {\n  service \"a.example.com\" {\n    timeout = 1\n    acme = \"yes\"\n  }\n}\n"},
-			[]string{"a.hcl:4:12 Invalid value for \"acme\""}},
+			[]string{"a.hcl:4:12 Invalid acme"}},
 		{"acme on tcp", map[string]string{"a.hcl": "stack \"a\" {\n  service \"a.example.com\" {\n    protocol = \"tcp\"\n    listen_port = 99\n    timeout = 1\n    acme = true\n  }\n}\n"},
 			[]string{"a.hcl:6:5 Unexpected acme"}},
 		{"acme on backend", map[string]string{"a.hcl": "stack \"a\" {\n  service \"a.example.com\" {\n    acme = true\n  }\n}\n"},
