@@ -63,9 +63,9 @@ func clientListAttr(a *hcl.Attribute) ([]string, hcl.Diagnostics) {
 		return nil, hcl.Diagnostics{errAt(a.Expr.Range().Ptr(), "Invalid "+a.Name,
 			"%s must be a list of CIDRs or addresses, such as [\"203.0.113.0/24\", \"2001:db8::/32\"].", a.Name)}
 	}
-	if len(elems) > MaxClientListEntries {
+	if len(elems) > MaxPrefixListEntries {
 		return nil, hcl.Diagnostics{errAt(a.Expr.Range().Ptr(), "Too many entries in "+a.Name,
-			"%s has %d entries; at most %d are allowed (merge neighbouring ranges into wider CIDRs).", a.Name, len(elems), MaxClientListEntries)}
+			"%s has %d entries; at most %d are allowed (merge neighbouring ranges into wider CIDRs).", a.Name, len(elems), MaxPrefixListEntries)}
 	}
 	out := make([]string, 0, len(elems))
 	seen := make(map[string]bool, len(elems))
@@ -79,7 +79,7 @@ func clientListAttr(a *hcl.Attribute) ([]string, hcl.Diagnostics) {
 			diags = append(diags, errAt(e.Range().Ptr(), "Invalid "+a.Name+" entry", "Each entry must be a string: a CIDR or an address."))
 			continue
 		}
-		p, err := ParseClientEntry(v.AsString())
+		p, err := ParsePrefix(v.AsString())
 		if err != nil {
 			diags = append(diags, errAt(e.Range().Ptr(), "Invalid "+a.Name+" entry", "%s.", err))
 			continue

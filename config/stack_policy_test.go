@@ -85,7 +85,7 @@ func TestParseStacks_ClientPolicyErrors(t *testing.T) {
 
 func TestParseStacks_ClientListTooLong(t *testing.T) {
 	var b strings.Builder
-	for i := range MaxClientListEntries + 1 {
+	for i := range MaxPrefixListEntries + 1 {
 		fmt.Fprintf(&b, "\"10.%d.%d.0/24\",", i>>8, i&255)
 	}
 	src := "stack \"a\" {\n  service \"x\" {\n    protocol = \"tcp\"\n    listen_port = 7000\n    timeout = 1\n    allow = [" + b.String() + "]\n  }\n}\n"

@@ -11,7 +11,7 @@ import (
 
 func mustPrefixes(t testing.TB, ss ...string) []netip.Prefix {
 	t.Helper()
-	ps, err := config.ParseClientList(ss)
+	ps, err := config.ParsePrefixes(ss)
 	if err != nil {
 		t.Fatal(err)
 	}

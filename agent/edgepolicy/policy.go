@@ -48,14 +48,14 @@ type Rules struct {
 func Compile(s Spec) (*Rules, error) {
 	r := &Rules{maxPerClient: max(0, s.MaxConnectionsPerClient), maxSessions: int64(max(0, s.MaxSessions))}
 	if len(s.Allow) > 0 {
-		ps, err := config.ParseClientList(s.Allow)
+		ps, err := config.ParsePrefixes(s.Allow)
 		if err != nil {
 			return nil, fmt.Errorf("allow: %w", err)
 		}
 		r.allow = NewMatcher(ps)
 	}
 	if len(s.Deny) > 0 {
-		ps, err := config.ParseClientList(s.Deny)
+		ps, err := config.ParsePrefixes(s.Deny)
 		if err != nil {
 			return nil, fmt.Errorf("deny: %w", err)
 		}
