@@ -9,10 +9,10 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/serverconn"
 	"github.com/nullnet/nullnet/agent/version"
 	"github.com/nullnet/nullnet/config"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Meta keys on the agent's own "nullnet" service in Consul.
@@ -94,7 +94,7 @@ func keepRegistered(ctx context.Context, client *api.Client, reg *api.AgentServi
 		}
 		delay := 15 * time.Second
 		if failures > 0 {
-			delay = consul.Backoff(failures, 10*time.Second)
+			delay = retry.Backoff(100*time.Millisecond, 10*time.Second, failures)
 		}
 		select {
 		case <-ctx.Done():

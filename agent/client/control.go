@@ -9,10 +9,10 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
-	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/overlay"
 	"github.com/nullnet/nullnet/agent/version"
+	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
 )
@@ -32,7 +32,7 @@ func (c *Client) runControl(ctx context.Context) {
 			failures = 0
 		}
 		failures++
-		delay := consul.Backoff(failures, c.reconnectMax)
+		delay := retry.Backoff(100*time.Millisecond, c.reconnectMax, failures)
 		c.logger.Warn("control channel closed; reconnecting", "error", err, "retry_in", delay.Round(time.Millisecond))
 		t := time.NewTimer(delay)
 		select {

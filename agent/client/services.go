@@ -14,9 +14,9 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Meta keys and tag on host service registrations. MetaNode must equal server.MetaNode
@@ -122,7 +122,7 @@ func (h *hostServices) run(ctx context.Context, keep func() bool) {
 			if failures == 1 || failures%10 == 0 {
 				h.logger.Warn("registering host services in Consul failed; retrying", "error", err, "failures", failures)
 			}
-			delay = min(delay, consul.Backoff(failures, 10*time.Second))
+			delay = min(delay, retry.Backoff(100*time.Millisecond, 10*time.Second, failures))
 		} else {
 			failures = 0
 		}

@@ -16,6 +16,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // CatalogService is one service instance the mirror keeps registered on its node. The caller
@@ -220,9 +222,9 @@ func (m *Mirror) Run(ctx context.Context) {
 		lost, err := lock.Lock(ctx.Done())
 		if err != nil {
 			failures++
-			d := Backoff(failures, 10*time.Second)
+			d := retry.Backoff(100*time.Millisecond, 10*time.Second, failures)
 			m.logger.Debug("cannot take the leader lock; retrying", "error", err, "retry_in", d)
-			if !Sleep(ctx, d) {
+			if !retry.Sleep(ctx, d) {
 				return
 			}
 			continue
@@ -302,7 +304,7 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 		}()
 	}
 
-	var retry <-chan time.Time
+	var retryC <-chan time.Time
 	failures := 0
 	for {
 		select {
@@ -311,9 +313,9 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 		case <-lost:
 			return
 		case <-m.kick:
-		case <-retry:
+		case <-retryC:
 		}
-		retry = nil
+		retryC = nil
 		m.mu.Lock()
 		desired, have := m.desired, m.haveDesired
 		m.mu.Unlock()
@@ -329,12 +331,12 @@ func (m *Mirror) lead(ctx context.Context, lost <-chan struct{}) {
 				return
 			}
 			failures++
-			d := Backoff(failures, 10*time.Second)
+			d := retry.Backoff(100*time.Millisecond, 10*time.Second, failures)
 			m.logger.Warn("mirroring stacks into Consul failed; retrying", "error", err, "retry_in", d)
 			if m.cfg.OnWriteError != nil && failures == 1 { // once per streak, not per retry
 				m.cfg.OnWriteError(err)
 			}
-			retry = time.After(d)
+			retryC = time.After(d)
 			continue
 		}
 		failures = 0

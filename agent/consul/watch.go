@@ -2,10 +2,11 @@ package consul
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // WatchConfig tunes a blocking-query loop.
@@ -60,7 +61,7 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 		}
 		if err != nil {
 			failures++
-			d := Backoff(failures, cfg.MaxBackoff)
+			d := retry.Backoff(100*time.Millisecond, cfg.MaxBackoff, failures)
 			lvl := logger.Warn
 			if failures > 1 {
 				lvl = logger.Debug // one warning per outage is enough; the rest are noise
@@ -70,7 +71,7 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 			if cfg.OnError != nil {
 				cfg.OnError(err, failures)
 			}
-			if !Sleep(ctx, d) {
+			if !retry.Sleep(ctx, d) {
 				return
 			}
 			// After a failure Consul may have restarted without its state, its index now far
@@ -99,31 +100,9 @@ func Watch[T any](ctx context.Context, cfg WatchConfig, query QueryFunc[T], onRe
 		}
 		index = max(next, 1)
 		if wait := cfg.MinInterval - time.Since(started); wait > 0 {
-			if !Sleep(ctx, wait) {
+			if !retry.Sleep(ctx, wait) {
 				return
 			}
 		}
-	}
-}
-
-// Backoff is the capped exponential backoff with full jitter used after the n-th failure.
-func Backoff(n int, maxDelay time.Duration) time.Duration {
-	d := 100 * time.Millisecond << min(n, 16)
-	if d > maxDelay || d <= 0 {
-		d = maxDelay
-	}
-	// Jitter in [d/2, d) keeps many watchers from retrying in lockstep.
-	return d/2 + rand.N(d/2+1)
-}
-
-// Sleep waits d or until ctx ends; it reports whether d passed.
-func Sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Sessions live in the server's memory. When the port-table stream comes back after a break the
@@ -221,7 +223,7 @@ func (p *Proxy) reannounceOne(ctx context.Context, ad Adopter, u *liveUse) (ok, 
 	// retry a few times before the use keeps its old lease.
 	for attempt, delay := 1, time.Second; ; attempt, delay = attempt+1, 2*delay {
 		if l, err = ad.Adopt(ctx, u.client, u.service, u.proto, u.netID, u.upstream); err == nil ||
-			attempt == reannounceAttempts || !sleepCtx(ctx, delay) {
+			attempt == reannounceAttempts || !retry.Sleep(ctx, delay) {
 			break
 		}
 	}

@@ -8,6 +8,7 @@ import (
 
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/certs"
+	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,7 +43,7 @@ func (p *Proxy) watchCerts(ctx context.Context) {
 		if got {
 			backoff, lastErr = watchBackoffMin, ""
 		}
-		wait := jitter(backoff)
+		wait := retry.Jitter(backoff, 0.2)
 		if c := status.Code(err); c == codes.Unimplemented || c == codes.PermissionDenied || c == codes.Unauthenticated {
 			wait = certsUnsupportedRetry
 		}
@@ -54,7 +55,7 @@ func (p *Proxy) watchCerts(ctx context.Context) {
 		} else {
 			p.logger.Debug("certificate stream still failing", "error", err, "retry_in", wait)
 		}
-		if !sleepCtx(ctx, wait) {
+		if !retry.Sleep(ctx, wait) {
 			return
 		}
 		backoff = min(backoff*2, watchBackoffMax)

@@ -18,6 +18,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxy/tlsterm"
+	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -77,7 +78,7 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 			lastErr = msg
 			h.log.Warn("HTTPS listener bind failed; will retry", "addr", addr, "error", err, "retry_in", backoff,
 				"attempt", failures)
-			if !sleepCtx(ctx, jitter(backoff)) {
+			if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
 				return
 			}
 			backoff = min(backoff*2, h.p.bindRetryMax)
@@ -111,7 +112,7 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 			return
 		}
 		h.log.Error("HTTPS listener failed; rebinding", "addr", bound, "error", err)
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
 			return
 		}
 	}

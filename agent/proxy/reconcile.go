@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
+	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -281,7 +281,7 @@ func (p *Proxy) runSlot(ctx context.Context, s *slot, open openFunc) {
 			}
 			p.logger.Warn("listener bind failed; will retry", "protocol", m.Protocol, "port", m.Port,
 				"service", m.Service, "error", err, "retry_in", backoff, "attempt", s.failures)
-			if !sleepCtx(ctx, jitter(backoff)) {
+			if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
 				break
 			}
 			backoff = min(backoff*2, p.bindRetryMax)
@@ -309,7 +309,7 @@ func (p *Proxy) runSlot(ctx context.Context, s *slot, open openFunc) {
 		// The socket failed under us (rare): rebind.
 		p.logger.Error("listener failed; rebinding", "protocol", m.Protocol, "port", m.Port, "error", err)
 		s.setState("binding", errString(err))
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
 			return
 		}
 	}
@@ -320,26 +320,6 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-// sleepCtx waits d or until ctx ends; it reports whether the full wait happened.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
-// jitter spreads retries by ±20 % so that many proxies do not retry in lockstep.
-func jitter(d time.Duration) time.Duration {
-	if d <= 0 {
-		return d
-	}
-	return d + time.Duration((rand.Float64()*0.4-0.2)*float64(d))
 }
 
 // errClosed is what serve returns when its socket was closed because ctx ended.

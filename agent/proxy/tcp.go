@@ -16,6 +16,7 @@ import (
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxyproto"
+	"github.com/nullnet/nullnet/lib/retry"
 	"golang.org/x/sys/unix"
 )
 
@@ -154,7 +155,7 @@ func (l *tcpListener) serve(ctx context.Context) error {
 			l.p.logger.Error("tcp accept failed; backing off", "port", m.Port, "error", err, "retry_in", delay)
 			metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "failures"}, 1,
 				append(listenerLabels(m), metrics.Label{Name: "kind", Value: "accept"}))
-			if !sleepCtx(ctx, delay) {
+			if !retry.Sleep(ctx, delay) {
 				return errClosed
 			}
 			continue

@@ -16,6 +16,7 @@ import (
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxyproto"
+	"github.com/nullnet/nullnet/lib/retry"
 	"golang.org/x/sys/unix"
 )
 
@@ -212,7 +213,7 @@ func (l *udpListener) readLoop(ctx context.Context) error {
 			}
 			errDelay = min(max(2*errDelay, time.Millisecond), time.Second)
 			l.logger.Warn("udp read failed", "error", errno)
-			if !sleepCtx(ctx, errDelay) {
+			if !retry.Sleep(ctx, errDelay) {
 				return ctx.Err()
 			}
 			continue
@@ -371,7 +372,7 @@ func sweepInterval(idle time.Duration) time.Duration {
 
 func (l *udpListener) sweepLoop(ctx context.Context) {
 	for {
-		if !sleepCtx(ctx, sweepInterval(l.idleTimeout())) {
+		if !retry.Sleep(ctx, sweepInterval(l.idleTimeout())) {
 			return
 		}
 		l.sweep(time.Now())

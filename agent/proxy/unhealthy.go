@@ -11,6 +11,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
+	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -49,7 +50,7 @@ func (p *Proxy) watchUnhealthy(ctx context.Context) {
 		} else {
 			p.logger.Warn("unhealthy replicas stream lost; reconnecting", "error", err, "retry_in", backoff)
 		}
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
 			return
 		}
 		backoff = min(backoff*2, watchBackoffMax)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -39,7 +40,7 @@ func (p *Proxy) watch(ctx context.Context) {
 		p.setStream("disconnected", errString(err))
 		p.logger.Warn("port table stream lost; keeping the current listeners and reconnecting",
 			"error", err, "retry_in", backoff)
-		if !sleepCtx(ctx, jitter(backoff)) {
+		if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
 			return
 		}
 		backoff = min(backoff*2, watchBackoffMax)

@@ -15,6 +15,7 @@ import (
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // catalogView is the definitions as Consul holds them: every definition instance, from any node.
@@ -274,7 +275,7 @@ func (s *Server) watchCatalog(ctx context.Context, onServices func(servicesView,
 	}()
 	consul.Watch(ctx, consul.WatchConfig{Name: "definitions", Logger: s.logger, OnError: s.aclReporter("definitions")},
 		func(ctx context.Context, index uint64, wait time.Duration) (*consul.NodeState, uint64, error) {
-			if incomplete && !consul.Sleep(ctx, incompleteReadInterval) {
+			if incomplete && !retry.Sleep(ctx, incompleteReadInterval) {
 				return nil, 0, ctx.Err()
 			}
 			st, idx, err := consul.ReadNode(ctx, s.cfg.Consul, DefinitionsNode, DefinitionTag, index, wait)

@@ -16,6 +16,7 @@ import (
 	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/server/session"
 	"github.com/nullnet/nullnet/agent/serverconn"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // replicaFetchers bounds the reads of changed services in flight, hence the connections they
@@ -280,14 +281,14 @@ func (w *replicaWatcher) setLocked(name string, s *serviceReplicas, inst []repli
 func (w *replicaWatcher) fetchLoop(ctx context.Context) {
 	resync := time.NewTicker(replicaResync)
 	defer resync.Stop()
-	var retry <-chan time.Time
+	var retryC <-chan time.Time
 	failures := 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-w.kick:
-		case <-retry:
+		case <-retryC:
 		case <-resync.C:
 			w.mu.Lock()
 			for name := range w.services {
@@ -298,7 +299,7 @@ func (w *replicaWatcher) fetchLoop(ctx context.Context) {
 			w.dirty[agentsName] = true
 			w.mu.Unlock()
 		}
-		retry = nil
+		retryC = nil
 		w.mu.Lock()
 		if w.names == nil {
 			w.mu.Unlock()
@@ -316,7 +317,7 @@ func (w *replicaWatcher) fetchLoop(ctx context.Context) {
 		}
 		if err != nil {
 			failures++
-			d := consul.Backoff(failures, 10*time.Second)
+			d := retry.Backoff(100*time.Millisecond, 10*time.Second, failures)
 			lvl := w.logger.Warn
 			if failures > 1 {
 				lvl = w.logger.Debug
@@ -325,7 +326,7 @@ func (w *replicaWatcher) fetchLoop(ctx context.Context) {
 			if w.onError != nil {
 				w.onError(err, failures)
 			}
-			retry = time.After(d)
+			retryC = time.After(d)
 			continue
 		}
 		if failures > 0 {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -19,8 +18,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
-	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Issuer keeps a certificate for every wanted domain. One per server; see the package comment.
@@ -120,7 +119,7 @@ func (i *Issuer) Run(ctx context.Context) {
 			switch held, err := i.issueUnderLock(ctx, due); {
 			case err != nil:
 				lockFailures++
-				d := consul.Backoff(lockFailures, time.Minute)
+				d := retry.Backoff(100*time.Millisecond, time.Minute, lockFailures)
 				i.logger.Warn("cannot take the ACME lock", "error", err, "retry_in", d)
 				next = time.Now().Add(d)
 			case !held:
@@ -295,7 +294,7 @@ func (i *Issuer) failed(domain string, err error) {
 	}
 	// Count on from what any server recorded, so the backoff is one for the cluster.
 	b.failures = max(b.failures, i.kv.fails[domain].Failures) + 1
-	d := retryDelay(b.failures, i.cfg.RetryMin, i.cfg.RetryMax)
+	d := retry.Backoff(i.cfg.RetryMin, i.cfg.RetryMax, b.failures-1)
 	b.next = time.Now().Add(d)
 	b.reason = reason
 	n := b.failures
@@ -312,18 +311,6 @@ func (i *Issuer) failed(domain string, err error) {
 	i.cfg.Events.Emit(events.Event{Kind: events.ACMEOrderFailed, Severity: events.Warning,
 		Message: fmt.Sprintf("ACME order for %s failed (attempt %d); retrying in %s", domain, n, d.Round(time.Second)),
 		Fields:  map[string]string{"domain": domain, "reason": reason}})
-}
-
-// retryDelay is the wait after n failures in a row: doubling from lo, capped at hi, with the
-// project's jitter.
-func retryDelay(n int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for k := 1; k < n && d < hi; k++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	// Jitter in [d/2, d) as consul.Backoff does, so servers' retries do not line up.
-	return d/2 + rand.N(d/2+1)
 }
 
 // order runs one ACME order for domain and returns the record to store.

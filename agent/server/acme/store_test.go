@@ -132,24 +132,6 @@ func TestValidDomain(t *testing.T) {
 	}
 }
 
-func TestRetryDelay(t *testing.T) {
-	lo, hi := time.Minute, 6*time.Hour
-	prevMax := time.Duration(0)
-	for n := 1; n <= 20; n++ {
-		want := min(lo<<(n-1), hi)
-		for range 50 {
-			d := retryDelay(n, lo, hi)
-			if d < want/2 || d > want {
-				t.Fatalf("n=%d: delay %s outside [%s, %s]", n, d, want/2, want)
-			}
-		}
-		if want < prevMax {
-			t.Fatalf("n=%d: bound shrank", n)
-		}
-		prevMax = want
-	}
-}
-
 // plan orders missing and due domains, waits for backoffs (local or recorded in KV), and
 // nothing before the first KV reading.
 func TestPlan(t *testing.T) {

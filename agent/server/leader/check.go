@@ -7,7 +7,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
-	"github.com/nullnet/nullnet/agent/consul"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // The lock session is tied to a TTL check on the local Consul agent's node, which this server
@@ -50,7 +50,7 @@ func (l *Leadership) startCheck(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("check %s not passing in the catalog after 10s (last error: %v)", l.checkID, err)
 		}
-		if !consul.Sleep(ctx, 50*time.Millisecond) {
+		if !retry.Sleep(ctx, 50*time.Millisecond) {
 			return ctx.Err()
 		}
 	}

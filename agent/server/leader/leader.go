@@ -26,8 +26,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/nullnet/nullnet/agent/consul"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Defaults (see the package comment for why they are not Consul's).
@@ -209,9 +209,9 @@ func (l *Leadership) Run(ctx context.Context) {
 			continue
 		}
 		failures++
-		d := consul.Backoff(failures, l.cfg.RetryMax)
+		d := retry.Backoff(100*time.Millisecond, l.cfg.RetryMax, failures)
 		l.logger.Warn("leadership campaign failed; retrying", "error", err, "retry_in", d)
-		if !consul.Sleep(ctx, d) {
+		if !retry.Sleep(ctx, d) {
 			return
 		}
 	}
@@ -310,7 +310,7 @@ func (l *Leadership) acquire(ctx context.Context, session string, renewDone <-ch
 			continue
 		}
 		index = 0
-		if freeRefused && !consul.Sleep(ctx, min(l.cfg.LockDelay/4+10*time.Millisecond, 250*time.Millisecond)) {
+		if freeRefused && !retry.Sleep(ctx, min(l.cfg.LockDelay/4+10*time.Millisecond, 250*time.Millisecond)) {
 			return false, nil
 		}
 		freeRefused = true
@@ -394,7 +394,7 @@ func (l *Leadership) monitor(ctx context.Context, session string, renewDone <-ch
 			// Consul unreachable: keep leading while the session may still be alive (its
 			// renewals stop after SessionTTL of failures, which ends the term).
 			failures++
-			if !consul.Sleep(ctx, consul.Backoff(failures, time.Second)) {
+			if !retry.Sleep(ctx, retry.Backoff(100*time.Millisecond, time.Second, failures)) {
 				return
 			}
 			continue

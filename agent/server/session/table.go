@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
+
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Hooks are told about lifecycle changes (events, logs). They run without the table's lock
@@ -416,9 +418,7 @@ func (t *Table) teardown(e *entry, snap Session, reason string, announce bool) {
 		}
 		t.logger.Warn("teardown not confirmed; retrying", "session", snap.ID, "net_id", snap.NetID,
 			"reason", reason, "error", err, "retry_in", delay)
-		select {
-		case <-time.After(delay):
-		case <-t.ctx.Done():
+		if !retry.Sleep(t.ctx, delay) {
 			return
 		}
 		delay = min(delay*2, t.cfg.RetryMax)
