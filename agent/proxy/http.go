@@ -20,17 +20,18 @@ import (
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/config"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // httpRouter serves proxy.http_addr: the Host header names the service, every request is
 // resolved once and released when it ends (for a WebSocket, when the upgraded connection ends).
 type httpRouter struct {
 	p    *Proxy
-	ln   net.Listener
 	addr atomic.Pointer[string] // bound address, readable while Run is going
+	bind frontBind
 	rp   *httputil.ReverseProxy
 	log  hclog.Logger
-	srv  atomic.Pointer[http.Server] // set by listen
+	srv  atomic.Pointer[http.Server] // set by run once bound
 	// inflight counts requests in ServeHTTP, upgraded (WebSocket) ones until they close: Drain
 	// waits for it to reach 0.
 	inflight atomic.Int64
@@ -44,6 +45,7 @@ type targetKey struct{}
 
 func newHTTPRouter(p *Proxy) *httpRouter {
 	r := &httpRouter{p: p, log: p.logger.Named("http")}
+	r.bind.p, r.bind.log, r.bind.protocol, r.bind.key = p, r.log, "http", "proxy.http_addr"
 	transport := &http.Transport{
 		Proxy: nil, // never an environment proxy: upstreams are overlay addresses
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -82,30 +84,48 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 	return r
 }
 
-func (r *httpRouter) listen(ctx context.Context, addr string) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
+// run binds addr (retrying a failed bind with capped backoff and one event per distinct error,
+// as the HTTPS listener and the port-table listeners do) and serves until ctx ends or Drain
+// shuts the server down; a socket that fails while serving is bound again.
+func (r *httpRouter) run(ctx context.Context, addr string) {
+	for {
+		ln := r.bind.listen(ctx, addr)
+		if ln == nil {
+			return
+		}
+		bound := ln.Addr().String()
+		r.addr.Store(&bound)
+		r.log.Info("HTTP router listening", "addr", bound)
+		srv := r.newServer(ctx)
+		r.srv.Store(srv)
+		if r.p.draining.Load() { // Drain ran between the check above and Store: it saw no server
+			ln.Close()
+			return
+		}
+		// PROXY headers from proxy.proxy_protocol_from are read before the request.
+		err := r.serve(ctx, srv, ppListener{Listener: ln, p: r.p})
+		if ctx.Err() != nil || err == nil {
+			return
+		}
+		r.log.Error("HTTP router failed; rebinding", "addr", bound, "error", err)
+		if !retry.Sleep(ctx, retry.Jitter(r.p.bindRetryMin, 0.2)) {
+			return
+		}
 	}
-	r.ln = ppListener{Listener: ln, p: r.p} // PROXY headers from proxy.proxy_protocol_from
-	a := ln.Addr().String()
-	r.addr.Store(&a)
-	r.log.Info("HTTP router listening", "addr", ln.Addr().String())
-	r.srv.Store(r.newServer(ctx))
-	return nil
 }
 
-// serve runs the HTTP server until ctx ends, then closes it: the graceful part of a stop is
-// Drain (which shuts the server down first); whatever is still open when ctx ends is cut, and
-// upgraded connections end through their request context.
-func (r *httpRouter) serve(ctx context.Context) error {
-	srv := r.srv.Load()
+// serve runs srv on ln until ctx ends, then closes it (nil); the graceful part of a stop is
+// Drain (which shuts the server down first, after which serve waits for ctx); whatever is still
+// open when ctx ends is cut, and upgraded connections end through their request context. A
+// socket that fails returns its error.
+func (r *httpRouter) serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(r.ln) }()
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serving %s: %w", r.ln.Addr(), err)
+			ln.Close()
+			return fmt.Errorf("serving %s: %w", ln.Addr(), err)
 		}
 		<-ctx.Done() // Drain shut the server down: requests it waited for are done
 		srv.Close()

@@ -37,12 +37,14 @@ type httpsServer struct {
 	// would cost more than the counting).
 	handshakes [2]atomic.Int64 // TLS 1.2, TLS 1.3
 	failures   []atomic.Int64  // by tlsterm.Reason.Index()
-	bindErr    atomic.Pointer[string]
+	bind       frontBind
 }
 
 func newHTTPSServer(p *Proxy) *httpsServer {
-	return &httpsServer{p: p, r: p.http, log: p.logger.Named("https"), conf: tlsterm.NewConfig(p.certs),
+	h := &httpsServer{p: p, r: p.http, log: p.logger.Named("https"), conf: tlsterm.NewConfig(p.certs),
 		failures: make([]atomic.Int64, len(tlsterm.Reasons))}
+	h.bind.p, h.bind.log, h.bind.protocol, h.bind.key = p, h.log, "https", "proxy.https_addr"
+	return h
 }
 
 // Addr is the bound address ("" until bound).
@@ -60,32 +62,11 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 	go func() { defer close(flushDone); h.flushLoop(ctx) }()
 	defer func() { <-flushDone }()
 
-	backoff, failures, lastErr := h.p.bindRetryMin, 0, ""
-	port := portOf(addr)
-	for ctx.Err() == nil && !h.p.draining.Load() {
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			failures++
-			msg := err.Error()
-			h.bindErr.Store(&msg)
-			metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "listener", "bind_failed"}, 1,
-				[]metrics.Label{{Name: "protocol", Value: "https"}, {Name: "port", Value: port}, {Name: "service", Value: ""}})
-			if msg != lastErr {
-				h.p.events.Emit(events.Event{Kind: events.TCPListenerBindFailed, Severity: events.Error,
-					Message: fmt.Sprintf("cannot listen on %s for HTTPS (proxy.https_addr); retrying", addr),
-					Fields:  map[string]string{"protocol": "https", "port": port, "service": "", "error": msg}})
-			}
-			lastErr = msg
-			h.log.Warn("HTTPS listener bind failed; will retry", "addr", addr, "error", err, "retry_in", backoff,
-				"attempt", failures)
-			if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
-				return
-			}
-			backoff = min(backoff*2, h.p.bindRetryMax)
-			continue
+	for {
+		ln := h.bind.listen(ctx, addr)
+		if ln == nil {
+			return
 		}
-		backoff, failures, lastErr = h.p.bindRetryMin, 0, ""
-		h.bindErr.Store(nil)
 		bound := ln.Addr().String()
 		h.addr.Store(&bound)
 		h.log.Info("HTTPS listener open", "addr", bound)
@@ -104,7 +85,7 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 			tl.Close()
 			return
 		}
-		err = h.serve(ctx, srv, tl)
+		err := h.serve(ctx, srv, tl)
 		if ctx.Err() != nil || err == nil {
 			h.p.events.Emit(events.Event{Kind: events.ListenerClosed, Severity: events.Info,
 				Message: fmt.Sprintf("closed HTTPS listener %s", bound),
@@ -112,7 +93,7 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 			return
 		}
 		h.log.Error("HTTPS listener failed; rebinding", "addr", bound, "error", err)
-		if !retry.Sleep(ctx, retry.Jitter(backoff, 0.2)) {
+		if !retry.Sleep(ctx, retry.Jitter(h.p.bindRetryMin, 0.2)) {
 			return
 		}
 	}

@@ -295,48 +295,6 @@ func TestRedirectHost(t *testing.T) {
 
 // TestHTTPSBindRetry: a taken HTTPS port is retried with one event, shown in the status, and
 // the listener opens once the port is free; Drain then closes it.
-func TestHTTPSBindRetry(t *testing.T) {
-	hold, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := hold.Addr().String()
-	tp := startProxy(t, newTestResolver(), func(a *config.Config, c *Config) {
-		c.DisableHTTP = false
-		a.Proxy.HTTPSAddr = addr
-	})
-	waitFor(t, 10*time.Second, "bind failure reported", func() bool {
-		return tp.hasEvent(events.TCPListenerBindFailed) && tp.status().HTTPSError != ""
-	})
-	hold.Close()
-	waitFor(t, 10*time.Second, "HTTPS listener bound after the port was freed", func() bool {
-		return tp.https.Addr() == addr && tp.status().HTTPSError == ""
-	})
-	n := 0
-	evs, _ := tp.events.Since(0)
-	for _, e := range evs {
-		if e.Kind == events.TCPListenerBindFailed {
-			n++
-			if e.Fields["protocol"] != "https" {
-				t.Errorf("bind failure event %v", e.Fields)
-			}
-		}
-	}
-	if n != 1 {
-		t.Errorf("%d bind failure events for one error, want 1", n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tp.Drain(ctx)
-	waitFor(t, 10*time.Second, "HTTPS listener closed by Drain", func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err != nil
-	})
-}
-
 func TestLogLimiter(t *testing.T) {
 	var buf strings.Builder
 	lg := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Debug})
@@ -352,4 +310,67 @@ func TestLogLimiter(t *testing.T) {
 	if !strings.Contains(buf.String(), "suppressed: count=97") || !strings.Contains(buf.String(), "line again") {
 		t.Fatalf("no summary:\n%s", buf.String())
 	}
+}
+
+func TestHTTPSBindRetry(t *testing.T) { testFrontBindRetry(t, "https") }
+
+// The HTTP router retries a port that is taken as the HTTPS listener does, instead of failing
+// Run.
+func TestHTTPBindRetry(t *testing.T) { testFrontBindRetry(t, "http") }
+
+// testFrontBindRetry: a taken port gives one event per distinct error and the error in the
+// status, the listener binds once the port is freed, and Drain closes it.
+func testFrontBindRetry(t *testing.T, protocol string) {
+	hold, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := hold.Addr().String()
+	tp := startProxy(t, newTestResolver(), func(a *config.Config, c *Config) {
+		c.DisableHTTP = false
+		if protocol == "https" {
+			a.Proxy.HTTPSAddr = addr
+		} else {
+			a.Proxy.HTTPAddr = addr
+		}
+	})
+	bindErr, bound := func() string { return tp.status().HTTPSError }, tp.https.Addr
+	if protocol == "http" {
+		bindErr, bound = func() string { return tp.status().HTTPError }, tp.http.Addr
+	}
+	waitFor(t, 10*time.Second, "bind failure reported", func() bool {
+		return tp.hasEvent(events.TCPListenerBindFailed) && bindErr() != ""
+	})
+	hold.Close()
+	waitFor(t, 10*time.Second, "listener bound after the port was freed", func() bool {
+		return bound() == addr && bindErr() == ""
+	})
+	if protocol == "http" {
+		if code, _ := curl(t, "http://"+addr+"/", "-H", "Host: nobody.example.com"); code == 0 {
+			t.Fatal("no HTTP answer after the bind")
+		}
+	}
+	n := 0
+	evs, _ := tp.events.Since(0)
+	for _, e := range evs {
+		if e.Kind == events.TCPListenerBindFailed {
+			n++
+			if e.Fields["protocol"] != protocol {
+				t.Errorf("bind failure event %v", e.Fields)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d bind failure events for one error, want 1", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tp.Drain(ctx)
+	waitFor(t, 10*time.Second, "listener closed by Drain", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
 }

@@ -193,6 +193,7 @@ type Status struct {
 	TableVersion uint64           `json:"table_version"`
 	TableAt      time.Time        `json:"table_received_at,omitzero"`
 	HTTPAddr     string           `json:"http_addr,omitempty"`
+	HTTPError    string           `json:"http_error,omitempty"` // last bind error while retrying
 	HTTPSAddr    string           `json:"https_addr,omitempty"`
 	HTTPSError   string           `json:"https_error,omitempty"` // last bind error while retrying
 	Listeners    []ListenerStatus `json:"listeners"`
@@ -222,9 +223,7 @@ func (p *Proxy) status() Status {
 	if !p.cfg.DisableHTTP {
 		st.HTTPAddr = p.httpAddr
 		st.HTTPSAddr = p.httpsAddr
-		if e := p.https.bindErr.Load(); e != nil {
-			st.HTTPSError = *e
-		}
+		st.HTTPError, st.HTTPSError = p.http.bind.lastErr(), p.https.bind.lastErr()
 	}
 	slots := make([]*slot, 0, len(p.slots))
 	for _, s := range p.slots {
@@ -261,21 +260,12 @@ func (p *Proxy) Run(ctx context.Context) error {
 	defer cancel()
 
 	var bg sync.WaitGroup
-	errc := make(chan error, 1)
 	if !p.cfg.DisableHTTP {
 		if err := p.startAccessLog(); err != nil {
 			return err
 		}
-		if err := p.http.listen(runCtx, p.httpAddr); err != nil {
-			return fmt.Errorf("proxy: HTTP router: %w", err)
-		}
 		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			if err := p.http.serve(runCtx); err != nil {
-				errc <- err
-			}
-		}()
+		go func() { defer bg.Done(); p.http.run(runCtx, p.httpAddr) }()
 		if p.httpsAddr != "" {
 			bg.Add(1)
 			go func() { defer bg.Done(); p.https.run(runCtx, p.httpsAddr) }()
@@ -294,11 +284,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() { defer bg.Done(); p.watchCerts(runCtx) }()
 	}
 
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
+	<-ctx.Done()
 	cancel()
 	if p.grpcRes != nil {
 		p.grpcRes.beginClose() // the releases below go out at once, each tried once
@@ -314,7 +300,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.grpcRes != nil {
 		p.grpcRes.Close(stopReleaseGrace)
 	}
-	return err
+	return nil
 }
 
 // stopReleaseGrace bounds the releases sent when the proxy stops: one attempt each, all at
