@@ -130,6 +130,10 @@ func (g *Registrar) reconcile(ctx context.Context) error {
 				continue
 			}
 			g.registered[reg.ID] = reg
+			// Consul keeps a re-registered TTL check's old status: set the state explicitly.
+			if err := g.Consul.Agent().UpdateTTLOpts(stateCheckID(reg.ID), string(r.State), health(r.State), q); err != nil {
+				errs = append(errs, fmt.Sprintf("state of %s: %v", r.Name, err))
+			}
 			g.Logger.Info("container replica registered in Consul", "service", r.Spec.Service, "container", r.Name,
 				"address", reg.Address, "port", r.Spec.Port, "state", r.State)
 			continue

@@ -181,7 +181,7 @@ func (w *Watcher) apply(ctx context.Context, m events.Message) {
 	id := m.Actor.ID
 	switch m.Action {
 	case events.ActionDestroy:
-		w.remove(id)
+		w.remove(id, true)
 	case events.ActionStart, events.ActionDie, events.ActionPause, events.ActionUnPause,
 		events.ActionRestart, events.ActionRename, events.ActionConnect, events.ActionDisconnect:
 		if !w.candidate(m.Actor.Attributes, []string{m.Actor.Attributes["name"]}) {
@@ -193,7 +193,7 @@ func (w *Watcher) apply(ctx context.Context, m events.Message) {
 			return
 		}
 		if !ok {
-			w.remove(id)
+			w.remove(id, false) // keeps the bad-label warning mark: one warning per container
 			return
 		}
 		w.mu.Lock()
@@ -206,11 +206,14 @@ func (w *Watcher) apply(ctx context.Context, m events.Message) {
 	}
 }
 
-func (w *Watcher) remove(id string) {
+// remove drops a container from the set; forget (destroyed) also drops its warning mark.
+func (w *Watcher) remove(id string, forget bool) {
 	w.mu.Lock()
 	_, had := w.replicas[id]
 	delete(w.replicas, id)
-	delete(w.warned, id)
+	if forget {
+		delete(w.warned, id)
+	}
 	w.mu.Unlock()
 	if had {
 		w.changed()
