@@ -150,7 +150,7 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	node := "node-" + env.run
 	reg := &Registrar{Consul: cc, Node: node, Watcher: w, Logger: logger}
 	done := make(chan struct{})
-	go func() { defer close(done); reg.Run(ctx, false) }()
+	go func() { defer close(done); reg.Run(ctx, func() bool { return false }) }()
 
 	// A labelled container appears, passing, at its bridge address.
 	t0 := time.Now()
@@ -230,7 +230,7 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	go w2.Run(ctx2)
 	reg2 := &Registrar{Consul: cc, Node: node, Watcher: w2, Logger: logger}
 	done2 := make(chan struct{})
-	go func() { defer close(done2); reg2.Run(ctx2, true) }()
+	go func() { defer close(done2); reg2.Run(ctx2, func() bool { return true }) }()
 	waitService(t, cc, namedSvc, func(es []*api.ServiceEntry) bool {
 		return len(es) == 1 && es[0].Checks.AggregatedStatus() == api.HealthPassing
 	})
@@ -243,7 +243,7 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	go w3.Run(ctx3)
 	reg3 := &Registrar{Consul: cc, Node: node, Watcher: w3, Logger: logger}
 	done3 := make(chan struct{})
-	go func() { defer close(done3); reg3.Run(ctx3, false) }()
+	go func() { defer close(done3); reg3.Run(ctx3, func() bool { return false }) }()
 	time.Sleep(time.Second)
 	if es, _, _ := cc.Health().Service(namedSvc, "", false, nil); len(es) != 1 {
 		t.Fatalf("after re-adoption %d registrations, want 1", len(es))

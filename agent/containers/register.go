@@ -77,9 +77,9 @@ type Registrar struct {
 }
 
 // Run reconciles on every change and every refreshEvery (TTL refresh, Consul restarts) until
-// ctx ends. Keep says whether to leave registrations in place at the end (an agent restart
-// re-adopts them); otherwise they are deregistered.
-func (g *Registrar) Run(ctx context.Context, keep bool) {
+// ctx ends. keep, asked at the end, says whether to leave registrations in place (an agent
+// restart re-adopts them); otherwise they are deregistered.
+func (g *Registrar) Run(ctx context.Context, keep func() bool) {
 	if g.Logger == nil {
 		g.Logger = hclog.NewNullLogger()
 	}
@@ -102,7 +102,7 @@ func (g *Registrar) Run(ctx context.Context, keep bool) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			if !keep {
+			if !keep() {
 				g.deregisterAll()
 			}
 			return

@@ -34,6 +34,7 @@ type Watcher struct {
 	named  map[string]Spec
 	logger hclog.Logger
 	notify chan struct{}
+	resync chan struct{} // SetNamed asks for a fresh list
 
 	mu       sync.Mutex
 	replicas map[string]Replica // by container ID
@@ -55,15 +56,38 @@ func New(cfg Config) (*Watcher, error) {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	named := make(map[string]Spec, len(cfg.Named))
-	for n, s := range cfg.Named {
+	return &Watcher{docker: docker, named: normalize(cfg.Named), logger: logger, notify: make(chan struct{}, 1),
+		resync: make(chan struct{}, 1), replicas: map[string]Replica{}, warned: map[string]bool{}}, nil
+}
+
+func normalize(in map[string]Spec) map[string]Spec {
+	named := make(map[string]Spec, len(in))
+	for n, s := range in {
 		if s.Protocol == "" {
 			s.Protocol = "tcp"
 		}
 		named[strings.TrimPrefix(n, "/")] = s
 	}
-	return &Watcher{docker: docker, named: named, logger: logger, notify: make(chan struct{}, 1),
-		replicas: map[string]Replica{}, warned: map[string]bool{}}, nil
+	return named
+}
+
+// SetNamed replaces the config-named containers (SIGHUP) and relists the engine.
+func (w *Watcher) SetNamed(named map[string]Spec) {
+	n := normalize(named)
+	w.mu.Lock()
+	w.named = n
+	w.mu.Unlock()
+	select {
+	case w.resync <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Watcher) namedSpec(name string) (Spec, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s, ok := w.named[name]
+	return s, ok
 }
 
 // Changes receives a value (coalesced) whenever the replica set changed.
@@ -119,7 +143,7 @@ func (w *Watcher) follow(ctx context.Context) error {
 	defer cancel()
 	// Subscribe first: an event between the list and the subscription would be lost otherwise.
 	ev := w.docker.Events(ctx, client.EventsListOptions{Filters: make(client.Filters).Add("type", string(events.ContainerEventType))})
-	if err := w.resync(ctx); err != nil {
+	if err := w.relist(ctx); err != nil {
 		return err
 	}
 	for {
@@ -133,12 +157,16 @@ func (w *Watcher) follow(ctx context.Context) error {
 			return fmt.Errorf("docker event stream: %w", err)
 		case m := <-ev.Messages:
 			w.apply(ctx, m)
+		case <-w.resync:
+			if err := w.relist(ctx); err != nil {
+				return err
+			}
 		}
 	}
 }
 
-// resync replaces the set with what the engine lists (running, paused and stopped).
-func (w *Watcher) resync(ctx context.Context) error {
+// relist replaces the set with what the engine lists (running, paused and stopped).
+func (w *Watcher) relist(ctx context.Context) error {
 	list, err := w.docker.ContainerList(ctx, client.ContainerListOptions{All: true})
 	if err != nil {
 		return fmt.Errorf("listing containers: %w", err)
@@ -170,7 +198,7 @@ func (w *Watcher) candidate(labels map[string]string, names []string) bool {
 		return true
 	}
 	for _, n := range names {
-		if _, ok := w.named[strings.TrimPrefix(n, "/")]; ok {
+		if _, ok := w.namedSpec(strings.TrimPrefix(n, "/")); ok {
 			return true
 		}
 	}
@@ -231,7 +259,7 @@ func (w *Watcher) inspect(ctx context.Context, id string) (Replica, bool, error)
 	}
 	c := res.Container
 	name := strings.TrimPrefix(c.Name, "/")
-	spec, ok := w.named[name]
+	spec, ok := w.namedSpec(name)
 	if !ok {
 		var labels map[string]string
 		if c.Config != nil {
