@@ -85,7 +85,34 @@ type Server struct {
 	// NetIDMin/NetIDMax bound the net id pool.
 	NetIDMin uint32 `json:"net_id_min"`
 	NetIDMax uint32 `json:"net_id_max"`
+	// ACME, when set (an `acme { ... }` block), makes the servers obtain and renew certificates
+	// for the http services with `acme = true`; nil = off.
+	ACME *ACME `json:"acme,omitempty"`
 }
+
+// ACME is the server's ACME client (server.acme).
+type ACME struct {
+	// Email is the account's contact address (optional; the CA sends expiry notices to it).
+	Email string `json:"email"`
+	// DirectoryURL is the CA's ACME directory (default Let's Encrypt production).
+	DirectoryURL string `json:"directory_url"`
+	// CAFile, when set, is the only root trusted for the directory's HTTPS certificate (a
+	// private ACME CA such as Pebble or step-ca).
+	CAFile string `json:"ca_file"`
+	// Challenge is "http-01" (answered by the proxies' HTTP listener) or "tls-alpn-01" (their
+	// HTTPS listener).
+	Challenge string `json:"challenge"`
+	// RenewBefore is the renewal window before expiry (default 30 days; at most a third of a
+	// certificate's lifetime).
+	RenewBefore time.Duration `json:"renew_before"`
+}
+
+// ACME defaults.
+const (
+	DefaultACMEDirectory   = "https://acme-v02.api.letsencrypt.org/directory"
+	DefaultACMEChallenge   = "http-01"
+	DefaultACMERenewBefore = 30 * 24 * time.Hour
+)
 
 // Proxy is the ingress role.
 type Proxy struct {
@@ -119,6 +146,13 @@ type Proxy struct {
 	// DrainTimeout bounds the drain on SIGTERM or `nullnet leave`: listeners stop accepting and
 	// open connections and requests get this long to finish; 0 stops at once.
 	DrainTimeout time.Duration `json:"drain_timeout"`
+	// ProxyProtocolFrom lists the front load balancers (CIDRs or addresses) whose TCP
+	// connections and UDP datagrams start with a PROXY protocol header carrying the client's
+	// address. Peers outside it are clients themselves: a header they send is data.
+	ProxyProtocolFrom []string `json:"proxy_protocol_from,omitempty"`
+	// AccessLog is where the HTTP router writes one line per request: "off", "on" (the agent's
+	// log, logger proxy.access) or an absolute file path (lines appended; reopened on reload).
+	AccessLog string `json:"access_log"`
 }
 
 // Client is the node role: tunnel ends and host services.
@@ -246,6 +280,7 @@ const (
 	DefaultUDPQueueLength           = 64
 	DefaultUseLinger                = time.Second
 	DefaultDrainTimeout             = 30 * time.Second
+	DefaultAccessLog                = AccessLogOff
 	// DefaultUDPReceiveBuffer is 8 MiB: a second of a 100,000 datagram/s flood of small
 	// datagrams fits, where the kernel default (208 KiB) overflows within milliseconds.
 	DefaultUDPReceiveBuffer           = 8 << 20

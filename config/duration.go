@@ -69,6 +69,23 @@ func StringAttr(attr *hcl.Attribute) (string, hcl.Diagnostics) {
 	return v.AsString(), nil
 }
 
+// BoolAttr evaluates a bool attribute (true or false, no strings).
+func BoolAttr(attr *hcl.Attribute) (bool, hcl.Diagnostics) {
+	v, diags := attr.Expr.Value(nil)
+	if diags.HasErrors() {
+		return false, diags
+	}
+	if v.IsNull() || v.Type() != cty.Bool {
+		return false, hcl.Diagnostics{{
+			Severity: hcl.DiagError,
+			Summary:  fmt.Sprintf("Invalid value for %q", attr.Name),
+			Detail:   "true or false is required.",
+			Subject:  attr.Expr.Range().Ptr(),
+		}}
+	}
+	return v.True(), nil
+}
+
 // maxDays is the most days a time.Duration holds (about 292 years).
 const maxDays = int64(math.MaxInt64 / int64(24*time.Hour))
 

@@ -238,6 +238,7 @@ func applyDefaults(c *Config) {
 	for i := range c.Client.Containers {
 		setStr(&c.Client.Containers[i].Protocol, "tcp")
 	}
+	setStr(&c.Proxy.AccessLog, DefaultAccessLog)
 	for i := range c.Client.Services {
 		s := &c.Client.Services[i]
 		setStr(&s.Protocol, "tcp")

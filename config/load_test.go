@@ -136,6 +136,11 @@ func TestLoadErrorsHavePositions(t *testing.T) {
 		{"container no service", "client {\n  container \"r\" {\n    port = 1\n  }\n}\n", []string{"a.hcl:2:3: error: Invalid container service"}},
 		{"container dup", "client {\n  container \"r\" {\n    service = \"a\"\n    port = 1\n  }\n  container \"r\" {\n    port = 2\n  }\n}\n", []string{"a.hcl:6:3: error: Duplicate container"}},
 		{"syntax", "server {\n", []string{"a.hcl:1:", "error: Unclosed configuration block"}},
+		{"acme directory", "server {\n  acme {\n    directory_url = \"http://ca\"\n  }\n}\n", []string{"a.hcl:3:21: error: Invalid server.acme.directory_url"}},
+		{"acme challenge", "server {\n  acme {\n    challenge = \"dns-01\"\n  }\n}\n", []string{"a.hcl:3:17: error: Invalid server.acme.challenge"}},
+		{"acme renew_before", "server {\n  acme {\n    renew_before = \"5m\"\n  }\n}\n", []string{"a.hcl:3:20: error: Invalid server.acme.renew_before"}},
+		{"acme ca_file", "server {\n  acme {\n    ca_file = \"/nonexistent/ca.pem\"\n  }\n}\n", []string{"a.hcl:3:15: error: Invalid server.acme.ca_file"}},
+		{"acme unknown key", "server {\n  acme {\n    emial = \"x@y\"\n  }\n}\n", []string{"a.hcl:3:5: error: Unsupported argument"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -220,5 +225,22 @@ func TestDurationForms(t *testing.T) {
 		if got != want {
 			t.Errorf("%s: got %s want %s", in, got, want)
 		}
+	}
+}
+
+func TestACMEConfig(t *testing.T) {
+	dir := t.TempDir()
+	r := Load([]Source{{Path: write(t, dir, "a.hcl", "node_name = \"n\"\n")}}, false)
+	if r.Diags.HasErrors() || r.Config.Server.ACME != nil {
+		t.Fatalf("acme must be off by default: %+v %s", r.Config.Server.ACME, diagText(r))
+	}
+	ca := write(t, dir, "ca.pem", "x")
+	r = Load([]Source{{Path: write(t, dir, "b.hcl", "server {\n  acme {\n    email = \"ops@example.com\"\n    ca_file = \""+ca+"\"\n  }\n}\n")}}, false)
+	if r.Diags.HasErrors() {
+		t.Fatal(diagText(r))
+	}
+	want := ACME{Email: "ops@example.com", DirectoryURL: DefaultACMEDirectory, CAFile: ca, Challenge: "http-01", RenewBefore: 30 * 24 * time.Hour}
+	if got := r.Config.Server.ACME; got == nil || *got != want {
+		t.Fatalf("acme = %+v, want %+v", got, want)
 	}
 }

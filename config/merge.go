@@ -44,6 +44,7 @@ var blockTypes = map[string]any{
 	"ports":     rawPorts{},
 	"consul":    rawConsul{},
 	"server":    rawServer{},
+	"acme":      rawACME{},
 	"proxy":     rawProxy{},
 	"client":    rawClient{},
 	"telemetry": rawTelemetry{},
@@ -116,6 +117,17 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Server.EventBufferSize, s.EventBufferSize)
 		pick(&c.Server.NetIDMin, s.NetIDMin)
 		pick(&c.Server.NetIDMax, s.NetIDMax)
+		if a := s.ACME; a != nil {
+			if c.Server.ACME == nil {
+				c.Server.ACME = &ACME{DirectoryURL: DefaultACMEDirectory, Challenge: DefaultACMEChallenge,
+					RenewBefore: DefaultACMERenewBefore}
+			}
+			pick(&c.Server.ACME.Email, a.Email)
+			pick(&c.Server.ACME.DirectoryURL, a.DirectoryURL)
+			pick(&c.Server.ACME.CAFile, a.CAFile)
+			pick(&c.Server.ACME.Challenge, a.Challenge)
+			diags = append(diags, pickDur(&c.Server.ACME.RenewBefore, a.RenewBefore)...)
+		}
 	}
 	if p := r.Proxy; p != nil {
 		pick(&c.Proxy.Enabled, p.Enabled)
@@ -129,9 +141,11 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		pick(&c.Proxy.UDPQueueLength, p.UDPQueueLength)
 		diags = append(diags, pickDur(&c.Proxy.UseLinger, p.UseLinger)...)
 		diags = append(diags, pickDur(&c.Proxy.DrainTimeout, p.DrainTimeout)...)
+		pick(&c.Proxy.AccessLog, p.AccessLog)
 		pick(&c.Proxy.UDPReceiveBuffer, p.UDPReceiveBuffer)
 		pick(&c.Proxy.UDPNewSessionRate, p.UDPNewSessionRate)
 		pick(&c.Proxy.UDPNewSessionRatePerPrefix, p.UDPNewSessionRatePerPrefix)
+		pick(&c.Proxy.ProxyProtocolFrom, p.ProxyProtocolFrom)
 	}
 	if cl := r.Client; cl != nil {
 		pick(&c.Client.Enabled, cl.Enabled)

@@ -63,6 +63,15 @@ type rawServer struct {
 	EventBufferSize *int           `hcl:"event_buffer_size,optional"`
 	NetIDMin        *uint32        `hcl:"net_id_min,optional"`
 	NetIDMax        *uint32        `hcl:"net_id_max,optional"`
+	ACME            *rawACME       `hcl:"acme,block"`
+}
+
+type rawACME struct {
+	Email        *string        `hcl:"email,optional"`
+	DirectoryURL *string        `hcl:"directory_url,optional"`
+	CAFile       *string        `hcl:"ca_file,optional"`
+	Challenge    *string        `hcl:"challenge,optional"`
+	RenewBefore  *hcl.Attribute `hcl:"renew_before,optional"`
 }
 
 type rawProxy struct {
@@ -77,10 +86,13 @@ type rawProxy struct {
 	UDPQueueLength *int           `hcl:"udp_queue_length,optional"`
 	UseLinger      *hcl.Attribute `hcl:"use_linger,optional"`
 	DrainTimeout   *hcl.Attribute `hcl:"drain_timeout,optional"`
+	AccessLog      *string        `hcl:"access_log,optional"`
 
 	UDPReceiveBuffer           *int `hcl:"udp_receive_buffer,optional"`
 	UDPNewSessionRate          *int `hcl:"udp_new_session_rate,optional"`
 	UDPNewSessionRatePerPrefix *int `hcl:"udp_new_session_rate_per_prefix,optional"`
+
+	ProxyProtocolFrom *[]string `hcl:"proxy_protocol_from,optional"`
 }
 
 type rawClient struct {

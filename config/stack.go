@@ -69,6 +69,8 @@ type StackService struct {
 	// Policy is the service's edge settings (see ServicePolicy); zero when none are set.
 	Policy    ServicePolicy `json:"policy,omitempty"`
 	DeclRange hcl.Range     `json:"-"`
+
+	routeRanges []routeRange // where Policy.Routes were declared (stack_routes.go)
 }
 
 // StackRules are the checks that depend on the deployment rather than on the files alone.
@@ -221,6 +223,7 @@ func ParseStacks(files []StackFile, rules StackRules) *StackSet {
 	}
 	set.Files = parser.Files()
 	set.Diags = append(set.Diags, validateStackSet(set.Stacks, rules)...)
+	set.Diags = append(set.Diags, validateRoutes(set.Stacks)...)
 	sort.SliceStable(set.Stacks, func(i, j int) bool { return set.Stacks[i].Name < set.Stacks[j].Name })
 	return set
 }
@@ -229,9 +232,11 @@ var (
 	stackFileSchema = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "stack", LabelNames: []string{"name"}}}}
 	stackSchema     = &hcl.BodySchema{Blocks: []hcl.BlockHeaderSchema{{Type: "service", LabelNames: []string{"name"}}}}
 	serviceSchema   = &hcl.BodySchema{Attributes: append([]hcl.AttributeSchema{
-		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"},
+		{Name: "protocol"}, {Name: "listen_port"}, {Name: "timeout"}, {Name: "acme"},
+		{Name: "send_proxy_protocol"},
 		{Name: "https_redirect"}, {Name: "hsts"},
-		{Name: "close_on_unhealthy"}}, clientPolicyAttrs...)}
+		{Name: "close_on_unhealthy"}}, clientPolicyAttrs...),
+		Blocks: []hcl.BlockHeaderSchema{{Type: "route", LabelNames: []string{"path_prefix"}}}}
 )
 
 // decodeStackFile decodes one file's stack blocks. Unknown blocks and attributes are errors
@@ -290,9 +295,17 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 		}
 		svc.Timeout, svc.EntryPoint = t, true
 	}
+	acme := content.Attributes["acme"]
+	if acme != nil {
+		v, d := BoolAttr(acme)
+		diags = append(diags, d...)
+		svc.Policy.ACME = v
+	}
 	diags = append(diags, decodeClientPolicy(content, &svc)...)
 
+	diags = append(diags, decodeSendProxyProtocol(&svc, content.Attributes["send_proxy_protocol"])...)
 	diags = append(diags, decodeCloseOnUnhealthy(content, &svc)...)
+	diags = append(diags, decodeRoutes(&svc, content.Blocks)...)
 
 	switch svc.Protocol {
 	case ProtocolHTTP:
@@ -300,7 +313,14 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 			diags = append(diags, errAt(port.NameRange.Ptr(), "Unexpected listen_port",
 				"http service %q is routed by Host header on the proxies' HTTP listener; listen_port is only for tcp, udp and tls services.", svc.Name))
 		}
+		if svc.Policy.ACME {
+			diags = append(diags, checkACMEService(svc, acme)...)
+		}
 	case ProtocolTCP, ProtocolUDP, ProtocolTLS:
+		if acme != nil {
+			diags = append(diags, errAt(acme.NameRange.Ptr(), "Unexpected acme",
+				"acme is for http services (the proxies terminate TLS for them); %s service %q carries its own bytes (a tls service's backend holds its own certificate).", svc.Protocol, svc.Name))
+		}
 		if port == nil {
 			diags = append(diags, errAt(b.DefRange.Ptr(), "Missing listen_port",
 				"%s service %q needs listen_port: the port the proxies listen on.", svc.Protocol, svc.Name))
@@ -312,6 +332,21 @@ func decodeService(stack string, b *hcl.Block) (StackService, hcl.Diagnostics) {
 	}
 	diags = append(diags, decodeHTTPSKeys(&svc, content)...)
 	return svc, diags
+}
+
+// checkACMEService checks that an http service with acme = true can get a certificate: the CA
+// must reach it through the proxies (an entry point, with timeout) under a public DNS name.
+func checkACMEService(svc StackService, a *hcl.Attribute) hcl.Diagnostics {
+	var diags hcl.Diagnostics
+	if !svc.EntryPoint {
+		diags = append(diags, errAt(a.NameRange.Ptr(), "acme on a backend-only service",
+			"http service %q has no timeout, so the proxies do not route it and the CA's challenge cannot reach it; add timeout or drop acme.", svc.Name))
+	}
+	if !strings.Contains(svc.Name, ".") {
+		diags = append(diags, errAt(a.NameRange.Ptr(), "acme needs a domain name",
+			"%q is not a fully qualified domain name; an ACME CA only issues certificates for names such as \"app.example.com\" (the service name is the Host it answers).", svc.Name))
+	}
+	return diags
 }
 
 // portAttr evaluates listen_port: a whole number in 1..65535.

@@ -96,6 +96,14 @@ func TestParseStacks_Errors(t *testing.T) {
 			[]string{"a.hcl:2:3 Missing timeout"}},
 		{"http with port", map[string]string{"a.hcl": "stack \"a\" {\n  service \"x\" {\n    listen_port = 8080\n  }\n}\n"},
 			[]string{"a.hcl:3:5 Unexpected listen_port"}},
+		{"acme not a bool", map[string]string{"a.hcl": "stack \"a\" {\n  service \"a.example.com\" {\n    timeout = 1\n    acme = \"yes\"\n  }\n}\n"},
+			[]string{"a.hcl:4:12 Invalid value for \"acme\""}},
+		{"acme on tcp", map[string]string{"a.hcl": "stack \"a\" {\n  service \"a.example.com\" {\n    protocol = \"tcp\"\n    listen_port = 99\n    timeout = 1\n    acme = true\n  }\n}\n"},
+			[]string{"a.hcl:6:5 Unexpected acme"}},
+		{"acme on backend", map[string]string{"a.hcl": "stack \"a\" {\n  service \"a.example.com\" {\n    acme = true\n  }\n}\n"},
+			[]string{"a.hcl:3:5 acme on a backend-only service"}},
+		{"acme without a domain", map[string]string{"a.hcl": "stack \"a\" {\n  service \"web\" {\n    timeout = 1\n    acme = true\n  }\n}\n"},
+			[]string{"a.hcl:4:5 acme needs a domain name"}},
 		{"port out of range", map[string]string{"a.hcl": "stack \"a\" {\n  service \"x\" {\n    protocol = \"tcp\"\n    listen_port = 70000\n    timeout = 1\n  }\n}\n"},
 			[]string{"a.hcl:4:19 Invalid listen_port"}},
 		{"port zero", map[string]string{"a.hcl": "stack \"a\" {\n  service \"x\" {\n    protocol = \"tcp\"\n    listen_port = 0\n    timeout = 1\n  }\n}\n"},
@@ -177,5 +185,21 @@ func TestStackFingerprint(t *testing.T) {
 	}
 	if StackFingerprint(a) != StackFingerprint([]StackFile{{Path: "a.hcl", Bytes: []byte("x")}}) {
 		t.Error("fingerprint not stable")
+	}
+}
+
+func TestParseStacks_ACME(t *testing.T) {
+	src := "stack \"a\" {\n  service \"a.example.com\" {\n    timeout = 60\n    acme = true\n  }\n" +
+		"  service \"b.example.com\" {\n    timeout = 60\n    acme = false\n  }\n}\n"
+	set := ParseStacks([]StackFile{{Path: "a.hcl", Bytes: []byte(src)}}, StackRules{})
+	if set.Diags.HasErrors() {
+		t.Fatalf("diagnostics:\n%s", FormatDiagnostics(set.Files, set.Diags))
+	}
+	got := map[string]bool{}
+	for _, s := range set.Services() {
+		got[s.Name] = s.Policy.ACME
+	}
+	if !got["a.example.com"] || got["b.example.com"] {
+		t.Fatalf("acme per service = %v", got)
 	}
 }

@@ -3,7 +3,10 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -61,6 +64,7 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 			"net ids must satisfy %d <= net_id_min <= net_id_max <= %d (got %d..%d).",
 			DefaultNetIDMin, MaxNetID, c.Server.NetIDMin, c.Server.NetIDMax))
 	}
+	diags = append(diags, validateACME(c.Server.ACME, at)...)
 	if c.Server.EventBufferSize < 1 {
 		diags = append(diags, errAt(at("server.event_buffer_size"), "Invalid event_buffer_size", "It must be at least 1."))
 	}
@@ -82,6 +86,7 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 			diags = append(diags, errAt(at("proxy.bind_addr"), "Invalid proxy.bind_addr", "%q is not an IP address.", c.Proxy.BindAddr))
 		}
 	}
+	diags = append(diags, validateAccessLog(c.Proxy.AccessLog, at("proxy.access_log"))...)
 	if c.Proxy.UDPMaxSessions < 1 {
 		diags = append(diags, errAt(at("proxy.udp_max_sessions"), "Invalid udp_max_sessions", "It must be at least 1."))
 	}
@@ -99,6 +104,10 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 		if r.v < 0 {
 			diags = append(diags, errAt(at("proxy."+r.key), "Invalid "+r.key, "It must be 0 (no limit) or more."))
 		}
+	}
+	if _, err := ParsePrefixes(c.Proxy.ProxyProtocolFrom); err != nil {
+		diags = append(diags, errAt(at("proxy.proxy_protocol_from"), "Invalid proxy_protocol_from",
+			"%v; use CIDRs such as \"10.0.0.0/8\" or single addresses.", err))
 	}
 	for _, addr := range append(append([]string{}, c.Proxy.Servers...), c.Client.Servers...) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -200,4 +209,33 @@ func FormatDiagnostics(files map[string]*hcl.File, diags hcl.Diagnostics) string
 		return fmt.Sprint(diags)
 	}
 	return b.String()
+}
+
+// validateACME checks server.acme (nil = off).
+func validateACME(a *ACME, at func(string) *hcl.Range) hcl.Diagnostics {
+	if a == nil {
+		return nil
+	}
+	var diags hcl.Diagnostics
+	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		diags = append(diags, errAt(at("server.acme.directory_url"), "Invalid server.acme.directory_url",
+			"%q is not an https:// URL of an ACME directory, e.g. %q.", a.DirectoryURL, DefaultACMEDirectory))
+	}
+	if a.Challenge != "http-01" && a.Challenge != "tls-alpn-01" {
+		diags = append(diags, errAt(at("server.acme.challenge"), "Invalid server.acme.challenge",
+			"%q is not a challenge type; use \"http-01\" (answered on the proxies' HTTP listener) or \"tls-alpn-01\" (their HTTPS listener).", a.Challenge))
+	}
+	if a.RenewBefore < time.Hour {
+		diags = append(diags, errAt(at("server.acme.renew_before"), "Invalid server.acme.renew_before",
+			"%s is too short; renew at least an hour before expiry (default %s).", a.RenewBefore, DefaultACMERenewBefore))
+	}
+	if a.Email != "" && (!strings.Contains(a.Email, "@") || strings.ContainsAny(a.Email, " \t\n<>")) {
+		diags = append(diags, errAt(at("server.acme.email"), "Invalid server.acme.email", "%q is not an e-mail address.", a.Email))
+	}
+	if a.CAFile != "" {
+		if _, err := os.Stat(a.CAFile); err != nil {
+			diags = append(diags, errAt(at("server.acme.ca_file"), "Invalid server.acme.ca_file", "%v.", err))
+		}
+	}
+	return diags
 }

@@ -61,6 +61,7 @@ var RemoteTriggered = map[string]func(Event) string{
 	UDPUpstreamConnectFailed: ByFields("service", "upstream"),
 	TCPUpstreamConnectFailed: ByFields("service", "upstream"),
 	UpstreamLookupFailed:     ByFields("service", "protocol"),
+	ACMEOrderFailed:          ByFields("domain", "reason"),
 	// Not by server_name: a client may send a new one on every connection.
 	TLSConnectionUnrouted: ByFields("port", "reason"),
 	// Per reason only: server names are the client's choice, and unbounded.

@@ -73,6 +73,12 @@ const (
 	// TLSHandshakeFailed: a client's TLS handshake on the HTTPS listener failed (no
 	// certificate for its name, no SNI, no common protocol...). Aggregated per reason.
 	TLSHandshakeFailed = "tls_handshake_failed"
+
+	// Certificates (server): ACME.
+	CertificateRenewed = "certificate_renewed"
+	// ACMEOrderFailed: an ACME order failed; retried with backoff per domain. Aggregated per
+	// domain and reason (see RemoteTriggered): a CA or a DNS answer can make it fail at will.
+	ACMEOrderFailed = "acme_order_failed"
 	// ConnectionsClosedUnhealthy: the proxy ended its uses of a replica Consul marks critical
 	// (close_on_unhealthy); one event per replica and change, with the counts.
 	ConnectionsClosedUnhealthy = "connections_closed_unhealthy"
@@ -155,6 +161,9 @@ var specs = []Spec{
 	{Kind: ClientRefused, Fields: []string{"service", "protocol", "client_ip", "reason"}},
 	{Kind: ClientsRefusedSummary, Fields: []string{"service", "refused", "more_clients", "interval"}},
 	{Kind: TLSHandshakeFailed, Fields: []string{"reason", "server_name", "client_ip", "error"}},
+
+	{Kind: CertificateRenewed, Fields: []string{"domain", "not_after", "source"}},
+	{Kind: ACMEOrderFailed, Fields: []string{"domain", "reason"}},
 	{Kind: ConnectionsClosedUnhealthy, Fields: []string{"service", "replica", "tcp_connections", "udp_sessions", "http_requests"}},
 	{Kind: TLSConnectionUnrouted, Fields: []string{"port", "reason", "server_name", "client_ip"}},
 }

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -21,24 +20,12 @@ import (
 // per connection; a service's open-connection counts survive policy changes. A refused client
 // costs no Proxy call and no tunnel.
 
-// clientAddresser is a connection that knows its client better than its peer address: a
-// connection whose PROXY protocol header (from a front load balancer) named the client.
-type clientAddresser interface{ ClientAddr() netip.AddrPort }
+// The client address of a TCP or tls connection is readClient's (clientaddr.go): the peer's,
+// or a trusted front load balancer's PROXY header's; UDP sessions get it the same way
+// (fromPeer), HTTP requests through the router's connections (ppListener).
 
-// clientOf is THE client address of a TCP connection: sessions, stickiness, policies, logs,
-// events and the Proxy call all read it here. It is unmapped (an IPv4 client of a dual-stack
-// listener is a.b.c.d, never ::ffff:a.b.c.d).
-func clientOf(c net.Conn) netip.AddrPort {
-	if ca, ok := c.(clientAddresser); ok {
-		if ap := ca.ClientAddr(); ap.IsValid() {
-			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		}
-	}
-	return addrPortOf(c.RemoteAddr())
-}
-
-// clientOfRequest is the client address of an HTTP request (its connection's, as clientOf; the
-// server copies it into RemoteAddr); 0.0.0.0:0 when unreadable.
+// clientOfRequest is the client address of an HTTP request (its connection's, as readClient
+// gave it; the server copies it into RemoteAddr); 0.0.0.0:0 when unreadable.
 func clientOfRequest(r *http.Request) netip.AddrPort {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {

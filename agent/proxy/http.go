@@ -34,6 +34,10 @@ type httpRouter struct {
 	// inflight counts requests in ServeHTTP, upgraded (WebSocket) ones until they close: Drain
 	// waits for it to reach 0.
 	inflight atomic.Int64
+	// routes are the path routes of the last port table (http_routes.go); access is the
+	// access log (http_accesslog.go).
+	routes atomic.Pointer[routeTables]
+	access atomic.Pointer[accessLogState]
 }
 
 type targetKey struct{}
@@ -61,6 +65,7 @@ func newHTTPRouter(p *Proxy) *httpRouter {
 			// dropped (ReverseProxy drops only XFF, XFH, XFP and Forwarded), then ours are set.
 			stripForwarding(pr.Out.Header)
 			pr.SetXForwarded()
+			setRouteHeaders(pr)
 			if ap := clientOfRequest(pr.In); ap.Port() != 0 || !ap.Addr().IsUnspecified() {
 				client := ap.Addr().String() // unmapped: no ::ffff: form from a dual-stack socket
 				pr.Out.Header.Set("X-Forwarded-For", client)
@@ -82,7 +87,7 @@ func (r *httpRouter) listen(ctx context.Context, addr string) error {
 	if err != nil {
 		return err
 	}
-	r.ln = ln
+	r.ln = ppListener{Listener: ln, p: r.p} // PROXY headers from proxy.proxy_protocol_from
 	a := ln.Addr().String()
 	r.addr.Store(&a)
 	r.log.Info("HTTP router listening", "addr", ln.Addr().String())
@@ -201,7 +206,9 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	start := time.Now()
 	service := serviceFromHost(req.Host)
 	sw := &statusWriter{ResponseWriter: w}
+	target, upstream := "", netip.AddrPort{} // set once known, for the access log
 	defer func() {
+		r.logAccess(req, sw, start, target, upstream)
 		metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "http", "requests"}, 1,
 			[]metrics.Label{{Name: "service", Value: service}, {Name: "code", Value: fmt.Sprint(sw.code())}})
 		r.log.Debug("request", "client", req.RemoteAddr, "host", req.Host, "method", req.Method,
@@ -227,35 +234,59 @@ func (r *httpRouter) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	client := clientOfRequest(req)
-	ticket, why := r.p.admitClient(service, HTTP, client.Addr())
-	if why != edgepolicy.Admitted {
-		if why.Listed() {
-			errorPage(sw, http.StatusForbidden, "Forbidden",
-				fmt.Sprintf("Service <code>%s</code> does not accept requests from your address.", html.EscapeString(service)))
-			return
-		}
-		w.Header().Set("Retry-After", "1")
-		errorPage(sw, http.StatusTooManyRequests, "Too many requests",
-			fmt.Sprintf("Service <code>%s</code> limits how many requests one client may make (%s).", html.EscapeString(service), why))
+	ticket, ok := r.admit(sw, service, client.Addr())
+	if !ok {
 		return
 	}
 	defer ticket.Release()
-	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), service, HTTP)
+	target, routed := r.route(service, req)
+	if target != service {
+		// A route must not bypass its target's own allow-list and limits: the request passes
+		// the policies of both the Host's service and the target.
+		tt, ok := r.admit(sw, target, client.Addr())
+		if !ok {
+			return
+		}
+		defer tt.Release()
+	}
+	lease, err := r.p.resolver.Resolve(req.Context(), client.Addr(), target, HTTP)
 	if err != nil {
-		r.lookupFailed(sw, service, client.Addr(), err)
+		r.lookupFailed(sw, target, client.Addr(), err)
 		return
 	}
 	defer r.p.resolver.Release(lease)
-	ctx := context.WithValue(req.Context(), targetKey{}, lease.Upstream)
-	if lease.ReplicaID != "" && r.p.servicePolicy(service).GetCloseOnUnhealthy() {
+	upstream = lease.Upstream
+	ctx := context.WithValue(routed.Context(), targetKey{}, lease.Upstream)
+	if target != service {
+		ctx = context.WithValue(ctx, routedKey{}, target) // upstreamFailed names the target
+	}
+	if lease.ReplicaID != "" && r.p.servicePolicy(target).GetCloseOnUnhealthy() {
 		// Ended when the replica turns critical (unhealthy.go): cancelling the request ends a
 		// streamed response, and ReverseProxy closes an upgraded connection with it.
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
-		defer r.p.httpUses.track(service, lease.ReplicaID, cancel)()
+		defer r.p.httpUses.track(target, lease.ReplicaID, cancel)()
 	}
-	r.rp.ServeHTTP(sw, req.WithContext(ctx))
+	r.rp.ServeHTTP(sw, routed.WithContext(ctx))
+}
+
+// admit applies service's client policy (allow/deny lists, per-client limits) to a request,
+// answering 403 or 429 itself when the client is refused.
+func (r *httpRouter) admit(w http.ResponseWriter, service string, client netip.Addr) (edgepolicy.Ticket, bool) {
+	ticket, why := r.p.admitClient(service, HTTP, client)
+	if why == edgepolicy.Admitted {
+		return ticket, true
+	}
+	if why.Listed() {
+		errorPage(w, http.StatusForbidden, "Forbidden",
+			fmt.Sprintf("Service <code>%s</code> does not accept requests from your address.", html.EscapeString(service)))
+		return ticket, false
+	}
+	w.Header().Set("Retry-After", "1")
+	errorPage(w, http.StatusTooManyRequests, "Too many requests",
+		fmt.Sprintf("Service <code>%s</code> limits how many requests one client may make (%s).", html.EscapeString(service), why))
+	return ticket, false
 }
 
 func (r *httpRouter) lookupFailed(w http.ResponseWriter, service string, client netip.Addr, err error) {
@@ -283,7 +314,7 @@ func (r *httpRouter) lookupFailed(w http.ResponseWriter, service string, client 
 // upstreamFailed is the ReverseProxy error handler: the upstream could not be reached or
 // broke off.
 func (r *httpRouter) upstreamFailed(w http.ResponseWriter, req *http.Request, err error) {
-	service := serviceFromHost(req.Host)
+	service := routedService(req)
 	target, _ := req.Context().Value(targetKey{}).(netip.AddrPort)
 	if errors.Is(err, context.Canceled) {
 		// The client went away; nobody is left to read a page.
@@ -312,6 +343,7 @@ func errorPage(w http.ResponseWriter, code int, title, body string) {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	bytes  atomic.Int64 // body bytes sent; for an upgrade, bytes after the 101 (countingConn)
 }
 
 func (s *statusWriter) WriteHeader(code int) {
@@ -325,7 +357,9 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 	if s.status == 0 {
 		s.status = http.StatusOK
 	}
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes.Add(int64(n))
+	return n, err
 }
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -91,7 +91,8 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 		h.p.events.Emit(events.Event{Kind: events.ListenerOpened, Severity: events.Info,
 			Message: fmt.Sprintf("listening on %s for HTTPS", bound),
 			Fields:  map[string]string{"protocol": "https", "port": portOf(bound), "service": ""}})
-		tl := tlsterm.NewListener(ln, tlsterm.ListenerConfig{TLS: h.conf, OnSuccess: h.handshakeDone,
+		// PROXY headers from proxy.proxy_protocol_from are read before the handshake.
+		tl := tlsterm.NewListener(ppListener{Listener: ln, p: h.p}, tlsterm.ListenerConfig{TLS: h.conf, OnSuccess: h.handshakeDone,
 			OnFailure: h.handshakeFailed})
 		srv := h.r.newServer(ctx)
 		// net/http's HTTP/2 server logs protocol errors a client can cause at will (a bad

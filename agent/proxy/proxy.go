@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,8 @@ type settings struct {
 	UDPNewSessionRatePerPrefix int
 	UseLinger                  time.Duration
 	DrainTimeout               time.Duration
+	// ProxyProtocolFrom are the front load balancers that send PROXY headers.
+	ProxyProtocolFrom []netip.Prefix
 }
 
 func settingsFrom(c *config.Config) *settings {
@@ -66,7 +69,7 @@ func settingsFrom(c *config.Config) *settings {
 	return &settings{BindAddr: p.BindAddr, DialTimeout: p.DialTimeout, UDPIdleTimeout: p.UDPIdleTimeout,
 		UDPMaxSessions: p.UDPMaxSessions, UDPQueueLength: p.UDPQueueLength, UseLinger: p.UseLinger,
 		DrainTimeout: p.DrainTimeout, UDPReceiveBuffer: p.UDPReceiveBuffer, UDPNewSessionRate: p.UDPNewSessionRate,
-		UDPNewSessionRatePerPrefix: p.UDPNewSessionRatePerPrefix}
+		UDPNewSessionRatePerPrefix: p.UDPNewSessionRatePerPrefix, ProxyProtocolFrom: trustedPrefixes(c)}
 }
 
 // Proxy is the ingress role.
@@ -105,6 +108,10 @@ type Proxy struct {
 	// reannounceKick wakes reannounceLoop after the port-table stream reconnected.
 	reannounceKick chan struct{}
 	http           *httpRouter
+
+	// PROXY headers rejected from trusted peers, and the last log line about them.
+	headerRejects, headerLogged atomic.Uint64
+	headerLogAt                 atomic.Int64
 	// policies is the latest bundle's policies by service (policies.go); nil before the first.
 	policies atomic.Pointer[servicepolicy.Index]
 	// httpUses holds the HTTP requests of close_on_unhealthy services (unhealthy.go).
@@ -256,6 +263,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	var bg sync.WaitGroup
 	errc := make(chan error, 1)
 	if !p.cfg.DisableHTTP {
+		if err := p.startAccessLog(); err != nil {
+			return err
+		}
 		if err := p.http.listen(runCtx, p.httpAddr); err != nil {
 			return fmt.Errorf("proxy: HTTP router: %w", err)
 		}
@@ -297,6 +307,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.conns.closeAll()
 	p.wg.Wait()
 	p.workers.stop() // every connection has ended: only idle workers are left
+	p.stopAccessLog()
 	if p.shares != nil {
 		p.shares.Close()
 	}
@@ -328,6 +339,9 @@ func (p *Proxy) Reload(cfg *config.Config) error {
 		p.logger.Warn("proxy.http_addr changed; takes effect after restart", "old", p.httpAddr, "new", cfg.Proxy.HTTPAddr)
 	}
 	p.set.Store(next)
+	if !p.cfg.DisableHTTP {
+		p.reloadAccessLog(cfg.Proxy.AccessLog)
+	}
 	if p.shares != nil && next.UseLinger != old.UseLinger {
 		p.shares.setLinger(next.UseLinger)
 		p.logger.Info("proxy.use_linger changed", "old", old.UseLinger, "new", next.UseLinger)

@@ -15,6 +15,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/proxyproto"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,8 +30,9 @@ type tcpListener struct {
 	// (flushMetrics): labelled metric calls cost more than the rest of a short connection's
 	// user-space work.
 	accepted, toUp, toClient atomic.Uint64
-	refused                  atomic.Uint64 // closed by the service's client policy
-	closed                   atomic.Bool   // serve returned: connections flush as they end
+	headersSent              [3]atomic.Uint64 // PROXY headers written upstream, by version
+	refused                  atomic.Uint64    // closed by the service's client policy
+	closed                   atomic.Bool      // serve returned: connections flush as they end
 }
 
 // metricsFlushEvery is how often a TCP listener reports its connection metrics.
@@ -54,6 +56,9 @@ func (l *tcpListener) flushMetrics() {
 			metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tcp", "bytes"}, float32(n),
 				append(labels, metrics.Label{Name: "direction", Value: d.dir}))
 		}
+	}
+	for _, v := range []proxyproto.Version{proxyproto.V1, proxyproto.V2} {
+		countHeadersSent(labels, v, l.headersSent[v].Swap(0))
 	}
 	metrics.SetGaugeWithLabels([]string{"nullnet", "proxy", "tcp", "active"}, float32(l.active.Load()), labels)
 }
@@ -203,19 +208,28 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	}
 	defer p.conns.remove(c)
 
+	// The client first: a trusted load balancer's PROXY header comes before anything else,
+	// the ClientHello included.
+	tc, err := p.readClient(c, m.Protocol)
+	if err != nil { // a trusted load balancer without a valid header: nobody to serve
+		_ = c.SetLinger(0)
+		c.Close()
+		return
+	}
 	var hello []byte // what routing read of the client's bytes: the upstream gets it first
 	releaseHello := func() {}
 	if m.Protocol == TLS {
-		routed, read, release, ok := p.routeTLS(c, m)
+		routed, read, release, ok := p.routeTLS(c, tc, m)
 		if !ok {
 			return
 		}
 		// Released once written, not held for the connection's life.
 		m, hello, releaseHello = routed, read, sync.OnceFunc(release)
 		defer releaseHello()
+		tc.early = nil // read again by routeTLS: they are the start of hello
 	}
 
-	client := clientOf(c)
+	client := tc.client
 	ticket, why := p.admitClient(m.Service, m.Protocol, client.Addr())
 	if why != edgepolicy.Admitted {
 		// Refused before any Proxy call: a reset at once (SO_LINGER 0), no FIN handshake, so a
@@ -232,6 +246,9 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 	fields := func(kv ...any) []any {
 		out := make([]any, 0, 8+len(kv))
 		out = append(out, "client", client.String(), "service", m.Service, "port", m.Port)
+		if tc.viaHeader {
+			out = append(out, "via", tc.peer.String())
+		}
 		if upstream.IsValid() {
 			out = append(out, "upstream", upstream.String())
 		}
@@ -299,22 +316,36 @@ func (p *Proxy) handleTCP(c *net.TCPConn, m *Mapping, l *tcpListener) {
 		c.Close()
 		return
 	}
-
-	var helloErr error
-	helloLen := len(hello)
-	if helloLen > 0 {
-		_, helloErr = u.Write(hello)
-		hello = nil
-		releaseHello()
+	// The PROXY header (m is the routed service for tls), the client bytes read with a
+	// received header, and the ClientHello: one write, before the relay.
+	sendProxy := p.sendProxyFor(m)
+	if sendProxy != proxyproto.None && len(hello) == 0 && len(tc.early) == 0 {
+		// What the client already sent goes with the header: one write and one segment
+		// rather than two (nothing is waited for: a server-first protocol gets the header
+		// alone). firstBytes' buffer becomes hello's.
+		var rerr error
+		if hello, releaseHello, rerr = firstBytes(c); rerr != nil {
+			_ = c.SetLinger(0)
+			c.Close()
+			u.Close()
+			return
+		}
 	}
+	helloLen := len(hello)
+	err = writeProxyHeader(u, sendProxy, tc, hello)
+	hello = nil
+	releaseHello()
 	var toUp, toClient int64
 	var reason string
-	if helloErr != nil {
+	if err != nil {
 		_ = c.SetLinger(0)
 		c.Close()
 		u.Close()
-		reason = "writing the ClientHello to the upstream failed: " + helloErr.Error()
+		reason = "writing to the upstream failed: " + err.Error()
 	} else {
+		if sendProxy != proxyproto.None {
+			l.headersSent[sendProxy].Add(1)
+		}
 		toUp, toClient, reason = relay(p.workers, c, u)
 		toUp += int64(helloLen)
 	}

@@ -81,10 +81,12 @@ func tlsRoute(services, name string) bool {
 // routeTLS reads c's ClientHello and returns the mapping of the service its SNI names, with the
 // bytes read (to be written to the upstream first; release hands the buffer back). When no
 // service matches, c is closed, the refusal counted and (aggregated) reported, and ok is false.
-func (p *Proxy) routeTLS(c *net.TCPConn, m *Mapping) (routed *Mapping, hello []byte, release func(), ok bool) {
+func (p *Proxy) routeTLS(c *net.TCPConn, tc tcpClient, m *Mapping) (routed *Mapping, hello []byte, release func(), ok bool) {
 	bp := helloBufs.Get().(*[]byte)
 	release = func() { helloBufs.Put(bp) }
-	name, read, err := sni.Read(c, *bp, tlsHelloMax, time.Now().Add(p.tlsHelloTimeout))
+	// The client's stream starts with what came with a load balancer's PROXY header.
+	name, read, err := sni.Read(&prefixedConn{TCPConn: c, early: tc.early}, *bp, tlsHelloMax,
+		time.Now().Add(p.tlsHelloTimeout))
 	reason := sni.Reason(err)
 	if err == nil && !tlsRoute(m.Service, name) {
 		reason = "unknown_sni"
@@ -101,7 +103,7 @@ func (p *Proxy) routeTLS(c *net.TCPConn, m *Mapping) (routed *Mapping, hello []b
 	}
 	metrics.IncrCounterWithLabels([]string{"nullnet", "proxy", "tls", "unrouted"}, 1,
 		[]metrics.Label{{Name: "port", Value: fmt.Sprint(m.Port)}, {Name: "reason", Value: reason}})
-	client := addrPortOf(c.RemoteAddr())
+	client := tc.client
 	if p.logger.IsDebug() {
 		p.logger.Debug("tls connection not routed", "client", client.String(), "port", m.Port,
 			"reason", reason, "server_name", fmt.Sprintf("%.80q", name), "error", err, "bytes_read", len(read))

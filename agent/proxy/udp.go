@@ -15,6 +15,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/proxyproto"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,7 +72,8 @@ type udpListener struct {
 	// than the relay itself).
 	drops                                                [numDropReasons]atomic.Uint64
 	dgToUp, dgToClient, bytesToUp, bytesToClient, starts atomic.Uint64
-	flushed                                              [numDropReasons + 5]uint64
+	headersSent                                          atomic.Uint64 // PROXY headers written upstream
+	flushed                                              [numDropReasons + 6]uint64
 	lastLimitEvent                                       time.Time
 	// Admission refusals already logged, and when (one line per 10 s at most; sweep goroutine).
 	limitLogged [4]uint64
@@ -221,6 +223,7 @@ func (l *udpListener) readLoop(ctx context.Context) error {
 		if n == 0 {
 			continue
 		}
+		set := l.p.settings()
 		addr, from := b.addr(0), 0
 		for j := 1; j <= n; j++ {
 			var next netip.AddrPort
@@ -229,20 +232,25 @@ func (l *udpListener) readLoop(ctx context.Context) error {
 					continue
 				}
 			}
-			l.fromClient(ctx, addr, b, from, j)
+			if len(set.ProxyProtocolFrom) > 0 && set.sendsProxyHeader(addr.Addr()) {
+				l.fromPeer(ctx, addr, b, from, j)
+			} else {
+				l.fromClient(ctx, addr, addr, netip.AddrPort{}, b, from, j)
+			}
 			addr, from = next, j
 		}
 	}
 }
 
-// fromClient hands slots [from, to) of b, datagrams from one client address, to its session,
-// creating the session if needed.
-func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, b *datagramBatch, from, to int) {
+// fromClient hands slots [from, to) of b, datagrams from one peer address, to its session,
+// creating the session if needed. client is the client behind the peer (the peer itself unless
+// a PROXY header said otherwise) and local the address it reached (invalid: the listener's).
+func (l *udpListener) fromClient(ctx context.Context, peer, client, local netip.AddrPort, b *datagramBatch, from, to int) {
 	l.mu.Lock()
-	s := l.sessions[addr]
+	s := l.sessions[peer]
 	if s == nil {
 		var reason int
-		s, reason = l.newSessionLocked(ctx, addr, b.data(from))
+		s, reason = l.newSessionLocked(ctx, peer, client, local, b.data(from))
 		l.mu.Unlock()
 		if s == nil { // refused: every datagram of the run is dropped
 			l.drops[reason].Add(uint64(to - from))
@@ -257,9 +265,9 @@ func (l *udpListener) fromClient(ctx context.Context, addr netip.AddrPort, b *da
 	}
 }
 
-// newSessionLocked starts a session for a new client address, queueing its first datagram, or
+// newSessionLocked starts a session for a new peer address, queueing its first datagram, or
 // refuses it and returns the drop reason. l.mu is held.
-func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort, first []byte) (*udpSession, int) {
+func (l *udpListener) newSessionLocked(ctx context.Context, peer, addr, local netip.AddrPort, first []byte) (*udpSession, int) {
 	set := l.p.settings()
 	if l.closing || l.p.draining.Load() {
 		return nil, dropClosing // a drain admits no new client; known ones carry on
@@ -292,12 +300,12 @@ func (l *udpListener) newSessionLocked(ctx context.Context, addr netip.AddrPort,
 		return nil, dropPolicy
 	}
 	now := time.Now()
-	s := &udpSession{l: l, client: addr, service: m.Service, created: now, fd: -1, queue: [][]byte{clone(first)},
-		ticket: ticket}
+	s := &udpSession{l: l, peer: peer, client: addr, local: local, service: m.Service, created: now, fd: -1,
+		queue: [][]byte{clone(first)}, ticket: ticket}
 	// Activity starts at creation, never at the zero time (Traefik #13044).
 	s.lastActive.Store(now.UnixNano())
 	s.countToUp(len(first))
-	l.sessions[addr] = s
+	l.sessions[peer] = s
 	l.active.Add(1)
 	l.starts.Add(1)
 	l.resolveQ = append(l.resolveQ, s)
@@ -336,8 +344,8 @@ func (l *udpListener) resolveLoop(ctx context.Context) {
 // remove drops s from the table if it is still the session of its address.
 func (l *udpListener) remove(s *udpSession) {
 	l.mu.Lock()
-	if l.sessions[s.client] == s {
-		delete(l.sessions, s.client)
+	if l.sessions[s.peer] == s {
+		delete(l.sessions, s.peer)
 	}
 	l.mu.Unlock()
 }
@@ -435,4 +443,8 @@ func (l *udpListener) flushMetrics() {
 	add(numDropReasons+2, l.bytesToUp.Load(), []string{"nullnet", "proxy", "udp", "bytes"}, metrics.Label{Name: "direction", Value: "to_upstream"})
 	add(numDropReasons+3, l.bytesToClient.Load(), []string{"nullnet", "proxy", "udp", "bytes"}, metrics.Label{Name: "direction", Value: "to_client"})
 	add(numDropReasons+4, l.starts.Load(), []string{"nullnet", "proxy", "udp", "sessions_created"})
+	if v := l.headersSent.Load(); v > l.flushed[numDropReasons+5] {
+		countHeadersSent(labels, proxyproto.V2, v-l.flushed[numDropReasons+5])
+		l.flushed[numDropReasons+5] = v
+	}
 }

@@ -180,7 +180,7 @@ func (rp *replyPoller) drain(l *udpListener, s *udpSession, fd int, out *replyOu
 		}
 		s.touch()
 		for i := out.used; i < out.used+n; i++ {
-			out.b.setDest(i, int(out.b.msgs[i].n), s.client, out.fam)
+			out.b.setDest(i, int(out.b.msgs[i].n), s.peer, out.fam)
 			out.owners[i] = s
 		}
 		out.used += n

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/proxyproto"
+	"golang.org/x/sys/unix"
 )
 
 // Session states.
@@ -28,8 +30,14 @@ const (
 // checks state == stateReady: end closes the fd only after setting stateClosed under the write
 // lock, so a recycled fd number can never be mistaken for this session's socket.
 type udpSession struct {
-	l          *udpListener
-	client     netip.AddrPort
+	l *udpListener
+	// peer is the datagrams' source and the replies' destination (the session's key); client is
+	// the client's address, the peer's own unless a trusted front load balancer's PROXY header
+	// gave it (then local is the address the header says the client reached).
+	peer, client, local netip.AddrPort
+	// ppHdr, when the service sends PROXY headers, prefixes every datagram upstream (set once
+	// the session is ready, under mu).
+	ppHdr      []byte
 	service    string
 	created    time.Time
 	lastActive atomic.Int64 // unix nanoseconds; refreshed by both directions
@@ -93,11 +101,14 @@ func (s *udpSession) fromClient(b *datagramBatch, from, to int) {
 }
 
 // sendUpstreamLocked sends slots [from, to) of b on the session's socket, a single datagram
-// with write(2) and several with one sendmmsg(2); s.mu is held (either way).
+// with write(2) and several with one sendmmsg(2); s.mu is held (either way). With a PROXY
+// header every datagram goes with writev(2), header and payload in one datagram.
 func (s *udpSession) sendUpstreamLocked(b *datagramBatch, from, to int) {
-	if to-from == 1 {
-		d := b.data(from)
-		s.afterWrite(len(d), s.writeUpstreamLocked(d))
+	if to-from == 1 || s.ppHdr != nil {
+		for i := from; i < to; i++ {
+			d := b.data(i)
+			s.afterWrite(len(d), s.writeUpstreamLocked(d))
+		}
 		return
 	}
 	for i := from; i < to; i++ {
@@ -131,7 +142,16 @@ func (s *udpSession) sendUpstreamLocked(b *datagramBatch, from, to int) {
 // writeUpstreamLocked sends one datagram on the session's socket; s.mu is held (either way).
 func (s *udpSession) writeUpstreamLocked(b []byte) error {
 	for range 3 {
-		_, err := syscall.Write(s.fd, b)
+		var err error
+		if s.ppHdr != nil {
+			// Header and payload in one datagram, as the specification requires.
+			_, err = unix.Writev(s.fd, [][]byte{s.ppHdr, b})
+			if err == nil {
+				s.l.headersSent.Add(1)
+			}
+		} else {
+			_, err = syscall.Write(s.fd, b)
+		}
 		switch err {
 		case syscall.EINTR:
 			continue
@@ -208,6 +228,13 @@ func (s *udpSession) resolve(ctx context.Context) {
 		return
 	}
 	s.fd = fd
+	if l.p.sendProxyFor(l.slot.mapping.Load()) != proxyproto.None { // v2: udp has no v1
+		local := s.local
+		if !local.IsValid() {
+			local = addrPortOf(l.conn.LocalAddr())
+		}
+		s.ppHdr = proxyproto.AppendV2(nil, proxyproto.Datagram, s.client, local)
+	}
 	s.use = l.p.startUse(s.clientIP(), s.service, UDP, lease, func() {
 		l.remove(s)
 		s.end("replica unhealthy")

@@ -92,6 +92,7 @@ func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
 	}
 	p.updatePolicies(b) // before the listeners open: a new service is never served without its policy
 	p.setPolicies(b)    // before the listeners: one opened for this bundle sees its policies
+	p.http.setRoutes(b)
 	p.reconcile(b.GetVersion(), want)
 	p.mu.Lock()
 	p.tableAt = time.Now()

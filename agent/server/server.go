@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"reflect"
 	"sync"
 	"time"
 
@@ -28,6 +29,12 @@ type Config struct {
 	Logger hclog.Logger
 	// LockKey is the Consul KV key of the stacks leader lock (default "nullnet/leader").
 	LockKey string
+	// ACME overrides where ACME certificates and challenges go (tests); default the
+	// certificate store that WatchCertificates streams.
+	ACME ACMESinks
+	// ACMEPropagationDelay overrides the wait between storing a challenge and asking the CA
+	// to validate it (tests; default 2 s).
+	ACMEPropagationDelay time.Duration
 }
 
 // Server is the control-plane role. Its parts live in their own files: stacks and the Consul
@@ -105,6 +112,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		go func() { defer wg.Done(); s.watchCatalog(ctx, onServices) }()
 	}
+	if s.cfg.Consul != nil {
+		sinks := s.cfg.ACME
+		if sinks == nil {
+			sinks = certstoreSinks{s.certs}
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.runACME(ctx, sinks) }()
+	}
 	if s.mirror != nil {
 		wg.Add(2)
 		go func() { defer wg.Done(); s.mirror.Run(ctx) }()
@@ -118,6 +133,9 @@ func (s *Server) Run(ctx context.Context) error {
 // Reload applies a new agent configuration.
 func (s *Server) Reload(cfg *config.Config) error {
 	s.mu.Lock()
+	if !reflect.DeepEqual(s.agentCfg.Server.ACME, cfg.Server.ACME) {
+		s.logger.Warn("server.acme was changed by a reload; it takes effect at the next restart")
+	}
 	s.agentCfg = cfg
 	s.mu.Unlock()
 	s.setCertsDir(cfg.Server.CertsDir)

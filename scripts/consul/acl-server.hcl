@@ -15,7 +15,9 @@ node_prefix "" {
 # Leader election: a Consul lock (session + key) so that two servers never fight over the mirror,
 # and service policies: the leader writes one JSON document per stack service under
 # "nullnet/policies/", every server reads the prefix (key_prefix "nullnet/policies/" read is the
-# least a server that never leads needs).
+# least a server that never leads needs). With server.acme, also the ACME state under
+# nullnet/acme/ (account and certificate private keys, challenges) and its lock
+# (website/docs/https.md#acme).
 key_prefix "nullnet/" {
   policy = "write"
 }

@@ -119,7 +119,8 @@ func servedSerial(name string) (string, error) {
 }
 
 // 12: HTTPS through the edge over the overlay: the certificate from certs_dir, HTTP/2, an
-// unknown name refused with a TLS alert, and a replaced certificate served without a restart.
+// unknown name refused with a TLS alert, and a replaced certificate served without a restart
+// while a long download on the old one completes.
 func testHTTPS(t *testing.T, c *cluster) {
 	curl := func(extra ...string) (string, error) {
 		argv := append([]string{"curl", "-sS", "--max-time", "10", "--cacert", c.webCAFile(), "--resolve", resolveEdge()}, extra...)
@@ -142,8 +143,15 @@ func testHTTPS(t *testing.T, c *cluster) {
 		t.Errorf("unknown SNI: want a TLS alert unrecognized_name, openssl said:\n%s", truncate(out, 1500))
 	}
 
-	// Rotation: a new leaf (serial 101) replaces the old one; new handshakes present it soon
-	// after, with no restart of any agent.
+	// Rotation under load: a long HTTPS download runs while a new leaf (serial 101) replaces
+	// the old one; it completes intact on the certificate it started with, new handshakes
+	// present the new one soon after, and no agent restarts.
+	sum, err := c.writeBigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := download(hostOut.ns, "--cacert", c.webCAFile(), "--resolve", resolveEdge(), webURL("/"+bigFile))
+	time.Sleep(time.Second)
 	pids := c.agentPIDs()
 	if err := c.web.issue(c.webCertDir(), webHost, 101); err != nil {
 		t.Fatal(err)
@@ -161,6 +169,14 @@ func testHTTPS(t *testing.T, c *cluster) {
 	t.Logf("replaced certificate served after %v (server watch + stream to the proxy)", time.Since(start).Round(10*time.Millisecond))
 	if out, err := curl(webURL("/")); err != nil || !strings.Contains(out, "hello from node") {
 		t.Errorf("after rotation: %q, %v", truncate(out, 200), err)
+	}
+	select {
+	case got := <-done:
+		t.Errorf("the HTTPS download ended before the rotation was served (%s): make it longer", got)
+	default:
+		if got := <-done; got != sum {
+			t.Errorf("HTTPS download across the rotation: sha256 %s, want %s", got, sum)
+		}
 	}
 	if after := c.agentPIDs(); fmt.Sprint(after) != fmt.Sprint(pids) {
 		t.Errorf("agents restarted during rotation: %v -> %v", pids, after)

@@ -30,6 +30,7 @@ const (
 const (
 	routeIperf = "iperf" // TCP, iperf3 server
 	routeRR    = "rr"    // TCP, one request / one response / close
+	routeRRPP  = "rrpp"  // the same with send_proxy_protocol = "v2" (nullnet only)
 	routeEcho  = "echo"  // UDP echo
 	routeSink  = "sink"  // UDP, reads only (idle sessions)
 	routeFlood = "flood" // UDP echo for the flood figure (short session timeout: its sessions go)
@@ -68,6 +69,8 @@ type bench struct {
 	// nullnetErr is why nullnet did not carry traffic on loopback; the overlay variant, same
 	// binary, is then not attempted.
 	nullnetErr error
+	// rrpp is the back end of routeRRPP: it counts the PROXY headers it received.
+	rrpp *load.TCPResponder
 	// The passthrough figure's ClientHello and byte sinks per route (passthrough.go).
 	hello []byte
 	sinks map[string]*load.TCPSink
@@ -100,6 +103,10 @@ func (b *bench) dataPlane(ctx context.Context) error {
 		return err
 	}
 	defer rr.Close()
+	if b.rrpp, err = load.StartProxyProtocolResponder(":0"); err != nil {
+		return err
+	}
+	defer b.rrpp.Close()
 	echo, err := load.StartUDPEcho(":0", 2, false)
 	if err != nil {
 		return err
@@ -111,6 +118,7 @@ func (b *bench) dataPlane(ctx context.Context) error {
 	}
 	defer sink.Close()
 	backends := map[string]string{routeIperf: "127.0.0.1:" + strconv.Itoa(iperfPort), routeRR: loopback(rr.Addr()),
+		routeRRPP: loopback(b.rrpp.Addr()),
 		routeEcho: loopback(echo.Addr()), routeSink: loopback(sink.Addr()), routeFlood: loopback(echo.Addr())}
 	if !b.o.skip["passthrough"] {
 		stop, err := b.startPassthroughSinks(backends)
@@ -216,7 +224,7 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 	var svcs []nnrun.Service
 	routes := []struct{ name, proto, timeout string }{
 		{routeRR, "tcp", "0"}, {routeIperf, "tcp", "0"}, {routeEcho, "udp", "5m"}, {routeSink, "udp", "5m"}, {routeFlood, "udp", "10s"},
-		{routeRRAllow, "tcp", "0"}, {routeRRDeny, "tcp", "0"}}
+		{routeRRAllow, "tcp", "0"}, {routeRRDeny, "tcp", "0"}, {routeRRPP, "tcp", "0"}}
 	if _, ok := backends[routePassthrough]; ok {
 		routes = append(routes, struct{ name, proto, timeout string }{routeStream, "tcp", "0"},
 			struct{ name, proto, timeout string }{routePassthrough, "tls", "0"})
@@ -234,7 +242,7 @@ func (b *bench) startNullnet(ctx context.Context, backends map[string]string) *t
 		_, bp, _ := net.SplitHostPort(backend)
 		backendPort, _ := strconv.Atoi(bp)
 		svcs = append(svcs, nnrun.Service{Name: "bench-" + r.name, Protocol: r.proto, ListenPort: port, BackendPort: backendPort,
-			Timeout: r.timeout, Extra: policyExtra(r.name)})
+			Timeout: r.timeout, Extra: append(policyExtra(r.name), proxyProtocolExtra(r.name)...)})
 		t.addrs[r.name] = "127.0.0.1:" + strconv.Itoa(port)
 	}
 	dir := filepath.Join(b.work, "nullnet")
@@ -344,6 +352,9 @@ func (b *bench) measure(ctx context.Context, t *target) {
 				}
 			}
 		}
+	}
+	if !b.o.skip["connrate"] && !b.o.skip["proxyproto"] {
+		b.connRatePP(ctx, t)
 	}
 	if !b.o.skip["connrate"] && !b.o.skip["policy"] {
 		b.allowListRate(ctx, t)
@@ -533,4 +544,75 @@ func (b *bench) streams() []int {
 		return []int{8}
 	}
 	return []int{1, 8}
+}
+
+// proxyProtocolExtra is the stack key of routeRRPP.
+func proxyProtocolExtra(route string) []string {
+	if route == routeRRPP {
+		return []string{`send_proxy_protocol = "v2"`}
+	}
+	return nil
+}
+
+// noHeaderTarget is the plain figure beside the send_proxy_protocol one (JSON results).
+const noHeaderTarget = "nullnet without header"
+
+// connRatePP measures the connection rate through a service with send_proxy_protocol = "v2"
+// and through the plain one in alternating slices, as allowListRate does, and adds the rates
+// and the ratio of each run's pair (goal: 0.97). nullnet only. The back end counts the headers,
+// so a proxy that did not send them fails the figure instead of measuring the plain path twice.
+func (b *bench) connRatePP(ctx context.Context, t *target) {
+	addr, ok := t.addrs[routeRRPP]
+	if !ok || t.name != report.Nullnet {
+		return
+	}
+	f := b.rep.Figure("tcp_conn_rate_pp_v2", "TCP connections/s, send_proxy_protocol v2", "conn/s", true)
+	ratio := b.rep.Figure("tcp_conn_rate_pp_v2_ratio", "  ratio with/without header, paired per run", "×", true,
+		report.Goal{Limit: 0.97})
+	cpuFig := b.rep.Figure("tcp_conn_cpu_pp_v2", "relay CPU per connection, send_proxy_protocol v2", "µs", false)
+	cpuRatio := b.rep.Figure("tcp_conn_cpu_pp_v2_ratio", "  ratio with/without header, paired per run", "×", false)
+	if t.broken != nil {
+		f.Fail(report.Nullnet, t.broken)
+		return
+	}
+	slice := max(time.Second, b.o.duration/allowListSlices)
+	var ops [2]int64
+	var secs [2]float64
+	var cpu [2]time.Duration
+	cpuOK := true
+	before := b.rrpp.ProxyHeaders.Load()
+	for i := range 2 * allowListSlices {
+		which := (i + i/2) % 2 // plain, header, header, plain, ...: neither always first
+		route := []string{t.addrs[routeRR], addr}[which]
+		u0, err0 := b.usage(t)
+		r := load.ConnRate(ctx, route, connWorkers, slice)
+		u1, err1 := b.usage(t)
+		if r.Ops == 0 || r.Errors > r.Ops/100 {
+			f.Fail(report.Nullnet, fmt.Errorf("%s: %d connections, %d failed", route, r.Ops, r.Errors))
+			return
+		}
+		ops[which] += r.Ops
+		secs[which] += r.Elapsed.Seconds()
+		if err0 != nil || err1 != nil {
+			cpuOK = false
+		}
+		cpu[which] += u1.CPU - u0.CPU
+	}
+	if headers := b.rrpp.ProxyHeaders.Load() - before; headers < ops[1] {
+		f.Fail(report.Nullnet, fmt.Errorf("the back end got %d PROXY headers for %d connections: the proxy did not send them", headers, ops[1]))
+		return
+	}
+	plain, withHeader := float64(ops[0])/secs[0], float64(ops[1])/secs[1]
+	f.Add(report.Nullnet, withHeader)
+	f.Add(noHeaderTarget, plain)
+	ratio.Add(report.Nullnet, withHeader/plain)
+	kv := []any{"with_header", int(withHeader), "without", int(plain), "ratio", fmt.Sprintf("%.3f", withHeader/plain)}
+	if cpuOK {
+		ch, cp := cpuPerOp(cpu[1], float64(ops[1])), cpuPerOp(cpu[0], float64(ops[0]))
+		cpuFig.Add(report.Nullnet, ch)
+		cpuFig.Add(noHeaderTarget, cp)
+		cpuRatio.Add(report.Nullnet, ch/cp)
+		kv = append(kv, "cpu_us_with_header", fmt.Sprintf("%.1f", ch), "cpu_us_without", fmt.Sprintf("%.1f", cp))
+	}
+	b.log.Info("send_proxy_protocol connection rate", kv...)
 }

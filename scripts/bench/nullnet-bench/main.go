@@ -53,7 +53,7 @@ func run() int {
 	fs.StringVar(&o.root, "root", ".", "the nullnet module root")
 	fs.StringVar(&o.out, "out", "", "results directory (default <root>/scripts/bench/results)")
 	fs.StringVar(&o.nullnetBin, "nullnet", "", "nullnet binary (default <root>/bin/nullnet)")
-	fs.StringVar(&skip, "skip", "", "comma-separated parts to leave out: nullnet, anchors, tcp, connrate, policy, udp, passthrough, sessions, flood, overlay, https, controlplane")
+	fs.StringVar(&skip, "skip", "", "comma-separated parts to leave out: nullnet, anchors, tcp, connrate, policy, proxyproto, udp, passthrough, sessions, flood, overlay, https, controlplane")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs and process logs)")
 	fs.BoolVar(&o.profile, "profile", false, "record each relay with perf(1) during the loopback TCP, connection-rate and UDP figures; reports go to the results directory")
 	if err := fs.Parse(os.Args[1:]); err != nil {

@@ -2,8 +2,13 @@ package load
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/nullnet/nullnet/agent/proxyproto"
 )
 
 // The generators must count only complete exchanges; these run against the bench's own backends
@@ -107,5 +112,34 @@ func TestUDPFloodSmall(t *testing.T) {
 	}
 	if a, b := FloodSource(0), FloodSource(1); a.Equal(b) || a.To4()[0] != 127 || a.To4()[1] < 10 {
 		t.Fatalf("flood sources %v %v", a, b)
+	}
+}
+
+// The PROXY protocol responder serves connections with and without a v2 header and counts the
+// headers (written here by nullnet's own writer, as the relay writes them).
+func TestProxyProtocolResponder(t *testing.T) {
+	s, err := StartProxyProtocolResponder("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := Probe(s.Addr()); err != nil {
+		t.Fatalf("without a header: %v", err)
+	}
+	c, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	hdr := proxyproto.AppendV2(nil, proxyproto.Stream, netip.MustParseAddrPort("[2001:db8::1]:5"), netip.MustParseAddrPort("[2001:db8::2]:6"))
+	if _, err := c.Write(append(hdr, make([]byte, RequestSize)...)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := io.ReadAll(c)
+	if err != nil || len(resp) != ResponseSize {
+		t.Fatalf("with a header: %d bytes, %v", len(resp), err)
+	}
+	if n := s.ProxyHeaders.Load(); n != 1 {
+		t.Fatalf("%d headers counted, want 1", n)
 	}
 }

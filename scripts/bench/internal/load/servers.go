@@ -5,11 +5,14 @@
 package load
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // RequestSize and ResponseSize are the payloads of one short TCP connection: a request the
@@ -25,6 +28,49 @@ const (
 type TCPResponder struct {
 	ln net.Listener
 	wg sync.WaitGroup
+	// acceptProxy: a connection may start with a PROXY protocol v2 header (read and counted).
+	acceptProxy bool
+	// ProxyHeaders counts the connections that started with a v2 header.
+	ProxyHeaders atomic.Int64
+}
+
+// StartProxyProtocolResponder is a TCPResponder that reads the PROXY protocol v2 header a
+// connection may start with before the request, as a back end behind send_proxy_protocol does.
+func StartProxyProtocolResponder(addr string) (*TCPResponder, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tcp responder: %w", err)
+	}
+	s := &TCPResponder{ln: ln, acceptProxy: true}
+	s.wg.Add(1)
+	go s.serve()
+	return s, nil
+}
+
+// sigV2 starts a PROXY protocol v2 header; 16 bytes with the version, family and length.
+var sigV2 = []byte("\r\n\r\n\x00\r\nQUIT\n")
+
+// readRequest reads one request, after the PROXY header if one comes first.
+func (s *TCPResponder) readRequest(c net.Conn, req []byte) error {
+	if !s.acceptProxy {
+		_, err := io.ReadFull(c, req)
+		return err
+	}
+	var hdr [16]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return err
+	}
+	if !bytes.Equal(hdr[:12], sigV2) {
+		copy(req, hdr[:])
+		_, err := io.ReadFull(c, req[len(hdr):])
+		return err
+	}
+	s.ProxyHeaders.Add(1)
+	if _, err := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint16(hdr[14:]))); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, req)
+	return err
 }
 
 // StartTCPResponder listens on addr until Close.
@@ -53,7 +99,7 @@ func (s *TCPResponder) serve() {
 		go func() {
 			defer c.Close()
 			req := make([]byte, RequestSize)
-			if _, err := io.ReadFull(c, req); err != nil {
+			if err := s.readRequest(c, req); err != nil {
 				return
 			}
 			_, _ = c.Write(resp)
