@@ -1,15 +1,11 @@
 package containers
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,74 +15,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
+	"github.com/nullnet/nullnet/agent/containers/containertest"
 )
-
-// dockerEnv is what a test created in the engine, removed at the end (only that).
-type dockerEnv struct {
-	t     *testing.T
-	image string
-	run   string // unique suffix
-}
-
-// newDockerEnv builds the static echo server and imports it as a one-file image.
-func newDockerEnv(t *testing.T) *dockerEnv {
-	t.Helper()
-	if out, err := exec.Command("docker", "version", "--format", "{{.Server.Version}}").CombinedOutput(); err != nil {
-		t.Fatalf("no Docker Engine answers (run scripts/setup): %v: %s", err, out)
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "echo")
-	build := exec.Command("go", "build", "-o", bin, "./testdata/echo")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the echo server: %v: %s", err, out)
-	}
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "echo", Mode: 0o755, Size: int64(len(data))}); err != nil {
-		t.Fatal(err)
-	}
-	tw.Write(data)
-	tw.Close()
-	e := &dockerEnv{t: t, run: fmt.Sprintf("%d", time.Now().UnixNano()%1e9)}
-	e.image = "nullnet-test-echo:" + e.run
-	imp := exec.Command("docker", "import", "-c", `CMD ["/echo"]`, "-", e.image)
-	imp.Stdin = &buf
-	if out, err := imp.CombinedOutput(); err != nil {
-		t.Fatalf("docker import: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("docker", "rmi", "-f", e.image).Run() })
-	return e
-}
-
-func (e *dockerEnv) docker(args ...string) string {
-	e.t.Helper()
-	out, err := exec.Command("docker", args...).CombinedOutput()
-	if err != nil {
-		e.t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// start runs a container named name-<run> with labels; it is force-removed at the end.
-func (e *dockerEnv) start(name string, labels ...string) (string, string) {
-	full := name + "-" + e.run
-	args := []string{"run", "-d", "--name", full}
-	for _, l := range labels {
-		args = append(args, "--label", l)
-	}
-	id := e.docker(append(args, e.image)...)
-	e.t.Cleanup(func() { exec.Command("docker", "rm", "-f", full).Run() })
-	return full, id
-}
-
-func (e *dockerEnv) ip(name string) string {
-	return e.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
-}
 
 // logBuffer captures warnings so the test can count them.
 type logBuffer struct {
@@ -131,15 +61,15 @@ func waitService(t *testing.T, c *api.Client, service string, ok func([]*api.Ser
 }
 
 func TestContainerReplicasInConsul(t *testing.T) {
-	env := newDockerEnv(t)
+	env := containertest.New(t)
 	srv := consultest.Start(t)
 	cc := srv.Client(t)
 	logs := &logBuffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "containers", Level: hclog.Debug, Output: logs})
 
-	svc := "echo-" + env.run
-	named := "named-" + env.run
-	namedSvc := "named-echo-" + env.run
+	svc := "echo-" + env.Run
+	named := "named-" + env.Run
+	namedSvc := "named-echo-" + env.Run
 	w, err := New(Config{Logger: logger, Named: map[string]Spec{named: {Service: namedSvc, Port: 7000}}})
 	if err != nil {
 		t.Fatal(err)
@@ -147,15 +77,15 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go w.Run(ctx)
-	node := "node-" + env.run
+	node := "node-" + env.Run
 	reg := &Registrar{Consul: cc, Node: node, Watcher: w, Logger: logger}
 	done := make(chan struct{})
 	go func() { defer close(done); reg.Run(ctx, func() bool { return false }) }()
 
 	// A labelled container appears, passing, at its bridge address.
 	t0 := time.Now()
-	name, id := env.start("echo", "nullnet.service="+svc, "nullnet.port=7000", "nullnet.stack=s1")
-	ip := env.ip(name)
+	name, id := env.Start("echo", "nullnet.service="+svc, "nullnet.port=7000", "nullnet.stack=s1")
+	ip := env.IP(name)
 	waitService(t, cc, svc, func(es []*api.ServiceEntry) bool {
 		return len(es) == 1 && es[0].Checks.AggregatedStatus() == api.HealthPassing
 	})
@@ -181,17 +111,17 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	}
 
 	// Paused: still passing, marked suspended.
-	env.docker("pause", name)
+	env.Docker("pause", name)
 	t.Logf("docker pause -> suspended meta: %v", waitService(t, cc, svc, func(es []*api.ServiceEntry) bool {
 		return len(es) == 1 && es[0].Checks.AggregatedStatus() == api.HealthPassing && es[0].Service.Meta[MetaSuspended] == "true"
 	}))
-	env.docker("unpause", name)
+	env.Docker("unpause", name)
 	waitService(t, cc, svc, func(es []*api.ServiceEntry) bool {
 		return len(es) == 1 && es[0].Service.Meta[MetaSuspended] == ""
 	})
 
 	// A container named in the config, without labels.
-	nname, _ := env.start("named")
+	nname, _ := env.Start("named")
 	if nname != named {
 		t.Fatalf("named container %s != %s", nname, named)
 	}
@@ -200,23 +130,23 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	})
 
 	// Bad labels: skipped with one warning, no crash, nothing registered.
-	bad, _ := env.start("bad", "nullnet.service=bad-"+env.run, "nullnet.port=http")
-	env.docker("restart", "-t", "0", bad) // more events for the same container: still one warning
+	bad, _ := env.Start("bad", "nullnet.service=bad-"+env.Run, "nullnet.port=http")
+	env.Docker("restart", "-t", "0", bad) // more events for the same container: still one warning
 	time.Sleep(500 * time.Millisecond)
 	if n := strings.Count(logs.String(), "container skipped: bad nullnet labels"); n != 1 {
 		t.Fatalf("bad-label warnings = %d, want 1", n)
 	}
-	if es, _, _ := cc.Health().Service("bad-"+env.run, "", false, nil); len(es) != 0 {
+	if es, _, _ := cc.Health().Service("bad-"+env.Run, "", false, nil); len(es) != 0 {
 		t.Fatalf("bad-labelled container registered: %v", es[0].Service)
 	}
 
 	// Stopped: critical. Removed: deregistered.
-	env.docker("stop", "-t", "0", name)
+	env.Docker("stop", "-t", "0", name)
 	t.Logf("docker stop -> critical: %v", waitService(t, cc, svc, func(es []*api.ServiceEntry) bool {
 		return len(es) == 1 && es[0].Checks.AggregatedStatus() == api.HealthCritical
 	}))
 	t1 := time.Now()
-	env.docker("rm", name)
+	env.Docker("rm", name)
 	waitService(t, cc, svc, func(es []*api.ServiceEntry) bool { return len(es) == 0 })
 	t.Logf("docker rm -> deregistered: %v", time.Since(t1))
 
