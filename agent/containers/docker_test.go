@@ -85,6 +85,7 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	// A labelled container appears, passing, at its bridge address.
 	t0 := time.Now()
 	name, id := env.Start("echo", "nullnet.service="+svc, "nullnet.port=7000", "nullnet.stack=s1")
+	cliDone := time.Since(t0)
 	ip := env.IP(name)
 	waitService(t, cc, svc, func(es []*api.ServiceEntry) bool {
 		return len(es) == 1 && es[0].Checks.AggregatedStatus() == api.HealthPassing
@@ -96,7 +97,7 @@ func TestContainerReplicasInConsul(t *testing.T) {
 		s.Meta[MetaNode] != node || s.Meta[MetaStack] != "s1" || s.Meta[MetaProtocol] != "tcp" {
 		t.Fatalf("registration = id %s addr %s port %d meta %v; want id %s addr %s", s.ID, s.Address, s.Port, s.Meta, ServiceID(node, id), ip)
 	}
-	t.Logf("docker run -> passing in Consul: %v", runToPassing)
+	t.Logf("docker run -> passing in Consul: %v (the docker run command itself took %v)", runToPassing, cliDone)
 	// The registered address is dialable from the host (what network = "direct" proxies do).
 	conn, err := net.DialTimeout("tcp", net.JoinHostPort(s.Address, strconv.Itoa(s.Port)), 2*time.Second)
 	if err != nil {
