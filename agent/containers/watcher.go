@@ -118,9 +118,12 @@ func (w *Watcher) Replicas() []Replica {
 func (w *Watcher) Run(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
-		err := w.follow(ctx)
+		listed, err := w.follow(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if listed {
+			failures = 0 // the connection worked: a later cut starts the backoff afresh
 		}
 		failures++
 		if failures == 1 || failures%10 == 0 {
@@ -129,37 +132,33 @@ func (w *Watcher) Run(ctx context.Context) {
 		if !consul.Sleep(ctx, consul.Backoff(failures, 10*time.Second)) {
 			return
 		}
-		if err == nil || errors.Is(err, errStreamHealthy) {
-			failures = 0
-		}
 	}
 }
 
-var errStreamHealthy = errors.New("event stream ended after a successful sync")
-
-// follow subscribes to container events, lists, then applies events until the stream fails.
-func (w *Watcher) follow(ctx context.Context) error {
+// follow subscribes to container events, lists, then applies events until the stream fails;
+// listed says whether the list succeeded.
+func (w *Watcher) follow(ctx context.Context) (listed bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// Subscribe first: an event between the list and the subscription would be lost otherwise.
 	ev := w.docker.Events(ctx, client.EventsListOptions{Filters: make(client.Filters).Add("type", string(events.ContainerEventType))})
 	if err := w.relist(ctx); err != nil {
-		return err
+		return false, err
 	}
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return true, ctx.Err()
 		case err := <-ev.Err:
 			if err == nil {
-				err = errStreamHealthy
+				err = errors.New("stream closed")
 			}
-			return fmt.Errorf("docker event stream: %w", err)
+			return true, fmt.Errorf("docker event stream: %w", err)
 		case m := <-ev.Messages:
 			w.apply(ctx, m)
 		case <-w.resync:
 			if err := w.relist(ctx); err != nil {
-				return err
+				return true, err
 			}
 		}
 	}
