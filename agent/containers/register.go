@@ -47,6 +47,7 @@ func Registration(node string, r Replica) *api.AgentServiceRegistration {
 	if a := r.Address(); a.IsValid() {
 		addr = a.String()
 	}
+	status, _ := health(r)
 	return &api.AgentServiceRegistration{
 		ID: sid, Name: r.Spec.Service, Tags: []string{ContainerTag}, Port: r.Spec.Port, Address: addr, Meta: meta,
 		Check: &api.AgentServiceCheck{
@@ -54,16 +55,21 @@ func Registration(node string, r Replica) *api.AgentServiceRegistration {
 			Name:    "container state",
 			Notes:   "Set by the nullnet agent from the Docker Engine: running or paused is passing, exited is critical.",
 			TTL:     stateTTL.String(),
-			Status:  health(r.State),
+			Status:  status,
 		},
 	}
 }
 
-func health(s State) string {
-	if s == StateExited {
-		return api.HealthCritical
+// health is the state check's status and output: exited, or running without an address on
+// any Docker network (network "none", "host"), is critical (nothing a proxy could dial).
+func health(r Replica) (string, string) {
+	switch {
+	case r.State == StateExited:
+		return api.HealthCritical, "container exited"
+	case !r.Address().IsValid():
+		return api.HealthCritical, "container " + string(r.State) + " but has no address on a Docker network"
 	}
-	return api.HealthPassing
+	return api.HealthPassing, "container " + string(r.State)
 }
 
 // Registrar keeps the watcher's replicas registered in the local Consul agent.
@@ -130,8 +136,9 @@ func (g *Registrar) reconcile(ctx context.Context) error {
 				continue
 			}
 			g.registered[reg.ID] = reg
+			status, out := health(r)
 			// Consul keeps a re-registered TTL check's old status: set the state explicitly.
-			if err := g.Consul.Agent().UpdateTTLOpts(stateCheckID(reg.ID), string(r.State), health(r.State), q); err != nil {
+			if err := g.Consul.Agent().UpdateTTLOpts(stateCheckID(reg.ID), out, status, q); err != nil {
 				errs = append(errs, fmt.Sprintf("state of %s: %v", r.Name, err))
 			}
 			g.Logger.Info("container replica registered in Consul", "service", r.Spec.Service, "container", r.Name,
@@ -139,7 +146,8 @@ func (g *Registrar) reconcile(ctx context.Context) error {
 			continue
 		}
 		// Refresh the TTL (the registration carries the status; the TTL keeps it from expiring).
-		if err := g.Consul.Agent().UpdateTTLOpts(stateCheckID(reg.ID), string(r.State), health(r.State), q); err != nil {
+		status, out := health(r)
+		if err := g.Consul.Agent().UpdateTTLOpts(stateCheckID(reg.ID), out, status, q); err != nil {
 			errs = append(errs, fmt.Sprintf("refresh %s: %v", r.Name, err))
 		}
 	}

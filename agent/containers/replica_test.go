@@ -60,3 +60,20 @@ func TestReplicaAddress(t *testing.T) {
 		t.Fatalf("Address of no networks = %v", got)
 	}
 }
+
+func TestHealth(t *testing.T) {
+	addr := map[string]netip.Addr{"bridge": netip.MustParseAddr("172.17.0.2")}
+	for _, c := range []struct {
+		r    Replica
+		want string
+	}{
+		{Replica{State: StateRunning, Addresses: addr}, "passing"},
+		{Replica{State: StatePaused, Addresses: addr}, "passing"},
+		{Replica{State: StateExited}, "critical"},
+		{Replica{State: StateRunning}, "critical"}, // network none: nothing to dial
+	} {
+		if got, out := health(c.r); got != c.want {
+			t.Errorf("health(%+v) = %s (%s), want %s", c.r, got, out, c.want)
+		}
+	}
+}
