@@ -133,7 +133,11 @@ func TestContainerReplicasInConsul(t *testing.T) {
 	// Bad labels: skipped with one warning, no crash, nothing registered.
 	bad, _ := env.Start("bad", "nullnet.service=bad-"+env.Run, "nullnet.port=http")
 	env.Docker("restart", "-t", "0", bad) // more events for the same container: still one warning
-	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline) &&
+		!strings.Contains(logs.String(), "container skipped: bad nullnet labels"); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // the restart's events are handled by now
 	if n := strings.Count(logs.String(), "container skipped: bad nullnet labels"); n != 1 {
 		t.Fatalf("bad-label warnings = %d, want 1", n)
 	}
