@@ -160,12 +160,24 @@ type Client struct {
 	Enabled  bool          `json:"enabled"`
 	Servers  []string      `json:"servers"`
 	Services []HostService `json:"services"`
+	// Containers are Docker containers named as replicas (see agent/containers).
+	Containers []ContainerReplica `json:"containers"`
 	// NetworkInterface carries the underlay (default: the one holding advertise_addr).
 	NetworkInterface string `json:"network_interface"`
 	// KeepTunnelsOnStop leaves the node's tunnel ends and Consul registrations in place when
 	// the agent stops (SIGTERM, SIGINT: a restart for an upgrade), so that live connections go
 	// on and the next start takes them over; `nullnet leave` removes them whatever this says.
 	KeepTunnelsOnStop bool `json:"keep_tunnels_on_stop"`
+}
+
+// ContainerReplica names a Docker container as a replica of a service, for containers that
+// carry no nullnet.* labels (client { container "redis-1" { service = "..." port = 6379 } }).
+type ContainerReplica struct {
+	Name     string `json:"name"` // the container's name
+	Service  string `json:"service"`
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol"`
+	Stack    string `json:"stack"`
 }
 
 // HostService is a service running on this host that the agent registers in Consul.

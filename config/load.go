@@ -235,6 +235,9 @@ func applyDefaults(c *Config) {
 	setDur(&c.Proxy.UDPIdleTimeout, DefaultUDPIdleTimeout)
 	setInt(&c.Proxy.UDPMaxSessions, DefaultUDPMaxSessions)
 	setInt(&c.Proxy.UDPQueueLength, DefaultUDPQueueLength)
+	for i := range c.Client.Containers {
+		setStr(&c.Client.Containers[i].Protocol, "tcp")
+	}
 	setStr(&c.Proxy.AccessLog, DefaultAccessLog)
 	for i := range c.Client.Services {
 		s := &c.Client.Services[i]

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -128,6 +129,12 @@ func TestLoadErrorsHavePositions(t *testing.T) {
 		{"log level", "log_level = \"loud\"\n", []string{"a.hcl:1:13: error: Invalid log_level"}},
 		{"host service", "client {\n  service \"x\" {\n    stack = \"s\"\n    port = 0\n  }\n}\n", []string{"a.hcl:4:12: error: Invalid host service port"}},
 		{"host service dup", "client {\n  service \"x\" {\n    stack = \"s\"\n    port = 1\n  }\n  service \"x\" {\n    port = 2\n  }\n}\n", []string{"a.hcl:6:3: error: Duplicate host service"}},
+		{"container port", "client {\n  container \"r\" {\n    service = \"redis.internal\"\n    port = \"x\"\n  }\n}\n", []string{"a.hcl:4:13: error: Unsuitable value type"}},
+		{"container port range", "client {\n  container \"r\" {\n    service = \"redis.internal\"\n    port = 0\n  }\n}\n", []string{"a.hcl:4:12: error: Invalid container port"}},
+		{"container protocol", "client {\n  container \"r\" {\n    service = \"a\"\n    port = 1\n    protocol = \"sctp\"\n  }\n}\n", []string{"a.hcl:5:16: error: Invalid container protocol"}},
+		{"container service", "client {\n  container \"r\" {\n    service = \"a b\"\n    port = 1\n  }\n}\n", []string{"a.hcl:3:15: error: Invalid container service"}},
+		{"container no service", "client {\n  container \"r\" {\n    port = 1\n  }\n}\n", []string{"a.hcl:2:3: error: Invalid container service"}},
+		{"container dup", "client {\n  container \"r\" {\n    service = \"a\"\n    port = 1\n  }\n  container \"r\" {\n    port = 2\n  }\n}\n", []string{"a.hcl:6:3: error: Duplicate container"}},
 		{"syntax", "server {\n", []string{"a.hcl:1:", "error: Unclosed configuration block"}},
 		{"acme directory", "server {\n  acme {\n    directory_url = \"http://ca\"\n  }\n}\n", []string{"a.hcl:3:21: error: Invalid server.acme.directory_url"}},
 		{"acme challenge", "server {\n  acme {\n    challenge = \"dns-01\"\n  }\n}\n", []string{"a.hcl:3:17: error: Invalid server.acme.challenge"}},
@@ -149,6 +156,18 @@ func TestLoadErrorsHavePositions(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestContainerBlock(t *testing.T) {
+	p := write(t, t.TempDir(), "a.hcl", "client {\n  container \"redis-1\" {\n    service = \"redis.internal\"\n    port = 6379\n  }\n}\n")
+	r := Load([]Source{{Path: p}}, false)
+	if r.Diags.HasErrors() {
+		t.Fatalf("%s", diagText(r))
+	}
+	want := []ContainerReplica{{Name: "redis-1", Service: "redis.internal", Port: 6379, Protocol: "tcp"}}
+	if !reflect.DeepEqual(r.Config.Client.Containers, want) {
+		t.Fatalf("containers = %+v, want %+v", r.Config.Client.Containers, want)
 	}
 }
 

@@ -51,6 +51,7 @@ var blockTypes = map[string]any{
 	"tls":       rawTLS{},
 	"limits":    rawLimits{},
 	"service":   rawHostService{},
+	"container": rawContainer{},
 }
 
 // collectRanges records the range of every attribute value in body under dotted keys such as
@@ -154,6 +155,9 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 		for _, rs := range cl.Services {
 			diags = append(diags, m.mergeService(rs)...)
 		}
+		for _, rc := range cl.Containers {
+			m.mergeContainer(rc)
+		}
 	}
 	if t := r.Telemetry; t != nil {
 		diags = append(diags, pickDur(&c.Telemetry.PrometheusRetentionTime, t.PrometheusRetentionTime)...)
@@ -201,6 +205,26 @@ func (m *merger) mergeService(rs rawHostService) hcl.Diagnostics {
 	pick(&s.Protocol, rs.Protocol)
 	pick(&s.Address, rs.Address)
 	return pickDur(&s.CheckInterval, rs.CheckInterval)
+}
+
+// mergeContainer merges a container block by container name, like mergeService.
+func (m *merger) mergeContainer(rc rawContainer) {
+	c := &m.cfg
+	idx := -1
+	for i := range c.Client.Containers {
+		if c.Client.Containers[i].Name == rc.Name {
+			idx = i
+		}
+	}
+	if idx < 0 {
+		c.Client.Containers = append(c.Client.Containers, ContainerReplica{Name: rc.Name})
+		idx = len(c.Client.Containers) - 1
+	}
+	s := &c.Client.Containers[idx]
+	pick(&s.Service, rc.Service)
+	pick(&s.Port, rc.Port)
+	pick(&s.Protocol, rc.Protocol)
+	pick(&s.Stack, rc.Stack)
 }
 
 func pick[T any](dst *T, src *T) {

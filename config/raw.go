@@ -101,6 +101,16 @@ type rawClient struct {
 	NetworkInterface  *string          `hcl:"network_interface,optional"`
 	KeepTunnelsOnStop *bool            `hcl:"keep_tunnels_on_stop,optional"`
 	Services          []rawHostService `hcl:"service,block"`
+	Containers        []rawContainer   `hcl:"container,block"`
+}
+
+type rawContainer struct {
+	Name      string    `hcl:"name,label"`
+	Service   *string   `hcl:"service,optional"`
+	Port      *int      `hcl:"port,optional"`
+	Protocol  *string   `hcl:"protocol,optional"`
+	Stack     *string   `hcl:"stack,optional"`
+	DeclRange hcl.Range `hcl:",def_range"`
 }
 
 type rawHostService struct {

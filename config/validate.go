@@ -144,6 +144,32 @@ func Validate(c *Config, ranges map[string]*hcl.Range) hcl.Diagnostics {
 			}
 		}
 	}
+	for _, ct := range c.Client.Containers {
+		key := "client.container." + ct.Name + "."
+		def := at("client.container." + ct.Name)
+		if !ValidServiceName(ct.Service) {
+			rng := at(key + "service")
+			if rng == nil {
+				rng = def
+			}
+			diags = append(diags, errAt(rng, "Invalid container service",
+				"container %q: service = %q must be a DNS name; it names the service this container is a replica of.", ct.Name, ct.Service))
+		}
+		if ct.Port < 1 || ct.Port > 65535 {
+			rng := at(key + "port")
+			if rng == nil {
+				rng = def
+			}
+			diags = append(diags, errAt(rng, "Invalid container port",
+				"container %q: port = %d is out of range 1-65535.", ct.Name, ct.Port))
+		}
+		switch ct.Protocol {
+		case "tcp", "udp", "http", "tls":
+		default:
+			diags = append(diags, errAt(at(key+"protocol"), "Invalid container protocol",
+				"container %q: protocol %q is not \"tcp\", \"udp\", \"http\" or \"tls\".", ct.Name, ct.Protocol))
+		}
+	}
 	return diags
 }
 
@@ -162,6 +188,16 @@ func duplicateServices(c *rawClient) hcl.Diagnostics {
 			continue
 		}
 		seen[s.Name] = s.DeclRange
+	}
+	seenC := map[string]hcl.Range{}
+	for _, ct := range c.Containers {
+		if first, ok := seenC[ct.Name]; ok {
+			rng := ct.DeclRange
+			diags = append(diags, errAt(&rng, "Duplicate container",
+				"container %q is already declared at %s.", ct.Name, first.String()))
+			continue
+		}
+		seenC[ct.Name] = ct.DeclRange
 	}
 	return diags
 }

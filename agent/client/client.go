@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/nullnet/nullnet/agent/containers"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/overlay"
 	"github.com/nullnet/nullnet/config"
@@ -67,6 +68,7 @@ type Client struct {
 	overlay      Overlay
 	ownsOverlay  *overlay.Manager
 	services     *hostServices
+	containers   *containers.Watcher // set by runContainers; nil without a Docker Engine
 	reconnectMax time.Duration
 	acks         chan *pb.CommandAck
 	cleanupOnce  sync.Once
@@ -180,6 +182,13 @@ func (c *Client) Run(ctx context.Context) error {
 			defer wg.Done()
 			c.services.run(ctx, c.KeepsOnStop)
 		}()
+		if containerReplicasWanted(c.agentConfig()) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c.runContainers(ctx)
+			}()
+		}
 	}
 	if c.cfg.Conn != nil {
 		wg.Add(1)
@@ -241,6 +250,7 @@ func (c *Client) Reload(cfg *config.Config) error {
 	c.mu.Unlock()
 	if c.services != nil {
 		c.services.set(cfg)
+		c.reloadContainers(cfg)
 	}
 	return nil
 }

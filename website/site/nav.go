@@ -30,7 +30,7 @@ var sectionTitles = []struct{ dir, title string }{
 var pageOrder = []string{
 	"README.md",
 	"docs/architecture.md", "docs/getting-started.md", "docs/agent-config.md", "docs/stacks.md",
-	"docs/client.md", "docs/proxy.md", "docs/https.md", "docs/overlay.md", "docs/kernel-path.md", "docs/sessions.md", "docs/ha.md", "docs/events.md",
+	"docs/client.md", "docs/containers.md", "docs/proxy.md", "docs/https.md", "docs/overlay.md", "docs/kernel-path.md", "docs/sessions.md", "docs/ha.md", "docs/events.md",
 	"docs/metrics.md", "docs/grpc.md", "docs/tls.md", "docs/testing.md", "docs/performance.md",
 	"docs/cli/index.md", "docs/cli/agent.md", "docs/cli/validate.md", "docs/cli/version.md",
 	"docs/cli/stacks.md", "docs/cli/port-mappings.md", "docs/cli/sessions.md", "docs/cli/events.md", "docs/cli/servers.md",
