@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
-	"github.com/nullnet/nullnet/agent/consul"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Meta keys on container replica registrations. MetaNode, MetaStack and MetaProtocol equal
@@ -99,7 +99,7 @@ func (g *Registrar) Run(ctx context.Context, keep func() bool) {
 				if failures == 1 || failures%10 == 0 {
 					g.Logger.Warn("registering container replicas in Consul failed; retrying", "error", err, "failures", failures)
 				}
-				delay = consul.Backoff(failures, refreshEvery)
+				delay = retry.Backoff(100*time.Millisecond, refreshEvery, failures)
 			} else {
 				failures = 0
 			}

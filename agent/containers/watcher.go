@@ -14,7 +14,7 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/events"
 	"github.com/moby/moby/client"
-	"github.com/nullnet/nullnet/agent/consul"
+	"github.com/nullnet/nullnet/lib/retry"
 )
 
 // Config of a Watcher.
@@ -129,7 +129,7 @@ func (w *Watcher) Run(ctx context.Context) {
 		if failures == 1 || failures%10 == 0 {
 			w.logger.Warn("docker engine unreachable or event stream ended; reconnecting", "error", err, "failures", failures)
 		}
-		if !consul.Sleep(ctx, consul.Backoff(failures, 10*time.Second)) {
+		if !retry.Sleep(ctx, retry.Backoff(100*time.Millisecond, 10*time.Second, failures)) {
 			return
 		}
 	}
