@@ -107,9 +107,14 @@ func (b *bench) measureHTTPS(ctx context.Context, t *httpsTarget) {
 	}
 	usage := func() (proc.Usage, error) { return proc.GroupUsage(t.relay.Pid()) }
 
+	pt := &target{name: t.name, relay: t.relay} // for the profiler
 	u0, err0 := usage()
+	prof := b.startProfile(ctx, pt, "https-handshakes", b.o.duration)
 	r := tlsload.Handshakes(ctx, t.addr, httpsName, handshakeConns, b.o.duration)
 	u1, err1 := usage()
+	if note := prof.finish(ctx); note != "" {
+		hs.Note = joinNote(hs.Note, note)
+	}
 	if r.Ops == 0 || r.Errors > r.Ops/100 {
 		hs.Fail(t.name, fmt.Errorf("%d handshakes, %d failed", r.Ops, r.Errors))
 	} else {
@@ -120,8 +125,12 @@ func (b *bench) measureHTTPS(ctx context.Context, t *httpsTarget) {
 	}
 
 	u0, err0 = usage()
+	prof = b.startProfile(ctx, pt, "https-requests", b.o.duration)
 	r = tlsload.KeepAliveRequests(ctx, t.addr, httpsName, keepAliveConns, b.o.duration)
 	u1, err1 = usage()
+	if note := prof.finish(ctx); note != "" {
+		rps.Note = joinNote(rps.Note, note)
+	}
 	if r.Ops == 0 || r.Errors > r.Ops/100 {
 		rps.Fail(t.name, fmt.Errorf("%d requests, %d connections failed", r.Ops, r.Errors))
 	} else {

@@ -25,7 +25,7 @@ import (
 // where the bench's backend runs (listening on all addresses, as host services must).
 type Service struct {
 	Name        string
-	Protocol    string // tcp, udp or tls (a tls service's backend is a TCP host service)
+	Protocol    string // tcp, udp, tls or http (the backend of tls and http services is a TCP host service)
 	ListenPort  int
 	BackendPort int
 	// Timeout is the stack timeout; "0" never idles out.
@@ -397,8 +397,8 @@ func AgentConfig(dir, consulAddr string, ports []int, svcs []Service) string {
 			addr = fmt.Sprintf("    address        = %q\n", s.BackendAddr)
 		}
 		proto := s.Protocol
-		if proto == "tls" {
-			proto = "tcp" // the backend terminates TLS on a TCP port
+		if proto == "tls" || proto == "http" {
+			proto = "tcp" // host services are tcp or udp: a tls or http backend listens on TCP
 		}
 		fmt.Fprintf(&b, "  service %q {\n    stack          = \"bench\"\n    port           = %d\n    protocol       = %q\n%s    check_interval = \"5s\"\n  }\n",
 			s.Name, s.BackendPort, proto, addr)
