@@ -2,7 +2,6 @@ package command
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -55,13 +54,7 @@ func (c *ServersCommand) Run(args []string) int {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
 	if asJSON {
-		var raw json.RawMessage
-		if _, err := client.get(ctx, "/v1/servers", nil, &raw); err != nil {
-			c.UI.Error(err.Error())
-			return 1
-		}
-		c.UI.Output(strings.TrimSpace(string(raw)))
-		return 0
+		return client.printRaw(ctx, c.UI, "/v1/servers", nil)
 	}
 	var list []apiServer
 	if _, err := client.get(ctx, "/v1/servers", nil, &list); err != nil {

@@ -2,7 +2,6 @@ package command
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"strings"
@@ -79,13 +78,7 @@ func (c *SessionsCommand) Run(args []string) int {
 		q.Set("service", service)
 	}
 	if asJSON {
-		var raw json.RawMessage
-		if _, err := client.get(ctx, "/v1/sessions", q, &raw); err != nil {
-			c.UI.Error(err.Error())
-			return 1
-		}
-		c.UI.Output(strings.TrimSpace(string(raw)))
-		return 0
+		return client.printRaw(ctx, c.UI, "/v1/sessions", q)
 	}
 	var list []apiSession
 	if _, err := client.get(ctx, "/v1/sessions", q, &list); err != nil {

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"io"
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
@@ -71,20 +69,7 @@ func (p *Proxy) watchCertsOnce(ctx context.Context, client pb.IngressClient, par
 	if err != nil {
 		return false, err
 	}
-	got := false
-	for {
-		b, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = errors.New("server closed the stream")
-			} else if status.Code(err) == codes.Canceled && ctx.Err() != nil {
-				err = ctx.Err()
-			}
-			return got, err
-		}
-		got = true
-		p.applyCerts(parser, b)
-	}
+	return recvStream(ctx, stream.Recv, func(b *pb.CertificateBundle, _ bool) { p.applyCerts(parser, b) })
 }
 
 // applyCerts installs the bundle's certificates. A bad entry is left out (logged the first time

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"context"
-	"errors"
-	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -64,18 +62,7 @@ func (p *Proxy) watchUnhealthyOnce(ctx context.Context, client pb.IngressClient)
 	if err != nil {
 		return false, err
 	}
-	got := false
-	for {
-		set, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = errors.New("server closed the stream")
-			}
-			return got, err
-		}
-		got = true
-		p.applyUnhealthy(set)
-	}
+	return recvStream(ctx, stream.Recv, func(set *pb.UnhealthyReplicas, _ bool) { p.applyUnhealthy(set) })
 }
 
 // replicaKey names one replica of one service.

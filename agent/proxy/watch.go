@@ -55,9 +55,24 @@ func (p *Proxy) watchOnce(ctx context.Context, client pb.IngressClient, reconnec
 	if err != nil {
 		return false, err
 	}
+	return recvStream(ctx, stream.Recv, func(b *pb.PortMappingBundle, first bool) {
+		if first {
+			p.setStream("connected", "")
+		}
+		p.applyBundle(b)
+		if first && reconnect {
+			p.kickReannounce()
+		}
+	})
+}
+
+// recvStream reads a server stream until it fails, handing every message to each (first is
+// true for the first one), and reports whether any arrived. The stream's end and a cancel
+// caused by ctx are turned into errors that say so.
+func recvStream[T any](ctx context.Context, recv func() (T, error), each func(m T, first bool)) (bool, error) {
 	got := false
 	for {
-		b, err := stream.Recv()
+		m, err := recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("server closed the stream")
@@ -66,13 +81,7 @@ func (p *Proxy) watchOnce(ctx context.Context, client pb.IngressClient, reconnec
 			}
 			return got, err
 		}
-		if !got {
-			p.setStream("connected", "")
-		}
-		p.applyBundle(b)
-		if !got && reconnect {
-			p.kickReannounce()
-		}
+		each(m, !got)
 		got = true
 	}
 }
