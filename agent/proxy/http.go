@@ -103,7 +103,7 @@ func (r *httpRouter) run(ctx context.Context, addr string) {
 			return
 		}
 		// PROXY headers from proxy.proxy_protocol_from are read before the request.
-		err := r.serve(ctx, srv, ppListener{Listener: ln, p: r.p})
+		err := serveHTTP(ctx, srv, ppListener{Listener: ln, p: r.p})
 		if ctx.Err() != nil || err == nil {
 			return
 		}
@@ -114,11 +114,11 @@ func (r *httpRouter) run(ctx context.Context, addr string) {
 	}
 }
 
-// serve runs srv on ln until ctx ends, then closes it (nil); the graceful part of a stop is
-// Drain (which shuts the server down first, after which serve waits for ctx); whatever is still
-// open when ctx ends is cut, and upgraded connections end through their request context. A
-// socket that fails returns its error.
-func (r *httpRouter) serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
+// serveHTTP runs srv (the :80 router's or the HTTPS listener's) on ln until ctx ends, then
+// closes it (nil). The graceful part of a stop is Drain, which shuts the server down first,
+// after which serveHTTP waits for ctx; whatever is still open when ctx ends is cut, and upgraded
+// connections end through their request context. A socket that fails returns its error.
+func serveHTTP(ctx context.Context, srv *http.Server, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

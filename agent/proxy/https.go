@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -85,7 +84,7 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 			tl.Close()
 			return
 		}
-		err := h.serve(ctx, srv, tl)
+		err := serveHTTP(ctx, srv, tl)
 		if ctx.Err() != nil || err == nil {
 			h.p.events.Emit(events.Event{Kind: events.ListenerClosed, Severity: events.Info,
 				Message: fmt.Sprintf("closed HTTPS listener %s", bound),
@@ -97,27 +96,6 @@ func (h *httpsServer) run(ctx context.Context, addr string) {
 			return
 		}
 	}
-}
-
-// serve runs srv on ln until ctx ends (nil), Drain shuts it down (nil, after ctx ends) or the
-// socket fails (the error).
-func (h *httpsServer) serve(ctx context.Context, srv *http.Server, ln net.Listener) error {
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			ln.Close()
-			return fmt.Errorf("serving %s: %w", ln.Addr(), err)
-		}
-		<-ctx.Done() // Drain shut the server down
-		srv.Close()
-		return nil
-	case <-ctx.Done():
-	}
-	srv.Close()
-	<-errc
-	return nil
 }
 
 // shutdown is Drain's part: stop accepting, wait for requests in flight until ctx ends.

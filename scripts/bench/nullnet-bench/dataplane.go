@@ -575,40 +575,23 @@ func (b *bench) connRatePP(ctx context.Context, t *target) {
 		f.Fail(report.Nullnet, t.broken)
 		return
 	}
-	slice := max(time.Second, b.o.duration/allowListSlices)
-	var ops [2]int64
-	var secs [2]float64
-	var cpu [2]time.Duration
-	cpuOK := true
 	before := b.rrpp.ProxyHeaders.Load()
-	for i := range 2 * allowListSlices {
-		which := (i + i/2) % 2 // plain, header, header, plain, ...: neither always first
-		route := []string{t.addrs[routeRR], addr}[which]
-		u0, err0 := b.usage(t)
-		r := load.ConnRate(ctx, route, connWorkers, slice)
-		u1, err1 := b.usage(t)
-		if r.Ops == 0 || r.Errors > r.Ops/100 {
-			f.Fail(report.Nullnet, fmt.Errorf("%s: %d connections, %d failed", route, r.Ops, r.Errors))
-			return
-		}
-		ops[which] += r.Ops
-		secs[which] += r.Elapsed.Seconds()
-		if err0 != nil || err1 != nil {
-			cpuOK = false
-		}
-		cpu[which] += u1.CPU - u0.CPU
-	}
-	if headers := b.rrpp.ProxyHeaders.Load() - before; headers < ops[1] {
-		f.Fail(report.Nullnet, fmt.Errorf("the back end got %d PROXY headers for %d connections: the proxy did not send them", headers, ops[1]))
+	pr, err := b.pairedConnRate(ctx, t, addr)
+	if err != nil {
+		f.Fail(report.Nullnet, err)
 		return
 	}
-	plain, withHeader := float64(ops[0])/secs[0], float64(ops[1])/secs[1]
+	if headers := b.rrpp.ProxyHeaders.Load() - before; headers < pr.ops[1] {
+		f.Fail(report.Nullnet, fmt.Errorf("the back end got %d PROXY headers for %d connections: the proxy did not send them", headers, pr.ops[1]))
+		return
+	}
+	plain, withHeader := pr.rate(0), pr.rate(1)
 	f.Add(report.Nullnet, withHeader)
 	f.Add(noHeaderTarget, plain)
 	ratio.Add(report.Nullnet, withHeader/plain)
 	kv := []any{"with_header", int(withHeader), "without", int(plain), "ratio", fmt.Sprintf("%.3f", withHeader/plain)}
-	if cpuOK {
-		ch, cp := cpuPerOp(cpu[1], float64(ops[1])), cpuPerOp(cpu[0], float64(ops[0]))
+	if pr.cpuOK {
+		ch, cp := pr.cpuPerConn(1), pr.cpuPerConn(0)
 		cpuFig.Add(report.Nullnet, ch)
 		cpuFig.Add(noHeaderTarget, cp)
 		cpuRatio.Add(report.Nullnet, ch/cp)

@@ -70,39 +70,59 @@ func (b *bench) allowListRate(ctx context.Context, t *target) {
 	cpuFig := b.rep.Figure("tcp_conn_cpu_allow_list", "relay CPU per connection, allow-list of 1,000 CIDRs", "µs", false)
 	cpuRatio := b.rep.Figure("tcp_conn_cpu_allow_list_ratio", "  ratio with/without list, paired per run", "×", false,
 		report.Goal{Limit: 1.03})
-	slice := max(time.Second, b.o.duration/allowListSlices)
-	var ops [2]int64
-	var secs [2]float64
-	var cpu [2]time.Duration
-	cpuOK := true
-	for i := range 2 * allowListSlices {
-		which := (i + i/2) % 2 // plain, list, list, plain, plain, list, ...: neither always first
-		route := []string{t.addrs[routeRR], addr}[which]
-		u0, err0 := b.usage(t)
-		r := load.ConnRate(ctx, route, connWorkers, slice)
-		u1, err1 := b.usage(t)
-		if r.Ops == 0 || r.Errors > r.Ops/100 {
-			f.Fail(report.Nullnet, fmt.Errorf("%s: %d connections, %d failed", route, r.Ops, r.Errors))
-			return
-		}
-		ops[which] += r.Ops
-		secs[which] += r.Elapsed.Seconds()
-		if err0 != nil || err1 != nil {
-			cpuOK = false
-		}
-		cpu[which] += u1.CPU - u0.CPU
+	pr, err := b.pairedConnRate(ctx, t, addr)
+	if err != nil {
+		f.Fail(report.Nullnet, err)
+		return
 	}
-	plain, listed := float64(ops[0])/secs[0], float64(ops[1])/secs[1]
+	plain, listed := pr.rate(0), pr.rate(1)
 	f.Add(report.Nullnet, listed)
 	f.Add(noListTarget, plain)
 	ratio.Add(report.Nullnet, listed/plain)
 	kv := []any{"with_list", int(listed), "without", int(plain), "ratio", fmt.Sprintf("%.3f", listed/plain)}
-	if cpuOK {
-		cl, cp := cpuPerOp(cpu[1], float64(ops[1])), cpuPerOp(cpu[0], float64(ops[0]))
+	if pr.cpuOK {
+		cl, cp := pr.cpuPerConn(1), pr.cpuPerConn(0)
 		cpuFig.Add(report.Nullnet, cl)
 		cpuFig.Add(noListTarget, cp)
 		cpuRatio.Add(report.Nullnet, cl/cp)
 		kv = append(kv, "cpu_us_with_list", fmt.Sprintf("%.1f", cl), "cpu_us_without", fmt.Sprintf("%.1f", cp))
 	}
 	b.log.Info("allow-list connection rate", kv...)
+}
+
+// pairedConns is what pairedConnRate measured: index 0 the plain route, 1 the other.
+type pairedConns struct {
+	ops   [2]int64
+	secs  [2]float64
+	cpu   [2]time.Duration
+	cpuOK bool
+}
+
+func (p pairedConns) rate(i int) float64       { return float64(p.ops[i]) / p.secs[i] }
+func (p pairedConns) cpuPerConn(i int) float64 { return cpuPerOp(p.cpu[i], float64(p.ops[i])) }
+
+// pairedConnRate measures the connection rate and the relay's CPU through the plain route and
+// through addr in alternating slices (plain, other, other, plain, ...: neither always first), so
+// that both see the same moments of a shared machine. A slice with more than 1% failed
+// connections is an error.
+func (b *bench) pairedConnRate(ctx context.Context, t *target, addr string) (pairedConns, error) {
+	slice := max(time.Second, b.o.duration/allowListSlices)
+	p := pairedConns{cpuOK: true}
+	for i := range 2 * allowListSlices {
+		which := (i + i/2) % 2
+		route := []string{t.addrs[routeRR], addr}[which]
+		u0, err0 := b.usage(t)
+		r := load.ConnRate(ctx, route, connWorkers, slice)
+		u1, err1 := b.usage(t)
+		if r.Ops == 0 || r.Errors > r.Ops/100 {
+			return p, fmt.Errorf("%s: %d connections, %d failed", route, r.Ops, r.Errors)
+		}
+		p.ops[which] += r.Ops
+		p.secs[which] += r.Elapsed.Seconds()
+		if err0 != nil || err1 != nil {
+			p.cpuOK = false
+		}
+		p.cpu[which] += u1.CPU - u0.CPU
+	}
+	return p, nil
 }
