@@ -67,5 +67,10 @@ func Decode(value []byte) (config.ServicePolicy, error) {
 	if len(p.Routes) == 0 {
 		p.Routes = nil
 	}
+	// A burst without a rate is no limit (Rate.IsZero), and Encode leaves such a rate out:
+	// drop its burst here too, so a document decodes to what it re-encodes to.
+	if p.NewConnectionsPerClient.IsZero() {
+		p.NewConnectionsPerClient = config.Rate{}
+	}
 	return p, nil
 }
