@@ -235,6 +235,15 @@ func checkTarget(addr string, s config.HostService) string {
 	return net.JoinHostPort(addr, strconv.Itoa(s.Port))
 }
 
+// listenerTTLFloor: the listener check's TTL is 3 × check_interval but never less than this, so
+// that an agent restart (an upgrade with keep_tunnels_on_stop, the service still running) does
+// not let the check expire and take the replica's live sessions down with it. Seen in the e2e
+// suite: a 2 s restart with check_interval = 1s (TTL 3 s) expired the check before the new
+// process updated it.
+const listenerTTLFloor = 30 * time.Second
+
+func listenerTTL(interval time.Duration) time.Duration { return max(3*interval, listenerTTLFloor) }
+
 // registration is the Consul entry of host service s on node.
 func registration(node, addr string, s config.HostService) *api.AgentServiceRegistration {
 	id := ServiceID(node, s.Name)
@@ -253,7 +262,7 @@ func registration(node, addr string, s config.HostService) *api.AgentServiceRegi
 		CheckID: listenerCheckID(id),
 		Name:    "listener reachable over the overlay",
 		Notes:   "The nullnet agent reads the host's socket table: a listener on 127.0.0.1 only cannot be reached through a tunnel.",
-		TTL:     (3 * interval).String(),
+		TTL:     listenerTTL(interval).String(),
 		Status:  api.HealthCritical,
 	}
 	checks := api.AgentServiceChecks{port, listener}
