@@ -196,6 +196,11 @@ func IdentityOf(cert *x509.Certificate, dc string) (Identity, error) {
 			continue // server.<dc>.nullnet and the like
 		}
 		node, role := parts[0], parts[1]
+		if node == "" {
+			// ".proxy.<dc>.nullnet" names no node: taken as one, it would lend its role to
+			// whichever node another name of the certificate gives (a fuzz finding).
+			continue
+		}
 		if role != RoleServer && role != RoleClient && role != RoleProxy && role != RoleCLI {
 			continue
 		}
