@@ -10,6 +10,7 @@ import (
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/protobuf/proto"
 )
@@ -45,10 +46,6 @@ type edgeService struct {
 	src *pb.ServicePolicy // the policy the current rules were compiled from
 }
 
-// policyOf reads a port-table entry's client policy. A variable so that the path which carries
-// policies into the table can change where it comes from without touching the glue.
-var policyOf = (*pb.PortMapping).GetPolicy
-
 // specOf is the part of a ServicePolicy the edge policy enforces.
 func specOf(sp *pb.ServicePolicy) edgepolicy.Spec {
 	return edgepolicy.Spec{Allow: sp.GetAllow(), Deny: sp.GetDeny(),
@@ -62,25 +59,20 @@ func specOf(sp *pb.ServicePolicy) edgepolicy.Spec {
 // change keep their compiled rules; a policy that does not compile (a hostile or buggy server)
 // is logged and the service keeps its previous rules. Services that left the table stay while
 // they have open connections, with no rules, so that their counts are right if they return.
-func (p *Proxy) updatePolicies(b *pb.PortMappingBundle) {
+func (p *Proxy) updatePolicies(ix *servicepolicy.Index) {
 	p.edgeMu.Lock()
 	defer p.edgeMu.Unlock()
 	old := p.edge.Load()
 	next := &edgeTable{svcs: map[string]*edgeService{}}
 	var problems int
-	add := func(e *pb.PortMapping) {
-		sp := policyOf(e)
-		if sp == nil || specOf(sp).IsZero() {
-			return
-		}
-		name := e.GetService()
-		if _, dup := next.svcs[name]; dup {
-			return
+	for name, sp := range ix.All() {
+		if specOf(sp).IsZero() {
+			continue
 		}
 		cur := old.lookup(name)
 		if cur != nil && cur.src != nil && proto.Equal(cur.src, sp) {
 			next.svcs[name] = cur
-			return
+			continue
 		}
 		rules, err := edgepolicy.Compile(specOf(sp))
 		if err != nil {
@@ -90,7 +82,7 @@ func (p *Proxy) updatePolicies(b *pb.PortMappingBundle) {
 			if cur != nil {
 				next.svcs[name] = cur
 			}
-			return
+			continue
 		}
 		if cur == nil {
 			cur = &edgeService{Service: edgepolicy.NewService()}
@@ -104,12 +96,6 @@ func (p *Proxy) updatePolicies(b *pb.PortMappingBundle) {
 			"max_connections_per_client", sp.GetMaxConnectionsPerClient(),
 			"new_connections_per_client", sp.GetNewConnectionsPerClientRate(),
 			"burst", sp.GetNewConnectionsPerClientBurst(), "max_sessions", sp.GetMaxSessions())
-	}
-	for _, e := range b.GetMappings() {
-		add(e)
-	}
-	for _, e := range b.GetHttpServices() {
-		add(e)
 	}
 	if old != nil {
 		for name, s := range old.svcs {

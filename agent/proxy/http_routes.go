@@ -6,34 +6,37 @@ import (
 	"net/http/httputil"
 
 	"github.com/nullnet/nullnet/agent/proxy/pathroute"
-	pb "github.com/nullnet/nullnet/proto"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 )
 
 // routeTables maps an http service to its compiled path routes (only services with routes).
 // It is built once per port table and read by every request without a lock.
 type routeTables map[string]*pathroute.Table
 
-// compileRoutes builds the tables from a bundle's http_services: each carries its policy, and
-// routes are the policy's only part the router needs per request.
-func compileRoutes(b *pb.PortMappingBundle) routeTables {
+// compileRoutes builds the tables from a bundle's index: routes are the only part of an http
+// service's policy the router needs per request.
+func compileRoutes(ix *servicepolicy.Index) routeTables {
 	tabs := routeTables{}
-	for _, m := range b.GetHttpServices() {
-		rs := m.GetPolicy().GetRoutes()
+	for name, sp := range ix.All() {
+		rs := sp.GetRoutes()
 		if len(rs) == 0 {
+			continue
+		}
+		if _, ok := ix.HTTPService(name); !ok {
 			continue
 		}
 		routes := make([]pathroute.Route, 0, len(rs))
 		for _, r := range rs {
 			routes = append(routes, pathroute.Route{Prefix: r.GetPathPrefix(), Service: r.GetService(), StripPrefix: r.GetStripPrefix()})
 		}
-		tabs[m.GetService()] = pathroute.Compile(routes)
+		tabs[name] = pathroute.Compile(routes)
 	}
 	return tabs
 }
 
 // setRoutes installs the routes of a pushed port table.
-func (r *httpRouter) setRoutes(b *pb.PortMappingBundle) {
-	tabs := compileRoutes(b)
+func (r *httpRouter) setRoutes(ix *servicepolicy.Index) {
+	tabs := compileRoutes(ix)
 	r.routes.Store(&tabs)
 }
 

@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	pb "github.com/nullnet/nullnet/proto"
 )
 
@@ -17,7 +18,7 @@ func BenchmarkHTTPRoute100(b *testing.B) {
 			Service: fmt.Sprintf("s%d.example.com", i), StripPrefix: i%2 == 0})
 	}
 	r := &httpRouter{}
-	r.setRoutes(routesBundle(1, "www.example.com", routes...))
+	r.setRoutes(servicepolicy.NewIndex(routesBundle(1, "www.example.com", routes...)))
 	for _, bc := range []struct{ name, target string }{
 		{"strip", "/team42/svc0/users/7?x=1"},
 		{"keep", "/team43/svc1/users/7?x=1"},

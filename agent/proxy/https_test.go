@@ -21,6 +21,7 @@ import (
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/proxy/tlsterm"
 	"github.com/nullnet/nullnet/agent/proxy/tlsterm/testcert"
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
@@ -77,11 +78,11 @@ func startHTTPSFixture(t *testing.T) *httpsFixture {
 	tp.Certificates().Replace(snap)
 	// The policies as the port table carries them (http_services), without a server.
 	http := pb.ServiceProtocol_SERVICE_PROTOCOL_HTTP
-	tp.setPolicies(&pb.PortMappingBundle{Version: 1, HttpServices: []*pb.PortMapping{
+	tp.setPolicies(servicepolicy.NewIndex(&pb.PortMappingBundle{Version: 1, HttpServices: []*pb.PortMapping{
 		{Service: "web.example.com", Protocol: http, Policy: &pb.ServicePolicy{HttpsRedirect: true, HstsMaxAgeSecs: hstsAge}},
 		{Service: "plain.example.com", Protocol: http, Policy: &pb.ServicePolicy{HstsMaxAgeSecs: hstsAge}},
 		{Service: "a.wild.example.com", Protocol: http},
-	}})
+	}}))
 	waitFor(t, 10*time.Second, "HTTP and HTTPS listeners bound", func() bool {
 		return tp.http.Addr() != "" && tp.https.Addr() != ""
 	})

@@ -24,8 +24,7 @@ func (p *Proxy) httpService(host string) (*pb.PortMapping, bool) {
 }
 
 // setPolicies installs a bundle's index.
-func (p *Proxy) setPolicies(b *pb.PortMappingBundle) {
-	ix := servicepolicy.NewIndex(b)
+func (p *Proxy) setPolicies(ix *servicepolicy.Index) {
 	old := p.policies.Swap(ix)
 	if old.Len() != ix.Len() || ix.Len() > 0 {
 		p.logger.Debug("service policies updated", "version", ix.Version(), "with_policy", ix.Len())

@@ -6,6 +6,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/lib/retry"
 	pb "github.com/nullnet/nullnet/proto"
 	"google.golang.org/grpc/codes"
@@ -100,9 +101,13 @@ func (p *Proxy) applyBundle(b *pb.PortMappingBundle) {
 		}
 		p.logger.Warn("port table entry ignored", "version", b.GetVersion(), "problem", pr)
 	}
-	p.updatePolicies(b) // before the listeners open: a new service is never served without its policy
-	p.setPolicies(b)    // before the listeners: one opened for this bundle sees its policies
-	p.http.setRoutes(b)
+	// One index per bundle; the client rules and the path routes compile from it. All before
+	// the listeners: one opened for this bundle sees its policies, and a new service is never
+	// served without them.
+	ix := servicepolicy.NewIndex(b)
+	p.updatePolicies(ix)
+	p.setPolicies(ix)
+	p.http.setRoutes(ix)
 	p.reconcile(b.GetVersion(), want)
 	p.mu.Lock()
 	p.tableAt = time.Now()

@@ -1,6 +1,9 @@
 package servicepolicy
 
 import (
+	"iter"
+	"maps"
+
 	"github.com/nullnet/nullnet/config"
 	pb "github.com/nullnet/nullnet/proto"
 )
@@ -50,6 +53,16 @@ func (ix *Index) Policy(service string) *pb.ServicePolicy {
 		return nil
 	}
 	return ix.policies[service]
+}
+
+// All yields each service that has a policy, with its policy (in no particular order). The
+// proxy compiles its per-service state (client rules, path routes) from it, so every consumer
+// reads the same policy for a service.
+func (ix *Index) All() iter.Seq2[string, *pb.ServicePolicy] {
+	if ix == nil {
+		return func(func(string, *pb.ServicePolicy) bool) {}
+	}
+	return maps.All(ix.policies)
 }
 
 // HTTPService returns a reachable http service by name.
