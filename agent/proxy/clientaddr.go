@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metrics "github.com/hashicorp/go-metrics"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/proxyproto"
 	"github.com/nullnet/nullnet/config"
 )
@@ -24,21 +25,21 @@ import (
 // writes it at once, before any client byte; the bound is for a peer that sends nothing.
 const proxyHeaderTimeout = 5 * time.Second
 
-// trustedPrefixes parses proxy.proxy_protocol_from (validated with the configuration).
-func trustedPrefixes(c *config.Config) []netip.Prefix {
+// trustedPrefixes compiles proxy.proxy_protocol_from (validated with the configuration) into
+// the allow-lists' matcher: a binary search per connection and datagram, whatever the list's
+// length, and IPv4-mapped peers matched as IPv4. Nil when the list is empty.
+func trustedPrefixes(c *config.Config) *edgepolicy.Matcher {
 	ps, _ := config.ParsePrefixes(c.Proxy.ProxyProtocolFrom)
-	return ps
+	if len(ps) == 0 {
+		return nil
+	}
+	return edgepolicy.NewMatcher(ps)
 }
 
 // sendsProxyHeader reports whether the peer at a is a front load balancer whose connections and
 // datagrams start with a PROXY header.
 func (s *settings) sendsProxyHeader(a netip.Addr) bool {
-	for _, p := range s.ProxyProtocolFrom {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return s.ProxyProtocolFrom.Contains(a)
 }
 
 // tcpClient is an accepted TCP connection with the address of the client behind it.

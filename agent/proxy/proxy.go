@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	metrics "github.com/hashicorp/go-metrics"
 	"github.com/nullnet/nullnet/agent/certs"
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 	"github.com/nullnet/nullnet/agent/events"
 	"github.com/nullnet/nullnet/agent/servicepolicy"
 	"github.com/nullnet/nullnet/config"
@@ -61,7 +61,7 @@ type settings struct {
 	UseLinger                  time.Duration
 	DrainTimeout               time.Duration
 	// ProxyProtocolFrom are the front load balancers that send PROXY headers.
-	ProxyProtocolFrom []netip.Prefix
+	ProxyProtocolFrom *edgepolicy.Matcher
 }
 
 func settingsFrom(c *config.Config) *settings {

@@ -233,7 +233,7 @@ func (l *udpListener) readLoop(ctx context.Context) error {
 					continue
 				}
 			}
-			if len(set.ProxyProtocolFrom) > 0 && set.sendsProxyHeader(addr.Addr()) {
+			if set.sendsProxyHeader(addr.Addr()) {
 				l.fromPeer(ctx, addr, b, from, j)
 			} else {
 				l.fromClient(ctx, addr, addr, netip.AddrPort{}, b, from, j)
