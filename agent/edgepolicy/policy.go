@@ -148,10 +148,9 @@ type Service struct {
 // client is one address's open connections and token bucket. Clients with open == 0 are in the
 // service's idle ring, from which the least recent is evicted when the table is full.
 type client struct {
-	addr       netip.Addr
-	open       int
-	tokens     float64
-	last       int64 // unix nanoseconds of the last refill
+	addr netip.Addr
+	open int
+	Bucket
 	prev, next *client
 }
 
@@ -239,8 +238,8 @@ func (s *Service) Admit(a netip.Addr, now int64) (Ticket, Decision) {
 		return Ticket{}, s.refuse(a, ClientConnections, now)
 	}
 	if r.rate > 0 {
-		c.refill(now, r.rate, r.burst)
-		if c.tokens < 1 {
+		c.Refill(now, r.rate, r.burst)
+		if c.Tokens < 1 {
 			if c.open == 0 {
 				s.pushIdle(c) // most recent again
 			}
@@ -248,7 +247,7 @@ func (s *Service) Admit(a netip.Addr, now int64) (Ticket, Decision) {
 			s.sessions.Add(-1)
 			return Ticket{}, s.refuse(a, ClientRate, now)
 		}
-		c.tokens--
+		c.Tokens--
 	}
 	if c.open == 0 {
 		unlink(c)
@@ -297,14 +296,23 @@ func unlink(c *client) {
 	c.prev, c.next = nil, nil
 }
 
-func (c *client) refill(now int64, rate, burst float64) {
-	if c.last == 0 {
-		c.tokens, c.last = burst, now
+// Bucket is a token bucket: it holds up to burst tokens and gains rate tokens a second. The
+// zero Bucket is full at its first Refill. The per-client limits and the proxy's UDP
+// new-session limits share it.
+type Bucket struct {
+	Tokens float64
+	last   int64 // unix nanoseconds of the last refill; 0 = never used (full)
+}
+
+// Refill brings the bucket to now (unix nanoseconds); a clock step back adds nothing.
+func (b *Bucket) Refill(now int64, rate, burst float64) {
+	if b.last == 0 {
+		b.Tokens, b.last = burst, now
 		return
 	}
-	if now > c.last {
-		c.tokens = min(burst, c.tokens+float64(now-c.last)*rate/float64(time.Second))
-		c.last = now
+	if now > b.last {
+		b.Tokens = min(burst, b.Tokens+float64(now-b.last)*rate/float64(time.Second))
+		b.last = now
 	}
 }
 
@@ -320,8 +328,8 @@ func (s *Service) Sweep(now int64) {
 			unlink(c)
 			delete(s.clients, c.addr)
 		} else {
-			c.refill(now, r.rate, r.burst)
-			if c.tokens >= r.burst {
+			c.Refill(now, r.rate, r.burst)
+			if c.Tokens >= r.burst {
 				unlink(c)
 				delete(s.clients, c.addr)
 			}

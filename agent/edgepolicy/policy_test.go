@@ -302,3 +302,29 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("clients = %d, bound 64", n)
 	}
 }
+
+func TestBucket(t *testing.T) {
+	const sec = int64(time.Second)
+	var b Bucket
+	start := int64(1000 * sec)
+	b.Refill(start, 10, 10)
+	if b.Tokens != 10 {
+		t.Fatalf("a new bucket starts full: %v", b.Tokens)
+	}
+	b.Tokens = 0
+	for _, c := range []struct {
+		at   int64
+		want float64
+	}{
+		{start + sec/10, 1},   // 10/s: one token per 100 ms
+		{start + sec/10, 1},   // the same instant adds nothing
+		{start - sec, 1},      // a clock step back adds nothing
+		{start + sec, 10},     // capped at burst
+		{start + 100*sec, 10}, // still capped
+	} {
+		b.Refill(c.at, 10, 10)
+		if b.Tokens < c.want-1e-9 || b.Tokens > c.want+1e-9 {
+			t.Fatalf("at +%s: %v tokens, want %v", time.Duration(c.at-start), b.Tokens, c.want)
+		}
+	}
+}

@@ -3,6 +3,8 @@ package proxy
 import (
 	"net/netip"
 	"time"
+
+	"github.com/nullnet/nullnet/agent/edgepolicy"
 )
 
 // New-session admission. Creating a UDP session costs a Proxy call to the server, a socket and
@@ -31,24 +33,6 @@ const maxResolveQueue = 4096
 // that tests can shorten it.
 var maxResolveWait = 2 * time.Second
 
-// tokenBucket holds up to burst tokens and gains rate tokens a second.
-type tokenBucket struct {
-	tokens float64
-	last   int64 // unix nanoseconds of the last refill; 0 = never used (full)
-}
-
-// refill brings the bucket to now.
-func (b *tokenBucket) refill(now int64, rate, burst float64) {
-	if b.last == 0 {
-		b.tokens, b.last = burst, now
-		return
-	}
-	if now > b.last {
-		b.tokens = min(burst, b.tokens+float64(now-b.last)*rate/float64(time.Second))
-		b.last = now
-	}
-}
-
 // prefixKey is a source's /24 (IPv4) or /64 (IPv6).
 type prefixKey struct {
 	hi uint64
@@ -70,8 +54,8 @@ func prefixOf(a netip.Addr) prefixKey {
 
 // admission is a listener's pair of limits; the listener's mu guards it.
 type admission struct {
-	listener tokenBucket
-	prefixes map[prefixKey]tokenBucket
+	listener edgepolicy.Bucket
+	prefixes map[prefixKey]edgepolicy.Bucket
 }
 
 // admit reports whether a new session from addr may start now, taking a token from both the
@@ -80,28 +64,28 @@ type admission struct {
 // cost of one refill, without touching the prefix table.
 func (a *admission) admit(now int64, addr netip.Addr, rate, perPrefix int) (bool, int) {
 	if rate > 0 {
-		a.listener.refill(now, float64(rate), float64(rate))
-		if a.listener.tokens < 1 {
+		a.listener.Refill(now, float64(rate), float64(rate))
+		if a.listener.Tokens < 1 {
 			return false, dropNewSessionRate
 		}
 	}
 	if perPrefix > 0 {
 		if a.prefixes == nil {
-			a.prefixes = map[prefixKey]tokenBucket{}
+			a.prefixes = map[prefixKey]edgepolicy.Bucket{}
 		}
 		key := prefixOf(addr)
 		pb, ok := a.prefixes[key]
 		if ok || len(a.prefixes) < maxPrefixBuckets { // else: the listener's bucket only
-			pb.refill(now, float64(perPrefix), float64(perPrefix))
-			if pb.tokens < 1 {
+			pb.Refill(now, float64(perPrefix), float64(perPrefix))
+			if pb.Tokens < 1 {
 				return false, dropPrefixRate // pb unchanged: refill is recomputed next time
 			}
-			pb.tokens--
+			pb.Tokens--
 			a.prefixes[key] = pb
 		}
 	}
 	if rate > 0 {
-		a.listener.tokens--
+		a.listener.Tokens--
 	}
 	return true, 0
 }
@@ -109,8 +93,8 @@ func (a *admission) admit(now int64, addr netip.Addr, rate, perPrefix int) (bool
 // prune forgets the prefixes whose bucket has refilled: they are as good as new.
 func (a *admission) prune(now int64, perPrefix int) {
 	for k, b := range a.prefixes {
-		b.refill(now, float64(perPrefix), float64(perPrefix))
-		if perPrefix <= 0 || b.tokens >= float64(perPrefix) {
+		b.Refill(now, float64(perPrefix), float64(perPrefix))
+		if perPrefix <= 0 || b.Tokens >= float64(perPrefix) {
 			delete(a.prefixes, k)
 		}
 	}
