@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"context"
 	"crypto/x509"
 	"fmt"
 	"os"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/agent/server/acme/pebbletest"
 	"github.com/nullnet/nullnet/config"
@@ -50,7 +48,7 @@ func testACMEThroughProxy(t *testing.T, challenge string) {
 	}
 
 	start := time.Now()
-	a, stop := startACMEAgent(t, cfg, "first")
+	a, stop := runTestAgent(t, cfg, "first")
 	served := func(a *Agent) []byte {
 		c, ok := a.proxy.Certificates().Current().Lookup(domain)
 		if !ok {
@@ -95,7 +93,7 @@ func testACMEThroughProxy(t *testing.T, challenge string) {
 
 	// Restart: the new agent serves the certificate from KV, and orders nothing.
 	stop()
-	b, _ := startACMEAgent(t, cfg, "restarted")
+	b, _ := runTestAgent(t, cfg, "restarted")
 	waitFor(t, "the certificate after a restart", 30*time.Second, func() bool { return served(b) != nil })
 	if !bytes.Equal(served(b), leaf) {
 		t.Fatal("the restarted agent serves another certificate")
@@ -107,34 +105,6 @@ func testACMEThroughProxy(t *testing.T, challenge string) {
 	if n := pebble.Issued(); n != 1 {
 		t.Fatalf("pebble issued %d certificates after the restart, want still 1", n)
 	}
-}
-
-// startACMEAgent runs an agent until stop (or the end of the test); its logs are shown when the
-// test fails.
-func startACMEAgent(t *testing.T, cfg *config.Config, name string) (*Agent, func()) {
-	t.Helper()
-	logs := &syncBuffer{}
-	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: logs}))
-	if err != nil {
-		t.Fatalf("New %s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("%s logs:\n%s", name, logs.String())
-		}
-	}
-	t.Cleanup(stop)
-	return a, stop
 }
 
 // verifyPebbleChain checks that chain (DER, leaf first) is a certificate for domain issued by
@@ -185,7 +155,7 @@ func TestACMETwoServersOneOrder(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(cfg.Server.StacksDir, "two.hcl"), []byte(stack), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		a, _ := startACMEAgent(t, cfg, name)
+		a, _ := runTestAgent(t, cfg, name)
 		agents = append(agents, a)
 	}
 	for _, a := range agents {

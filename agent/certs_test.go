@@ -27,8 +27,9 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// runTestAgent starts a built agent until the test ends; its logs are shown if the test fails.
-func runTestAgent(t *testing.T, cfg *config.Config, name string) *Agent {
+// runTestAgent runs a built agent until stop (or the end of the test); its logs are shown when
+// the test fails.
+func runTestAgent(t *testing.T, cfg *config.Config, name string) (*Agent, func()) {
 	t.Helper()
 	logs := &syncBuffer{}
 	a, err := New(cfg, hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: logs}))
@@ -38,14 +39,20 @@ func runTestAgent(t *testing.T, cfg *config.Config, name string) *Agent {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = a.Run(ctx); close(done) }()
-	t.Cleanup(func() {
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		cancel()
 		<-done
 		if t.Failed() {
 			t.Logf("%s logs:\n%s", name, logs.String())
 		}
-	})
-	return a
+	}
+	t.Cleanup(stop)
+	return a, stop
 }
 
 // TestCertificatesDirToProxy: a server agent and a proxy agent, both behind mutual TLS against
@@ -61,7 +68,7 @@ func TestCertificatesDirToProxy(t *testing.T) {
 	sCert, sKey := pki.issue(t, tlsutil.RoleServer, "agent-test")
 	scfg := testConfig(t, consul.HTTPAddr, pki.tlsBlock(sCert, sKey))
 	scfg.Server.CertsDir = certsDir
-	server := runTestAgent(t, scfg, "server")
+	server, _ := runTestAgent(t, scfg, "server")
 
 	pCert, pKey := pki.issue(t, tlsutil.RoleProxy, "proxy-test")
 	grpcAddr := fmt.Sprintf("127.0.0.1:%d", scfg.Ports.GRPC)
@@ -69,7 +76,7 @@ func TestCertificatesDirToProxy(t *testing.T) {
 		"proxy {\n  enabled = true\n  servers = [%q]\n  http_addr = \"127.0.0.1:%d\"\n  https_addr = \"127.0.0.1:0\"\n}\n", grpcAddr, freePort(t)))
 	pcfg.NodeName = "proxy-test"
 	pcfg.Server.Enabled = false
-	proxyAgent := runTestAgent(t, pcfg, "proxy")
+	proxyAgent, _ := runTestAgent(t, pcfg, "proxy")
 	set := proxyAgent.proxy.Certificates()
 
 	waitFor(t, "the first certificate bundle", 10*time.Second, func() bool { return set.Current().Version > 0 })

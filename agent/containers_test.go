@@ -3,8 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"testing"
 	"time"
 
@@ -48,18 +46,7 @@ func TestDevAgentReachesContainerReplica(t *testing.T) {
 	start := time.Now()
 	env.Start("e2e", "nullnet.service="+svc, fmt.Sprintf("nullnet.port=%d", containertest.EchoPort), "nullnet.stack=ctr")
 	waitFor(t, "a TCP round trip through the proxy to the container's echo server", 45*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", listen), time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return false
-		}
-		buf := make([]byte, 4)
-		_, err = io.ReadFull(c, buf)
-		return err == nil && string(buf) == "ping"
+		return tcpEchoes(fmt.Sprintf("127.0.0.1:%d", listen), 3*time.Second)
 	})
 	t.Logf("docker run -> first echo through the proxy: %v", time.Since(start))
 }

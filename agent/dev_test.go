@@ -59,18 +59,7 @@ func TestDevAgentRelays(t *testing.T) {
 		return json.Unmarshal([]byte(body), &self) == nil && self.Status.Client.Connected
 	})
 	waitFor(t, "a TCP round trip through the proxy to the demo TCP echo", 45*time.Second, func() bool {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", tcpPort), time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return false
-		}
-		buf := make([]byte, 4)
-		_, err = io.ReadFull(c, buf)
-		return err == nil && string(buf) == "ping"
+		return tcpEchoes(fmt.Sprintf("127.0.0.1:%d", tcpPort), 5*time.Second)
 	})
 	waitFor(t, "a UDP round trip through the proxy to the demo UDP echo", 45*time.Second, func() bool {
 		c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", udpPort))
@@ -129,4 +118,20 @@ func TestDevAgentRelays(t *testing.T) {
 	if len(seen) == 0 {
 		t.Errorf("no listener_opened, control_channel_established or host_service_registered event: %s", body)
 	}
+}
+
+// tcpEchoes reports whether "ping" sent over a new TCP connection to addr comes back within d.
+func tcpEchoes(addr string, d time.Duration) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(d))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return false
+	}
+	buf := make([]byte, 4)
+	_, err = io.ReadFull(c, buf)
+	return err == nil && string(buf) == "ping"
 }

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/consul/consultest"
 	"github.com/nullnet/nullnet/agent/devdemo"
 	"github.com/nullnet/nullnet/agent/server/certstore/certstoretest"
@@ -48,14 +46,7 @@ func TestHTTPSEndToEnd(t *testing.T) {
 	if res.Diags.HasErrors() {
 		t.Fatal(config.FormatDiagnostics(res.Files, res.Diags))
 	}
-	a, err := New(res.Config, hclog.New(&hclog.LoggerOptions{Name: "https", Level: hclog.Warn, Output: testWriter{t}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = a.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	runTestAgent(t, res.Config, "https")
 
 	// The operator's certificate for the demo service, written while the agent runs.
 	ca := certstoretest.NewCA(t)

@@ -116,9 +116,6 @@ func (f *httpFlags) client() (*apiClient, error) {
 	return &apiClient{base: base, http: &http.Client{Transport: transport}}, nil
 }
 
-// get fetches path (with query) and decodes the JSON body into out. It returns the
-// X-Nullnet-Index header (0 when absent). A non-2xx answer becomes an error carrying the
-// agent's {"error": ...} message.
 // printRaw prints the API's answer for path exactly as it came: the listing commands' -json.
 func (c *apiClient) printRaw(ctx context.Context, ui cli.Ui, path string, query url.Values) int {
 	var raw json.RawMessage
@@ -130,6 +127,9 @@ func (c *apiClient) printRaw(ctx context.Context, ui cli.Ui, path string, query 
 	return 0
 }
 
+// get fetches path (with query) and decodes the JSON body into out. It returns the
+// X-Nullnet-Index header (0 when absent). A non-2xx answer becomes an error carrying the
+// agent's {"error": ...} message.
 func (c *apiClient) get(ctx context.Context, path string, query url.Values, out any) (uint64, error) {
 	return c.send(ctx, http.MethodGet, path, query, out)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
-	"text/tabwriter"
 
 	"github.com/hashicorp/cli"
 )
@@ -68,13 +66,10 @@ func (c *PortMappingsCommand) Run(args []string) int {
 		c.UI.Output(fmt.Sprintf("No port mappings (table version %d).", version))
 		return 0
 	}
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PROTOCOL\tLISTEN PORT\tSERVICE\tSTACK\tIDLE TIMEOUT")
+	tw := newTable("PROTOCOL\tLISTEN PORT\tSERVICE\tSTACK\tIDLE TIMEOUT")
 	for _, m := range mappings {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", m.Protocol, m.ListenPort, m.Service, m.Stack, formatTimeout(m.IdleTimeoutSecs))
+		tw.row("%s\t%d\t%s\t%s\t%s", m.Protocol, m.ListenPort, m.Service, m.Stack, formatTimeout(m.IdleTimeoutSecs))
 	}
-	_ = tw.Flush()
-	c.UI.Output(strings.TrimRight(b.String(), "\n"))
+	tw.output(c.UI)
 	return 0
 }

@@ -2,9 +2,6 @@ package command
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"text/tabwriter"
 
 	"github.com/hashicorp/cli"
 )
@@ -65,17 +62,14 @@ func (c *ServersCommand) Run(args []string) int {
 		c.UI.Output("No servers registered in Consul.")
 		return 0
 	}
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tGRPC\tHTTP\tVERSION\tHEALTH\tLEADER")
+	tw := newTable("NAME\tADDRESS\tGRPC\tHTTP\tVERSION\tHEALTH\tLEADER")
 	for _, s := range list {
 		lead := ""
 		if s.Leader {
 			lead = "leader"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\t%s\n", s.Name, s.Address, s.GRPCPort, s.HTTPPort, s.Version, s.Health, lead)
+		tw.row("%s\t%s\t%d\t%d\t%s\t%s\t%s", s.Name, s.Address, s.GRPCPort, s.HTTPPort, s.Version, s.Health, lead)
 	}
-	_ = tw.Flush()
-	c.UI.Output(strings.TrimRight(b.String(), "\n"))
+	tw.output(c.UI)
 	return 0
 }

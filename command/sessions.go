@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/hashicorp/cli"
@@ -89,9 +88,7 @@ func (c *SessionsCommand) Run(args []string) int {
 		c.UI.Output("No sessions.")
 		return 0
 	}
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSERVICE\tCLIENT\tPROXY NODE\tSERVICE NODE\tNET ID\tUPSTREAM\tSTATE\tUSES\tIDLE\tSETUP")
+	tw := newTable("ID\tSERVICE\tCLIENT\tPROXY NODE\tSERVICE NODE\tNET ID\tUPSTREAM\tSTATE\tUSES\tIDLE\tSETUP")
 	now := time.Now()
 	for _, s := range list {
 		netID, idle := "-", "-"
@@ -105,11 +102,10 @@ func (c *SessionsCommand) Run(args []string) int {
 		if s.Reason != "" {
 			state += " (" + s.Reason + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s:%d\t%s\t%d\t%s\t%s\n", s.ID[:8], s.Service, s.ClientIP, s.ProxyNode,
+		tw.row("%s\t%s\t%s\t%s\t%s\t%s\t%s:%d\t%s\t%d\t%s\t%s", s.ID[:8], s.Service, s.ClientIP, s.ProxyNode,
 			s.Replica.Node, netID, s.UpstreamIP, s.UpstreamPort, state, s.Uses, idle, fmt.Sprintf("%.1fms", s.SetupLatencyMS))
 	}
-	_ = tw.Flush()
-	c.UI.Output(strings.TrimRight(b.String(), "\n"))
+	tw.output(c.UI)
 	return 0
 }
 

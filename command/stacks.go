@@ -3,10 +3,7 @@ package command
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"strconv"
-	"strings"
-	"text/tabwriter"
 
 	"github.com/hashicorp/cli"
 )
@@ -69,9 +66,7 @@ func (c *StacksCommand) Run(args []string) int {
 		c.UI.Output("No stacks.")
 		return 0
 	}
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "STACK\tSERVICE\tPROTOCOL\tLISTEN PORT\tTIMEOUT")
+	tw := newTable("STACK\tSERVICE\tPROTOCOL\tLISTEN PORT\tTIMEOUT")
 	for _, st := range stacks {
 		for _, s := range st.Services {
 			port, timeout := "-", "backend only"
@@ -81,11 +76,10 @@ func (c *StacksCommand) Run(args []string) int {
 			if s.TimeoutSecs != nil {
 				timeout = formatTimeout(*s.TimeoutSecs)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", st.Name, s.Service, s.Protocol, port, timeout)
+			tw.row("%s\t%s\t%s\t%s\t%s", st.Name, s.Service, s.Protocol, port, timeout)
 		}
 	}
-	_ = tw.Flush()
-	c.UI.Output(strings.TrimRight(b.String(), "\n"))
+	tw.output(c.UI)
 	return 0
 }
 

@@ -170,13 +170,15 @@ func Default() *Config {
 }
 
 // presetDefaults sets the defaults of fields whose zero value is a setting of its own
-// (proxy.use_linger = 0 turns use sharing off, proxy.https_addr = "" turns HTTPS off, proxy.drain_timeout = 0 stops without a drain,
-// a UDP rate of 0 is no limit, client.keep_tunnels_on_stop defaults to true). They are set
-// before any file is merged, so an explicit 0 in a file survives; applyDefaults, which fills zero values, cannot tell them apart.
+// (proxy.use_linger = 0 turns use sharing off, proxy.https_addr = "" turns HTTPS off,
+// proxy.drain_timeout = 0 stops without a drain, a UDP rate of 0 is no limit,
+// client.keep_tunnels_on_stop defaults to true). They are set before any file is merged, so an
+// explicit 0 or "" in a file survives; applyDefaults, which fills zero values, cannot tell
+// them apart.
 func presetDefaults(c *Config) {
 	c.Proxy.UseLinger = DefaultUseLinger
 	c.Proxy.DrainTimeout = DefaultDrainTimeout
-	c.Proxy.HTTPSAddr = DefaultProxyHTTPSAddr // "" turns the listener off
+	c.Proxy.HTTPSAddr = DefaultProxyHTTPSAddr
 	c.Client.KeepTunnelsOnStop = true
 	c.Proxy.UDPReceiveBuffer = DefaultUDPReceiveBuffer
 	c.Proxy.UDPNewSessionRate = DefaultUDPNewSessionRate

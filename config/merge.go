@@ -188,18 +188,8 @@ func (m *merger) merge(r *rawConfig) hcl.Diagnostics {
 // overrides the fields it sets. Two blocks for one name in the same file are rejected by
 // Validate through the duplicate check on ranges.
 func (m *merger) mergeService(rs rawHostService) hcl.Diagnostics {
-	c := &m.cfg
-	idx := -1
-	for i := range c.Client.Services {
-		if c.Client.Services[i].Name == rs.Name {
-			idx = i
-		}
-	}
-	if idx < 0 {
-		c.Client.Services = append(c.Client.Services, HostService{Name: rs.Name})
-		idx = len(c.Client.Services) - 1
-	}
-	s := &c.Client.Services[idx]
+	s := named(&m.cfg.Client.Services, rs.Name, func(s HostService) string { return s.Name },
+		HostService{Name: rs.Name})
 	pick(&s.Stack, rs.Stack)
 	pick(&s.Port, rs.Port)
 	pick(&s.Protocol, rs.Protocol)
@@ -209,22 +199,24 @@ func (m *merger) mergeService(rs rawHostService) hcl.Diagnostics {
 
 // mergeContainer merges a container block by container name, like mergeService.
 func (m *merger) mergeContainer(rc rawContainer) {
-	c := &m.cfg
-	idx := -1
-	for i := range c.Client.Containers {
-		if c.Client.Containers[i].Name == rc.Name {
-			idx = i
-		}
-	}
-	if idx < 0 {
-		c.Client.Containers = append(c.Client.Containers, ContainerReplica{Name: rc.Name})
-		idx = len(c.Client.Containers) - 1
-	}
-	s := &c.Client.Containers[idx]
+	s := named(&m.cfg.Client.Containers, rc.Name, func(c ContainerReplica) string { return c.Name },
+		ContainerReplica{Name: rc.Name})
 	pick(&s.Service, rc.Service)
 	pick(&s.Port, rc.Port)
 	pick(&s.Protocol, rc.Protocol)
 	pick(&s.Stack, rc.Stack)
+}
+
+// named returns the element of *list called name (the last, should there be several),
+// appending fresh when there is none: the by-name merge of repeated blocks.
+func named[T any](list *[]T, name string, nameOf func(T) string, fresh T) *T {
+	for i := len(*list) - 1; i >= 0; i-- {
+		if nameOf((*list)[i]) == name {
+			return &(*list)[i]
+		}
+	}
+	*list = append(*list, fresh)
+	return &(*list)[len(*list)-1]
 }
 
 func pick[T any](dst *T, src *T) {

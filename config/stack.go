@@ -350,18 +350,24 @@ func checkACMEService(svc StackService, a *hcl.Attribute) hcl.Diagnostics {
 }
 
 // portAttr evaluates listen_port: a whole number in 1..65535.
-func portAttr(a *hcl.Attribute) (int, hcl.Diagnostics) {
+func portAttr(a *hcl.Attribute) (int, hcl.Diagnostics) { return wholeAttr(a, 65535, "") }
+
+// wholeAttr evaluates a whole number in 1..max; note follows the range in the error.
+func wholeAttr(a *hcl.Attribute, max int64, note string) (int, hcl.Diagnostics) {
 	v, diags := a.Expr.Value(nil)
 	if diags.HasErrors() {
 		return 0, diags
 	}
+	bad := func(got string) hcl.Diagnostics {
+		return hcl.Diagnostics{errAt(a.Expr.Range().Ptr(), "Invalid "+a.Name,
+			"%s must be a whole number in 1..%d%s%s.", a.Name, max, note, got)}
+	}
 	if v.IsNull() || v.Type() != cty.Number {
-		return 0, hcl.Diagnostics{errAt(a.Expr.Range().Ptr(), "Invalid listen_port", "listen_port must be a number in 1..65535.")}
+		return 0, bad("")
 	}
 	bf := v.AsBigFloat()
-	if !bf.IsInt() || bf.Cmp(big.NewFloat(1)) < 0 || bf.Cmp(big.NewFloat(65535)) > 0 {
-		return 0, hcl.Diagnostics{errAt(a.Expr.Range().Ptr(), "Invalid listen_port",
-			"listen_port must be a whole number in 1..65535, not %s.", bf.Text('g', -1))}
+	if !bf.IsInt() || bf.Cmp(big.NewFloat(1)) < 0 || bf.Cmp(new(big.Float).SetInt64(max)) > 0 {
+		return 0, bad(", not " + bf.Text('g', -1))
 	}
 	n, _ := bf.Int64()
 	return int(n), nil

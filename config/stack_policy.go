@@ -1,8 +1,6 @@
 package config
 
 import (
-	"math/big"
-
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 )
@@ -94,19 +92,5 @@ func clientListAttr(a *hcl.Attribute) ([]string, hcl.Diagnostics) {
 
 // countAttr evaluates a whole number in 1..maxPolicyCount.
 func countAttr(a *hcl.Attribute) (int, hcl.Diagnostics) {
-	v, diags := a.Expr.Value(nil)
-	if diags.HasErrors() {
-		return 0, diags
-	}
-	bad := hcl.Diagnostics{errAt(a.Expr.Range().Ptr(), "Invalid "+a.Name,
-		"%s must be a whole number in 1..%d (leave it out for no limit).", a.Name, maxPolicyCount)}
-	if v.IsNull() || v.Type() != cty.Number {
-		return 0, bad
-	}
-	bf := v.AsBigFloat()
-	if !bf.IsInt() || bf.Cmp(big.NewFloat(1)) < 0 || bf.Cmp(big.NewFloat(maxPolicyCount)) > 0 {
-		return 0, bad
-	}
-	n, _ := bf.Int64()
-	return int(n), nil
+	return wholeAttr(a, maxPolicyCount, " (leave it out for no limit)")
 }

@@ -311,8 +311,22 @@ func stringLit(e ast.Expr) (string, bool) {
 
 // --- stack files ----------------------------------------------------------------------------
 
-// stackFiles are the config files that define stack-file schema and checks.
-var stackFiles = []string{"stack.go", "stack_routes.go", "stack_health.go", "stack_https.go", "stack_policy.go"}
+// stackFiles are the config files that define stack-file schema and checks: config/stack.go
+// and every config/stack_*.go beside it, so a new key's file cannot be left out of the check.
+func stackFiles(t *testing.T) []string {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(repoRoot, "config", "stack*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, p := range paths {
+		if !strings.HasSuffix(p, "_test.go") {
+			out = append(out, filepath.Base(p))
+		}
+	}
+	return out
+}
 
 // stackSchemaKeys reads the block types and attribute names of the hcl.BodySchema literals in
 // config/stack.go (and the other stackFiles), plus any hcl struct tags, should the schema move
@@ -320,7 +334,7 @@ var stackFiles = []string{"stack.go", "stack_routes.go", "stack_health.go", "sta
 func stackSchemaKeys(t *testing.T) []string {
 	t.Helper()
 	var keys []string
-	for _, name := range stackFiles {
+	for _, name := range stackFiles(t) {
 		f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(repoRoot, "config", name), nil, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -370,7 +384,7 @@ func TestDocsStackFile(t *testing.T) {
 	}
 	reportMissing(t, "website/docs/stacks.md (stack file keys)", missing)
 	missing = nil
-	for _, d := range diagnosticSummaries(t, stackFiles...) {
+	for _, d := range diagnosticSummaries(t, stackFiles(t)...) {
 		if !strings.Contains(string(p.Source), d) {
 			missing = append(missing, d)
 		}

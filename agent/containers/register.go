@@ -168,11 +168,27 @@ func (g *Registrar) reconcile(ctx context.Context) error {
 	return nil
 }
 
+// deregisterAll removes every container replica of this node (leave): those this run
+// registered and those an earlier run left registered (a restart that kept them) that this run
+// had not yet reconciled, as host services do.
 func (g *Registrar) deregisterAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	q := (&api.QueryOptions{}).WithContext(ctx)
+	ids := make(map[string]bool, len(g.registered))
 	for id := range g.registered {
+		ids[id] = true
+	}
+	if current, err := g.Consul.Agent().ServicesWithFilterOpts(fmt.Sprintf("Meta[%q] == %q", MetaNode, g.Node), q); err == nil {
+		for id := range current {
+			if strings.HasPrefix(id, ServiceID(g.Node, "")) {
+				ids[id] = true
+			}
+		}
+	} else {
+		g.Logger.Warn("listing container replicas at leave failed; deregistering those this run registered", "error", err)
+	}
+	for id := range ids {
 		if err := g.Consul.Agent().ServiceDeregisterOpts(id, q); err != nil {
 			g.Logger.Warn("deregistering a container replica at shutdown failed", "id", id, "error", err)
 		}

@@ -26,19 +26,7 @@ import (
 // echoes bytes after a WebSocket upgrade.
 func startNamedBackend(t *testing.T, name string) netip.AddrPort {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") == "websocket" {
-			c, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				t.Errorf("hijack: %v", err)
-				return
-			}
-			defer c.Close()
-			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-			_ = brw.Flush()
-			_, _ = io.Copy(c, brw)
-			return
-		}
+	srv := httptest.NewServer(wsEchoHandler(t, func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"backend": name, "uri": r.URL.RequestURI(),
 			"host": r.Host, "prefix": r.Header.Get("X-Forwarded-Prefix")})
 	}))

@@ -38,19 +38,7 @@ func TestServiceFromHost(t *testing.T) {
 // TestHTTPRouter: Host routing with X-Forwarded-*, the 404/502/503 pages, WebSocket upgrades
 // passing through, and one lease per request, each released.
 func TestHTTPRouter(t *testing.T) {
-	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") == "websocket" {
-			c, brw, err := http.NewResponseController(w).Hijack()
-			if err != nil {
-				t.Errorf("hijack: %v", err)
-				return
-			}
-			defer c.Close()
-			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-			_ = brw.Flush()
-			_, _ = io.Copy(c, brw) // echo frames as opaque bytes
-			return
-		}
+	upstream := httptest.NewServer(wsEchoHandler(t, func(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{"host": r.Host, "xff": r.Header.Get("X-Forwarded-For"),
 			"proto": r.Header.Get("X-Forwarded-Proto"), "xhost": r.Header.Get("X-Forwarded-Host"), "path": r.URL.RequestURI()})
 	}))
@@ -272,4 +260,24 @@ func FuzzServiceFromHost(f *testing.F) {
 			}
 		}
 	})
+}
+
+// wsEchoHandler is an upstream that answers plain requests with answer and, on a WebSocket
+// upgrade, switches protocols and echoes the bytes after it (frames as opaque bytes).
+func wsEchoHandler(t *testing.T, answer http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "websocket" {
+			answer(w, r)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("hijack: %v", err)
+			return
+		}
+		defer c.Close()
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = io.Copy(c, brw)
+	}
 }

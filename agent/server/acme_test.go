@@ -31,12 +31,12 @@ func TestACMEDomainsOnlyReachableHTTP(t *testing.T) {
 // certificates as source "acme", its challenges as they are.
 func TestACMEIntoCertificateStore(t *testing.T) {
 	store := certstore.New(certstore.Config{})
-	sinks := certstoreSinks{store}
+	var sinks ACMESinks = store
 	ca := certstoretest.NewCA(t)
 	chain, key := ca.Valid(t, 90, "shop.example.com")
 	notAfter := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
 	sinks.SetSource(acme.Source, map[string]acme.Certificate{
-		"shop.example.com": {Domain: "shop.example.com", CertPEM: chain, KeyPEM: key, NotAfter: notAfter}})
+		"shop.example.com": {CertPEM: chain, KeyPEM: key, NotAfter: notAfter}})
 	c, source, ok := store.Effective("shop.example.com")
 	if !ok || source != certstore.SourceACME || !bytes.Equal(c.CertPEM, chain) || !c.NotAfter.Equal(notAfter) {
 		t.Fatalf("effective = %+v %q %v", c, source, ok)

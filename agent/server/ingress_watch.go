@@ -18,6 +18,9 @@ type portTable struct {
 	mu      sync.RWMutex
 	version uint64 // 0 = not known yet (no answer from Consul so far)
 	table   []Mapping
+	// bundle is table as WatchPortMappings sends it, built once per version and shared by
+	// every subscriber (proto messages are safe to marshal concurrently; never modified).
+	bundle  *pb.PortMappingBundle
 	changed chan struct{}
 }
 
@@ -33,6 +36,7 @@ func (p *portTable) publish(table []Mapping) (uint64, bool) {
 	}
 	p.version++
 	p.table = slices.Clone(table)
+	p.bundle = toProto(p.version, p.table)
 	close(p.changed)
 	p.changed = make(chan struct{})
 	metrics.SetGauge([]string{"nullnet", "server", "port_table", "version"}, float32(p.version))
@@ -46,6 +50,14 @@ func (p *portTable) snapshot() ([]Mapping, uint64, <-chan struct{}) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	return p.table, p.version, p.changed
+}
+
+// protoSnapshot returns the current table as sent to the proxies (nil before the first
+// publication; shared: do not modify) and a channel closed on the next change.
+func (p *portTable) protoSnapshot() (*pb.PortMappingBundle, <-chan struct{}) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.bundle, p.changed
 }
 
 // wait blocks until the version is above after, ctx ends or wait passes, and returns the
@@ -83,14 +95,14 @@ func (i *ingressService) WatchPortMappings(req *pb.WatchPortMappingsRequest, str
 	metrics.IncrCounterWithLabels([]string{"nullnet", "server", "port_table", "subscribers"}, 1, labels)
 	var sent uint64
 	for {
-		table, version, changed := i.s.table.snapshot()
-		if version > sent {
+		b, changed := i.s.table.protoSnapshot()
+		if b.GetVersion() > sent {
 			// Send blocks only this subscriber; meanwhile publications pile up as a single
 			// "newer version" that the next snapshot picks up.
-			if err := stream.Send(toProto(version, table)); err != nil {
+			if err := stream.Send(b); err != nil {
 				return err
 			}
-			sent = version
+			sent = b.GetVersion()
 			continue
 		}
 		select {

@@ -195,9 +195,10 @@ func tableDiff(old, cur []Mapping) string {
 	}
 	// "~" names a change; "~policy" one of the policy alone.
 	change := func(o, m Mapping) string {
-		if o.PolicyDigest != m.PolicyDigest && o.same(Mapping{Stack: m.Stack, Service: m.Service, Protocol: m.Protocol,
-			ListenPort: m.ListenPort, IdleTimeoutSecs: m.IdleTimeoutSecs, PolicyDigest: o.PolicyDigest}) {
-			return "~policy:"
+		if m.PolicyDigest != o.PolicyDigest {
+			if m.PolicyDigest = o.PolicyDigest; o.same(m) {
+				return "~policy:"
+			}
 		}
 		return "~"
 	}

@@ -115,7 +115,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.Consul != nil {
 		sinks := s.cfg.ACME
 		if sinks == nil {
-			sinks = certstoreSinks{s.certs}
+			sinks = s.certs
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); s.runACME(ctx, sinks) }()

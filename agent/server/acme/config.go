@@ -26,6 +26,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 	"github.com/nullnet/nullnet/agent/events"
+	"github.com/nullnet/nullnet/agent/server/certstore"
 )
 
 // Challenge types.
@@ -37,13 +38,9 @@ const (
 // Source is the certificate-store source name of ACME certificates.
 const Source = "acme"
 
-// Certificate is one domain's certificate as handed to the CertSink.
-type Certificate struct {
-	Domain   string
-	CertPEM  []byte // leaf first, then the chain
-	KeyPEM   []byte
-	NotAfter time.Time
-}
+// Certificate is one domain's certificate as handed to the CertSink: the store's own type, so
+// that the store is the sink with no conversion.
+type Certificate = certstore.Certificate
 
 // CertSink receives the full set of ACME certificates whenever it changes.
 type CertSink interface {

@@ -119,7 +119,7 @@ func (i *Issuer) wantedCertsLocked() map[string]Certificate {
 	out := make(map[string]Certificate, len(i.domains))
 	for d := range i.domains {
 		if r := i.kv.certs[d]; r != nil {
-			out[d] = Certificate{Domain: d, CertPEM: []byte(r.CertPEM), KeyPEM: []byte(r.KeyPEM), NotAfter: r.NotAfter}
+			out[d] = Certificate{CertPEM: []byte(r.CertPEM), KeyPEM: []byte(r.KeyPEM), NotAfter: r.NotAfter}
 		}
 	}
 	return out

@@ -143,16 +143,11 @@ func (b *bench) dataPlane(ctx context.Context) error {
 		}
 	}()
 
-	for run := range b.o.runs {
-		// Rotate the order so that no target always runs first (or last) on a warming machine.
-		for i := range targets {
-			t := targets[(i+run)%len(targets)]
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			b.log.Info("measuring", "run", run+1, "of", b.o.runs, "target", t.name)
-			b.measure(ctx, t)
-		}
+	if err := rotated(ctx, b.o.runs, targets, func(run int, t *target) {
+		b.log.Info("measuring", "run", run+1, "of", b.o.runs, "target", t.name)
+		b.measure(ctx, t)
+	}); err != nil {
+		return err
 	}
 	b.passthroughNote()
 	if !b.o.skip["sessions"] {
@@ -165,14 +160,10 @@ func (b *bench) dataPlane(ctx context.Context) error {
 	// After the idle sessions, whose memory figure a flood's churn would distort; they are still
 	// open, and main leaves room for the flood's sessions under the open-file limit.
 	if !b.o.skip["flood"] {
-		for run := range b.o.runs {
-			for i := range targets {
-				if t := targets[(i+run)%len(targets)]; ctx.Err() == nil {
-					b.log.Info("measuring the UDP flood", "run", run+1, "of", b.o.runs, "target", t.name)
-					b.flood(ctx, t)
-				}
-			}
-		}
+		_ = rotated(ctx, b.o.runs, targets, func(run int, t *target) { // ctx's end: nothing more to measure
+			b.log.Info("measuring the UDP flood", "run", run+1, "of", b.o.runs, "target", t.name)
+			b.flood(ctx, t)
+		})
 	}
 	return nil
 }

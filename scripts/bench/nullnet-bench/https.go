@@ -79,17 +79,10 @@ func (b *bench) https(ctx context.Context) error {
 			}
 		}
 	}()
-	for run := range b.o.runs {
-		for i := range targets {
-			t := targets[(i+run)%len(targets)]
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			b.log.Info("measuring HTTPS", "run", run+1, "of", b.o.runs, "target", t.name)
-			b.measureHTTPS(ctx, t)
-		}
-	}
-	return nil
+	return rotated(ctx, b.o.runs, targets, func(run int, t *httpsTarget) {
+		b.log.Info("measuring HTTPS", "run", run+1, "of", b.o.runs, "target", t.name)
+		b.measureHTTPS(ctx, t)
+	})
 }
 
 func (b *bench) measureHTTPS(ctx context.Context, t *httpsTarget) {

@@ -89,44 +89,37 @@ func (b *bench) overlay(ctx context.Context) error {
 			time.Sleep(300 * time.Millisecond)
 		}
 	}
-	for run := range b.o.runs {
-		for i := range targets {
-			t := targets[(i+run)%len(targets)]
-			if ctx.Err() != nil {
-				return ctx.Err()
+	return rotated(ctx, b.o.runs, targets, func(run int, t *target) {
+		b.log.Info("measuring overlay", "run", run+1, "of", b.o.runs, "target", t.name)
+		for _, streams := range b.streams() {
+			s := strconv.Itoa(streams)
+			thr := b.rep.Figure("overlay_tcp_throughput_"+s, "overlay TCP throughput, "+s+" stream(s)", "Gbit/s", true,
+				report.Goal{Against: report.Direct, Ratio: 0.9}, report.Goal{Against: "best", Ratio: 1.0})
+			cpu := b.rep.Figure("overlay_tcp_cpu_per_gib_"+s, "overlay relay CPU per GiB, "+s+" stream(s)", "s/GiB", false,
+				report.Goal{Against: "best", Ratio: 1.0})
+			if t.broken != nil {
+				thr.Fail(t.name, t.broken)
+				continue
 			}
-			b.log.Info("measuring overlay", "run", run+1, "of", b.o.runs, "target", t.name)
-			for _, streams := range b.streams() {
-				s := strconv.Itoa(streams)
-				thr := b.rep.Figure("overlay_tcp_throughput_"+s, "overlay TCP throughput, "+s+" stream(s)", "Gbit/s", true,
-					report.Goal{Against: report.Direct, Ratio: 0.9}, report.Goal{Against: "best", Ratio: 1.0})
-				cpu := b.rep.Figure("overlay_tcp_cpu_per_gib_"+s, "overlay relay CPU per GiB, "+s+" stream(s)", "s/GiB", false,
-					report.Goal{Against: "best", Ratio: 1.0})
-				if t.broken != nil {
-					thr.Fail(t.name, t.broken)
-					continue
-				}
-				host, port := splitAddr(t.addrs[routeIperf])
-				var u0 proc.Usage
-				var uerr error
-				if t.relay != nil {
-					u0, uerr = proc.GroupUsage(t.relay.Pid())
-				}
-				r, err := iperf.RunIn(ctx, topo.Proxy, host, port, streams, b.o.duration)
-				if err != nil {
-					thr.Fail(t.name, err)
-					continue
-				}
-				thr.Add(t.name, r.BitsPerSecond/1e9)
-				if t.relay != nil && uerr == nil && r.Bytes > 0 {
-					if u1, err := proc.GroupUsage(t.relay.Pid()); err == nil {
-						cpu.Add(t.name, (u1.CPU-u0.CPU).Seconds()/(float64(r.Bytes)/(1<<30)))
-					}
+			host, port := splitAddr(t.addrs[routeIperf])
+			var u0 proc.Usage
+			var uerr error
+			if t.relay != nil {
+				u0, uerr = proc.GroupUsage(t.relay.Pid())
+			}
+			r, err := iperf.RunIn(ctx, topo.Proxy, host, port, streams, b.o.duration)
+			if err != nil {
+				thr.Fail(t.name, err)
+				continue
+			}
+			thr.Add(t.name, r.BitsPerSecond/1e9)
+			if t.relay != nil && uerr == nil && r.Bytes > 0 {
+				if u1, err := proc.GroupUsage(t.relay.Pid()); err == nil {
+					cpu.Add(t.name, (u1.CPU-u0.CPU).Seconds()/(float64(r.Bytes)/(1<<30)))
 				}
 			}
 		}
-	}
-	return nil
+	})
 }
 
 // startNullnetIn runs Consul and `nullnet agent -dev` on the proxy host and a client agent on
